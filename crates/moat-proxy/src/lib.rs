@@ -1,1 +1,136 @@
-//! placeholder
+//! Moat's RESP proxy: client sessions with handshake emulation, multiplexed onto a small,
+//! bounded pool of shared backend connections.
+//!
+//! Start it with [`start`]; the returned [`RunningProxy`] reports the bound address and stops
+//! the workers when asked or dropped.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod backend;
+mod command;
+pub mod config;
+mod link;
+mod listener;
+mod session;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+pub use config::{Config, ConfigError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A proxy serving clients on its worker threads.
+#[derive(Debug)]
+pub struct RunningProxy {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// The address clients connect to (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, drops every session and waits for the workers to exit.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Blocks until every worker has exited (they exit on [`RunningProxy::shutdown`] or if
+    /// their runtime fails).
+    pub fn wait(mut self) {
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+
+    /// A handle that can stop the proxy from another thread (a signal handler).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shutdown.clone())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Stops a [`RunningProxy`] from anywhere.
+#[derive(Debug, Clone)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stopper {
+    /// Asks every worker to stop.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Validates the config, binds the listener and starts the workers. Returns once every
+/// worker is listening; backend connections are opened in the background.
+pub fn start(config: Config) -> Result<RunningProxy, StartError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let workers = config.proxy.workers;
+    let listeners = listener::bind(config.proxy.listen, workers, config.proxy.backlog)?;
+    let addr = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(config.proxy.listen);
+    let users = Arc::new(auth::Users::from_config(&config.users));
+    let (tx, rx) = watch::channel(false);
+    let total = config.backend.shared_connections;
+    let mut handles = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        // Split the backend cap so the sum over workers never exceeds it.
+        let cap = total / workers + usize::from(index < total % workers);
+        let (config, users, rx) = (config.clone(), users.clone(), rx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("moat-worker-{index}"))
+            .spawn(move || {
+                if let Err(e) = worker::run(index, listener, config, users, cap, rx) {
+                    tracing::error!(worker = index, error = %e, "worker failed");
+                }
+            })
+            .map_err(StartError::Thread)?;
+        handles.push(handle);
+    }
+    Ok(RunningProxy {
+        addr,
+        shutdown: tx,
+        workers: handles,
+    })
+}

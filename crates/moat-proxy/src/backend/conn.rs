@@ -1,0 +1,202 @@
+//! One shared backend connection: requests from many sessions are appended to one write
+//! buffer, and replies are matched to them in FIFO order.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytes::{Buf, BytesMut};
+use moat_protocol::{FrameKind, ReplyFramer, Request, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+
+use super::BackendError;
+use crate::link::ClientLink;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// Connecting or in its handshake: requests queue and go out once it is ready.
+    Connecting,
+    /// Serving.
+    Ready,
+    /// Lost, waiting out its reconnect delay: takes no requests.
+    Down,
+}
+
+/// Who is waiting for the next reply on the connection.
+#[derive(Debug)]
+enum Pending {
+    /// A client's request.
+    Client(Rc<ClientLink>),
+    /// A `SELECT` moat inserted to move the connection to another database.
+    Select,
+}
+
+/// Initial capacity of the read and write buffers; both grow under load and shrink back.
+const BUF_SIZE: usize = 16 << 10;
+/// Buffers larger than this are released once empty, so one burst does not pin memory.
+const KEEP_BUF: usize = 256 << 10;
+
+/// A shared connection, used by sessions of one worker.
+#[derive(Debug)]
+pub(crate) struct BackendConn {
+    /// Index in the worker's pool, for logs.
+    pub(crate) slot: usize,
+    state: Cell<ConnState>,
+    /// Requests not yet written, in the order their replies are expected.
+    wbuf: RefCell<BytesMut>,
+    pending: RefCell<VecDeque<Pending>>,
+    /// The database the connection will be in once everything queued has run.
+    db: Cell<u32>,
+    wake_writer: Notify,
+}
+
+impl BackendConn {
+    pub(crate) fn new(slot: usize) -> Self {
+        Self {
+            slot,
+            state: Cell::new(ConnState::Connecting),
+            wbuf: RefCell::new(BytesMut::new()),
+            pending: RefCell::new(VecDeque::new()),
+            db: Cell::new(0),
+            wake_writer: Notify::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> ConnState {
+        self.state.get()
+    }
+
+    pub(crate) fn set_state(&self, state: ConnState) {
+        self.state.set(state);
+    }
+
+    /// Replies the connection still owes.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// The database requests queued now will run in.
+    pub(crate) fn db(&self) -> u32 {
+        self.db.get()
+    }
+
+    /// Queues a client's request to run in database `db`; its reply will be delivered to
+    /// `link` after the replies to everything queued before it.
+    pub(crate) fn enqueue(&self, link: &Rc<ClientLink>, request: &Request<'_>, db: u32) {
+        let mut wbuf = self.wbuf.borrow_mut();
+        let mut pending = self.pending.borrow_mut();
+        if self.db.get() != db {
+            // Rare (a database switch on a shared connection), so a small allocation is fine.
+            let index = db.to_string();
+            encode::command(&mut wbuf, &[&b"SELECT"[..], index.as_bytes()]);
+            pending.push_back(Pending::Select);
+            self.db.set(db);
+        }
+        request.write_resp(&mut wbuf);
+        pending.push_back(Pending::Client(link.clone()));
+        link.request_queued();
+        drop((wbuf, pending));
+        self.wake_writer.notify_one();
+    }
+
+    /// Answers every request still owed with `line` and forgets queued bytes: the connection
+    /// is gone and a new one starts in database 0.
+    pub(crate) fn fail_all(&self, line: &str) {
+        let owed = std::mem::take(&mut *self.pending.borrow_mut());
+        *self.wbuf.borrow_mut() = BytesMut::new();
+        self.db.set(0);
+        for p in owed {
+            if let Pending::Client(link) = p {
+                link.deliver_error(line);
+            }
+        }
+    }
+
+    /// Serves the connection until it fails; returns why.
+    pub(crate) async fn run(&self, mut stream: TcpStream, max_depth: usize) -> BackendError {
+        let (rd, wr) = stream.split();
+        tokio::select! {
+            e = self.write_loop(wr) => e,
+            e = self.read_loop(rd, max_depth) => e,
+        }
+    }
+
+    /// Writes whatever sessions queued, in one write per wake-up: requests of every client
+    /// that ran since the last write go out together, which is what saves Redis work.
+    async fn write_loop(&self, mut wr: WriteHalf<'_>) -> BackendError {
+        let mut spare = BytesMut::with_capacity(BUF_SIZE);
+        loop {
+            if self.wbuf.borrow().is_empty() {
+                self.wake_writer.notified().await;
+                continue;
+            }
+            std::mem::swap(&mut *self.wbuf.borrow_mut(), &mut spare);
+            if let Err(e) = wr.write_all(&spare).await {
+                return e.into();
+            }
+            spare.clear();
+            if spare.capacity() > KEEP_BUF {
+                spare = BytesMut::with_capacity(BUF_SIZE);
+            }
+        }
+    }
+
+    async fn read_loop(&self, mut rd: ReadHalf<'_>, max_depth: usize) -> BackendError {
+        let mut buf = BytesMut::with_capacity(BUF_SIZE);
+        let mut framer = ReplyFramer::new(max_depth);
+        loop {
+            if buf.is_empty() && buf.capacity() > KEEP_BUF {
+                buf = BytesMut::with_capacity(BUF_SIZE);
+            }
+            if buf.capacity() - buf.len() < BUF_SIZE / 4 {
+                buf.reserve(BUF_SIZE);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return BackendError::Closed,
+                Ok(_) => {}
+                Err(e) => return e.into(),
+            }
+            let mut pos = 0;
+            loop {
+                let frame = match framer.next_frame(&buf[pos..]) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return e.into(),
+                };
+                let reply = &buf[pos..pos + frame.len];
+                pos += frame.len;
+                if let Err(e) = self.route(reply, frame.kind) {
+                    return e;
+                }
+            }
+            buf.advance(pos);
+        }
+    }
+
+    /// Hands one reply to whoever waits for it.
+    fn route(&self, reply: &[u8], kind: FrameKind) -> Result<(), BackendError> {
+        let next = self.pending.borrow_mut().pop_front();
+        match next {
+            Some(Pending::Client(link)) => {
+                link.deliver(reply);
+                Ok(())
+            }
+            Some(Pending::Select) if kind == FrameKind::Error => {
+                Err(BackendError::Protocol(format!(
+                    "SELECT refused: {}",
+                    String::from_utf8_lossy(reply).trim_end()
+                )))
+            }
+            Some(Pending::Select) => Ok(()),
+            // A reply nobody asked for means the stream is out of step: trusting any later
+            // reply could hand it to the wrong client.
+            None => Err(BackendError::Protocol(
+                "unexpected reply from backend".into(),
+            )),
+        }
+    }
+}

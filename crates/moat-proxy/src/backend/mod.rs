@@ -1,0 +1,199 @@
+//! The shared backend pool of one worker: a fixed number of connection slots, each driven
+//! by a task that connects, serves and reconnects with backoff. Redis never sees more
+//! connections from the pool than its slots, whatever the clients do.
+
+mod backoff;
+mod conn;
+mod handshake;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+pub(crate) use conn::{BackendConn, ConnState};
+
+use crate::command::CommandTable;
+use crate::config::Config;
+use backoff::Backoff;
+
+/// A connection with this many replies owed is busy enough to open another slot for the
+/// same database, when the pool has one free. Below it, concentrating clients on one
+/// connection batches more requests per write, which is what saves Redis work.
+const SPILL_AT: usize = 256;
+
+/// Why a backend connection failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackendError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect and handshake took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("backend refused moat's credentials: {0}")]
+    Auth(String),
+    #[error("backend closed the connection")]
+    Closed,
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<moat_protocol::FrameError> for BackendError {
+    fn from(e: moat_protocol::FrameError) -> Self {
+        BackendError::Protocol(e.to_string())
+    }
+}
+
+/// How to reach the backend, from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) address: SocketAddr,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) databases: Option<u32>,
+    pub(crate) max_reply_depth: usize,
+    pub(crate) connection_name: String,
+}
+
+impl Settings {
+    pub(crate) fn from_config(config: &Config, worker: usize) -> Self {
+        let b = &config.backend;
+        Self {
+            address: b.address,
+            username: b.username.clone(),
+            password: b.password.clone(),
+            connect_timeout: b.connect_timeout,
+            databases: b.databases,
+            max_reply_depth: config.limits.max_reply_depth,
+            connection_name: format!("moat-shared-w{worker}"),
+        }
+    }
+}
+
+/// What the server told moat about itself, so sessions answer like it would.
+#[derive(Debug, Clone)]
+pub(crate) struct BackendFacts {
+    pub(crate) version: String,
+    pub(crate) role: String,
+    pub(crate) databases: u32,
+    pub(crate) table: CommandTable,
+}
+
+/// Why no backend connection could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PickError {
+    /// Every slot is down, waiting to reconnect.
+    Unavailable,
+}
+
+/// One worker's shared pool.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    settings: Settings,
+    cap: usize,
+    conns: RefCell<Vec<Rc<BackendConn>>>,
+    facts: RefCell<Rc<BackendFacts>>,
+    /// Set at start and whenever a connection was lost: the next handshake re-reads the
+    /// server's facts (it may have restarted as another version).
+    facts_stale: Cell<bool>,
+    /// Signalled after each connection attempt, so the worker can wait for the first.
+    attempted: Notify,
+}
+
+impl Backend {
+    /// A pool of at most `cap` connections; none is opened until [`Backend::start`].
+    pub(crate) fn new(settings: Settings, cap: usize) -> Rc<Self> {
+        let facts = BackendFacts::fallback(settings.databases);
+        Rc::new(Self {
+            settings,
+            cap: cap.max(1),
+            conns: RefCell::new(Vec::new()),
+            facts: RefCell::new(Rc::new(facts)),
+            facts_stale: Cell::new(true),
+            attempted: Notify::new(),
+        })
+    }
+
+    /// Opens the first connection and waits for its first attempt to end (either way), so
+    /// the first clients are routed with the server's own command table.
+    pub(crate) async fn start(self: &Rc<Self>) {
+        let waiting = self.attempted.notified();
+        self.open_slot();
+        waiting.await;
+    }
+
+    /// The server's facts as last learned.
+    pub(crate) fn facts(&self) -> Rc<BackendFacts> {
+        self.facts.borrow().clone()
+    }
+
+    /// Chooses the connection for a request in database `db` from a client with nothing in
+    /// flight (a client with requests in flight stays on their connection).
+    pub(crate) fn pick(self: &Rc<Self>, db: u32) -> Result<Rc<BackendConn>, PickError> {
+        let conns = self.conns.borrow();
+        let usable = || conns.iter().filter(|c| c.state() != ConnState::Down);
+        if let Some(c) = usable().find(|c| c.db() == db && c.pending_len() < SPILL_AT) {
+            return Ok(c.clone());
+        }
+        if conns.len() < self.cap {
+            drop(conns);
+            return Ok(self.open_slot());
+        }
+        let least = |it: &mut dyn Iterator<Item = &Rc<BackendConn>>| {
+            it.min_by_key(|c| c.pending_len()).cloned()
+        };
+        least(&mut usable().filter(|c| c.db() == db))
+            .or_else(|| least(&mut usable()))
+            .ok_or(PickError::Unavailable)
+    }
+
+    fn open_slot(self: &Rc<Self>) -> Rc<BackendConn> {
+        let mut conns = self.conns.borrow_mut();
+        let conn = Rc::new(BackendConn::new(conns.len()));
+        conns.push(conn.clone());
+        tokio::task::spawn_local(drive(conn.clone(), self.clone()));
+        conn
+    }
+}
+
+/// Keeps one slot connected for the life of the worker: connect, serve, and after a failure
+/// answer everything owed with an error, wait with backoff and jitter, and reconnect.
+async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        conn.set_state(ConnState::Connecting);
+        let fetch = backend.facts_stale.get();
+        let lost = match handshake::open(&backend.settings, fetch).await {
+            Ok((stream, facts)) => {
+                if let Some(facts) = facts {
+                    tracing::info!(
+                        version = %facts.version,
+                        commands = facts.table.len(),
+                        "learned backend facts"
+                    );
+                    *backend.facts.borrow_mut() = Rc::new(facts);
+                    backend.facts_stale.set(false);
+                }
+                conn.set_state(ConnState::Ready);
+                backend.attempted.notify_waiters();
+                backoff.reset();
+                tracing::debug!(slot = conn.slot, "backend connection ready");
+                let e = conn.run(stream, backend.settings.max_reply_depth).await;
+                tracing::warn!(slot = conn.slot, error = %e, "backend connection lost");
+                "ERR moat: backend connection lost before the reply"
+            }
+            Err(e) => {
+                backend.attempted.notify_waiters();
+                tracing::warn!(slot = conn.slot, error = %e, address = %backend.settings.address, "cannot connect to backend");
+                "ERR moat: backend unavailable"
+            }
+        };
+        conn.set_state(ConnState::Down);
+        backend.facts_stale.set(true);
+        conn.fail_all(lost);
+        let delay = backoff.next_delay(&mut rand::rng());
+        tokio::time::sleep(delay).await;
+    }
+}

@@ -1,0 +1,375 @@
+//! The proxy's configuration: one TOML file, every key optional with a documented default.
+//!
+//! `moat.example.toml` at the repository root lists every key; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `moat proxy` needs to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Client-facing listener and runtime.
+    pub proxy: ProxyConfig,
+    /// The Redis server behind moat and the shared pool of connections to it.
+    pub backend: BackendConfig,
+    /// Per-client bounds on what a client may send and leave unread.
+    pub limits: LimitsConfig,
+    /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`); empty means no authentication.
+    pub users: Vec<UserConfig>,
+}
+
+/// Client-facing listener and runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own accept loop (`SO_REUSEPORT`) and its own share of the
+    /// backend connections. One is right on a small host that also runs Redis.
+    pub workers: usize,
+    /// Listen backlog passed to `listen(2)`; the kernel truncates it to `net.core.somaxconn`.
+    pub backlog: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6380)),
+            workers: 1,
+            backlog: 4096,
+        }
+    }
+}
+
+/// The Redis server behind moat and the shared connections to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Address of the Redis server.
+    pub address: SocketAddr,
+    /// ACL user moat authenticates as on its backend connections (none: `AUTH password` only).
+    pub username: Option<String>,
+    /// Password for moat's backend connections (none: no AUTH sent).
+    pub password: Option<String>,
+    /// Total shared backend connections across all workers; Redis never sees more than this
+    /// from the shared pool, whatever the clients do.
+    pub shared_connections: usize,
+    /// Time allowed to open a backend connection and finish its handshake.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Number of logical databases clients may SELECT; read from the server's
+    /// `CONFIG GET databases` when unset (16 if the server refuses to say).
+    pub databases: Option<u32>,
+    /// Requests queued or in flight on one backend connection before new requests fail fast.
+    pub max_queue: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([127, 0, 0, 1], 6379)),
+            username: None,
+            password: None,
+            shared_connections: 2,
+            connect_timeout: Duration::from_secs(2),
+            databases: None,
+            max_queue: 65_536,
+        }
+    }
+}
+
+/// Bounds on what one client may send and leave unread.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Largest single argument, in bytes.
+    pub max_bulk_len: usize,
+    /// Largest request (all arguments and framing), in bytes.
+    pub max_request_bytes: usize,
+    /// Longest inline command line or RESP header line, in bytes.
+    pub max_inline_len: usize,
+    /// Requests a client may have forwarded and unanswered; moat stops reading from the client
+    /// past this (backpressure) until replies drain.
+    pub max_inflight: usize,
+    /// Reply bytes waiting for a slow client before moat stops reading its requests.
+    pub max_output_bytes: usize,
+    /// Deepest reply nesting accepted from the backend.
+    pub max_reply_depth: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_args: 1_048_576,
+            max_bulk_len: 64 << 20,
+            max_request_bytes: 64 << 20,
+            max_inline_len: 64 << 10,
+            max_inflight: 1024,
+            max_output_bytes: 8 << 20,
+            max_reply_depth: 128,
+        }
+    }
+}
+
+/// A user who authenticates at moat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User name; `AUTH password` authenticates as `default`.
+    pub name: String,
+    /// Plain-text password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// SHA-256 of the password, hex encoded, so the file need not hold the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_sha256: Option<String>,
+    /// Commands this user may not run (`CONFIG`, or one subcommand: `CONFIG|SET`); answered
+    /// with `-NOPERM` and never forwarded.
+    #[serde(default)]
+    pub deny_commands: Vec<String>,
+}
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema (the message names the key).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value parsed but is not usable.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: ranges, and the relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.proxy;
+        if p.workers == 0 || p.workers > 256 {
+            return Err(invalid("proxy.workers", "must be between 1 and 256"));
+        }
+        let b = &self.backend;
+        if b.shared_connections < p.workers {
+            return Err(invalid(
+                "backend.shared_connections",
+                format!(
+                    "must be at least proxy.workers ({}): each worker needs one",
+                    p.workers
+                ),
+            ));
+        }
+        if b.shared_connections > 1024 {
+            return Err(invalid(
+                "backend.shared_connections",
+                "must be at most 1024",
+            ));
+        }
+        if b.connect_timeout.is_zero() {
+            return Err(invalid("backend.connect_timeout", "must be positive"));
+        }
+        if b.username.is_some() && b.password.is_none() {
+            return Err(invalid(
+                "backend.username",
+                "needs backend.password as well",
+            ));
+        }
+        if b.databases == Some(0) {
+            return Err(invalid("backend.databases", "must be at least 1"));
+        }
+        if b.max_queue == 0 {
+            return Err(invalid("backend.max_queue", "must be positive"));
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_args", l.max_args),
+            ("limits.max_bulk_len", l.max_bulk_len),
+            ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_inflight", l.max_inflight),
+            ("limits.max_output_bytes", l.max_output_bytes),
+            ("limits.max_reply_depth", l.max_reply_depth),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if l.max_inline_len < 64 {
+            return Err(invalid("limits.max_inline_len", "must be at least 64"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = |field: &str| format!("users[{i}].{field}");
+            if user.name.is_empty() || user.name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(invalid(key("name"), "must be non-empty, without spaces"));
+            }
+            if !seen.insert(user.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate user `{}`", user.name),
+                ));
+            }
+            match (&user.password, &user.password_sha256) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("password_sha256"),
+                        "set either password or password_sha256, not both",
+                    ));
+                }
+                (None, Some(hex)) if crate::auth::decode_sha256_hex(hex).is_none() => {
+                    return Err(invalid(
+                        key("password_sha256"),
+                        "must be 64 hexadecimal digits",
+                    ));
+                }
+                (None, None) if user.name != "default" => {
+                    return Err(invalid(
+                        key("password"),
+                        "required for every user but `default` (a `default` user without \
+                         password means no authentication, like Redis's `nopass`)",
+                    ));
+                }
+                _ => {}
+            }
+            for (j, cmd) in user.deny_commands.iter().enumerate() {
+                if cmd.is_empty() || cmd.bytes().any(|b| b <= b' ') {
+                    return Err(invalid(
+                        key(&format!("deny_commands[{j}]")),
+                        "must be a command name such as CONFIG or CONFIG|SET",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with passwords replaced by `<redacted>`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.backend.password.is_some() {
+            shown.backend.password = Some("<redacted>".into());
+        }
+        for user in &mut shown.users {
+            if user.password.is_some() {
+                user.password = Some("<redacted>".into());
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").expect("defaults are valid");
+        assert_eq!(c.backend.shared_connections, 2);
+        assert_eq!(c.proxy.workers, 1);
+        assert!(c.users.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[backend]\nshared_conections = 3\n").unwrap_err();
+        assert!(err.to_string().contains("shared_conections"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::from_toml("[backend]\nshared_connections = \"two\"\n").unwrap_err();
+        assert!(err.to_string().contains("shared_connections"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[proxy]\nworkers = 0\n", "proxy.workers"),
+            (
+                "[proxy]\nworkers = 4\n[backend]\nshared_connections = 2\n",
+                "backend.shared_connections",
+            ),
+            (
+                "[backend]\nconnect_timeout = \"0s\"\n",
+                "backend.connect_timeout",
+            ),
+            ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
+            ("[[users]]\nname = \"bob\"\n", "users[0].password"),
+            (
+                "[[users]]\nname = \"bob\"\npassword_sha256 = \"xyz\"\n",
+                "users[0].password_sha256",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\n[[users]]\nname = \"a\"\npassword = \"y\"\n",
+                "users[1].name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_humanely() {
+        let c = Config::from_toml("[backend]\nconnect_timeout = \"750ms\"\n").expect("valid");
+        assert_eq!(c.backend.connect_timeout, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        let c = Config::from_toml(
+            "[backend]\npassword = \"s3cret\"\n[[users]]\nname = \"default\"\npassword = \"hunter2\"\n",
+        )
+        .expect("valid");
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(
+            Config::from_toml(&shown).is_ok(),
+            "rendered config parses back"
+        );
+    }
+}

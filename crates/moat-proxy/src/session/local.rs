@@ -1,0 +1,341 @@
+//! Commands the session answers from its own state, with Redis's exact replies, so that
+//! shared backend connections never change state on one client's behalf.
+
+use std::fmt::Write as _;
+
+use moat_protocol::{Request, encode};
+
+use super::classify::{needs_dedicated, refused, wrong_arity};
+use super::{Core, Step, unauthenticated_limits};
+use crate::auth::AuthOutcome;
+use crate::backend::BackendFacts;
+use crate::command::Local;
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the \
+                           default user. Are you sure your configuration is correct?";
+const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, \
+                            otherwise the HELLO AUTH <user> <pass> option can be used to \
+                            authenticate the client and select the RESP protocol version at \
+                            the same time";
+const BAD_NAME: &str = "ERR Client names cannot contain spaces, newlines or special characters.";
+
+/// Parses an integer the way Redis's `string2ll` does: optional minus, digits, no leading
+/// zeros, no spaces or plus sign.
+pub(super) fn parse_i64(arg: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let valid = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0";
+    if !valid {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Redis accepts client names (and library names) made of printable ASCII without spaces.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+impl Core {
+    pub(super) fn local(&mut self, cmd: Local, req: &Request<'_>, facts: &BackendFacts) -> Step {
+        let argc = req.argc();
+        let arg = |i: usize| req.arg(i).unwrap_or_default();
+        match cmd {
+            Local::Ping => match argc {
+                1 => encode::simple(&mut self.link.out(), "PONG"),
+                2 => encode::bulk(&mut self.link.out(), arg(1)),
+                _ => self.error(&wrong_arity("ping")),
+            },
+            Local::Echo => encode::bulk(&mut self.link.out(), arg(1)),
+            Local::Quit => {
+                encode::simple(&mut self.link.out(), "OK");
+                return Step::Close;
+            }
+            Local::Select => match parse_i64(arg(1)) {
+                None => self.error("ERR value is not an integer or out of range"),
+                Some(db) if db < 0 || db >= i64::from(facts.databases) => {
+                    self.error("ERR DB index is out of range")
+                }
+                Some(db) => {
+                    self.state.db = u32::try_from(db).unwrap_or(0);
+                    encode::simple(&mut self.link.out(), "OK");
+                }
+            },
+            Local::Auth => match argc {
+                2 => self.auth(None, arg(1)),
+                3 => self.auth(Some(arg(1)), arg(2)),
+                _ => self.error("ERR syntax error"),
+            },
+            Local::Hello => self.hello(req, facts),
+            Local::Reset => {
+                self.reset();
+                encode::simple(&mut self.link.out(), "RESET");
+            }
+            Local::Client => return self.client(req),
+            Local::Acl => {
+                if arg(1).eq_ignore_ascii_case(b"WHOAMI") && argc == 2 {
+                    let name = self
+                        .state
+                        .user
+                        .as_ref()
+                        .map_or("default", |u| u.name.as_str());
+                    encode::bulk(&mut self.link.out(), name.as_bytes());
+                } else {
+                    return self.forward(req);
+                }
+            }
+            Local::Exec => self.error("ERR EXEC without MULTI"),
+            Local::Discard => self.error("ERR DISCARD without MULTI"),
+            Local::Unwatch => encode::simple(&mut self.link.out(), "OK"),
+        }
+        Step::Done
+    }
+
+    fn error(&mut self, line: &str) {
+        encode::error(&mut self.link.out(), line);
+    }
+
+    /// Checks credentials; on success the session acts as that user from now on.
+    fn auth(&mut self, user: Option<&[u8]>, password: &[u8]) {
+        match self.try_auth(user, password) {
+            Ok(()) => encode::simple(&mut self.link.out(), "OK"),
+            Err(line) => self.error(line),
+        }
+    }
+
+    fn try_auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str> {
+        let users = self.worker.users.clone();
+        match users.authenticate(user, password) {
+            (AuthOutcome::Ok, Some(u)) => {
+                self.state.user = Some(u);
+                self.new_limits = Some(self.worker.limits);
+                Ok(())
+            }
+            (AuthOutcome::NoPasswordConfigured, _) => Err(NO_PASSWORD),
+            _ => Err(WRONGPASS),
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`, checked in Redis's order.
+    fn hello(&mut self, req: &Request<'_>, facts: &BackendFacts) {
+        let argc = req.argc();
+        let arg = |i: usize| req.arg(i).unwrap_or_default();
+        if argc >= 2 {
+            match parse_i64(arg(1)) {
+                None => {
+                    return self.error("ERR Protocol version is not an integer or out of range");
+                }
+                // RESP3 sessions need shared connections that speak RESP3; until then moat
+                // answers as a RESP2-only server, which clients handle by falling back.
+                Some(2) => {}
+                Some(_) => return self.error("NOPROTO unsupported protocol version"),
+            }
+        }
+        let mut credentials = None;
+        let mut name = None;
+        let mut j = 2;
+        while j < argc {
+            let more = argc - 1 - j;
+            let opt = arg(j);
+            if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+                credentials = Some((arg(j + 1), arg(j + 2)));
+                j += 3;
+            } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+                if !valid_name(arg(j + 1)) {
+                    return self.error(BAD_NAME);
+                }
+                name = Some(arg(j + 1));
+                j += 2;
+            } else {
+                return self.error(&format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                ));
+            }
+        }
+        if let Some((user, password)) = credentials
+            && let Err(line) = self.try_auth(Some(user), password)
+        {
+            return self.error(line);
+        }
+        if self.state.user.is_none() {
+            return self.error(HELLO_NOAUTH);
+        }
+        if let Some(name) = name {
+            self.state.name = (!name.is_empty()).then(|| name.to_vec());
+        }
+        let mut out = self.link.out();
+        encode::array_header(&mut out, 14);
+        for (key, value) in [("server", "redis"), ("version", facts.version.as_str())] {
+            encode::bulk(&mut out, key.as_bytes());
+            encode::bulk(&mut out, value.as_bytes());
+        }
+        encode::bulk(&mut out, b"proto");
+        encode::integer(&mut out, 2);
+        encode::bulk(&mut out, b"id");
+        encode::integer(&mut out, i64::try_from(self.state.id).unwrap_or(i64::MAX));
+        for (key, value) in [("mode", "standalone"), ("role", facts.role.as_str())] {
+            encode::bulk(&mut out, key.as_bytes());
+            encode::bulk(&mut out, value.as_bytes());
+        }
+        encode::bulk(&mut out, b"modules");
+        encode::array_header(&mut out, 0);
+    }
+
+    /// RESET: back to a fresh connection's state (database 0, no name, RESP2, and signed out
+    /// when authentication is required).
+    fn reset(&mut self) {
+        self.state.db = 0;
+        self.state.name = None;
+        self.state.lib_name = None;
+        self.state.lib_ver = None;
+        if self.worker.users.auth_required() {
+            self.state.user = None;
+            self.new_limits = Some(unauthenticated_limits(self.worker.limits));
+        } else {
+            self.state.user = self.worker.users.default_user();
+        }
+    }
+
+    /// CLIENT subcommands: those about the client's own connection are emulated; those that
+    /// would act on shared connections are refused; the rest (LIST, HELP...) are forwarded.
+    fn client(&mut self, req: &Request<'_>) -> Step {
+        let argc = req.argc();
+        let arg = |i: usize| req.arg(i).unwrap_or_default();
+        let sub = arg(1).to_ascii_lowercase();
+        let full = format!("client|{}", String::from_utf8_lossy(&sub));
+        let exact = |n: usize| argc == n;
+        match sub.as_slice() {
+            b"id" if exact(2) => encode::integer(
+                &mut self.link.out(),
+                i64::try_from(self.state.id).unwrap_or(-1),
+            ),
+            b"getname" if exact(2) => match &self.state.name {
+                Some(name) => encode::bulk(&mut self.link.out(), name),
+                None => encode::null_bulk(&mut self.link.out()),
+            },
+            b"setname" if exact(3) => {
+                if valid_name(arg(2)) {
+                    self.state.name = (!arg(2).is_empty()).then(|| arg(2).to_vec());
+                    encode::simple(&mut self.link.out(), "OK");
+                } else {
+                    self.error(BAD_NAME);
+                }
+            }
+            b"setinfo" if exact(4) => self.client_setinfo(arg(2), arg(3)),
+            b"info" if exact(2) => {
+                let line = self.client_info_line();
+                encode::bulk(&mut self.link.out(), line.as_bytes());
+            }
+            b"getredir" if exact(2) => encode::integer(&mut self.link.out(), -1),
+            b"id" | b"getname" | b"setname" | b"setinfo" | b"info" | b"getredir" => {
+                self.error(&wrong_arity(&full))
+            }
+            b"tracking" | b"caching" | b"reply" => self.error(&needs_dedicated(&format!(
+                "CLIENT {}",
+                sub.to_ascii_uppercase().escape_ascii()
+            ))),
+            b"kill" | b"pause" | b"unpause" | b"no-evict" | b"no-touch" | b"unblock" => {
+                self.error(&refused(&format!(
+                    "CLIENT {}",
+                    sub.to_ascii_uppercase().escape_ascii()
+                )))
+            }
+            _ => return self.forward(req),
+        }
+        Step::Done
+    }
+
+    /// CLIENT SETINFO LIB-NAME|LIB-VER value (Redis 7.2), emulated so clients that send it
+    /// work in front of any Redis version.
+    fn client_setinfo(&mut self, attr: &[u8], value: &[u8]) {
+        let which = if attr.eq_ignore_ascii_case(b"lib-name") {
+            "lib-name"
+        } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+            "lib-ver"
+        } else {
+            return self.error(&format!(
+                "ERR Unrecognized option '{}'",
+                String::from_utf8_lossy(attr)
+            ));
+        };
+        if !valid_name(value) {
+            return self.error(&format!(
+                "ERR {which} cannot contain spaces, newlines or special characters."
+            ));
+        }
+        let stored = (!value.is_empty()).then(|| value.to_vec());
+        if which == "lib-name" {
+            self.state.lib_name = stored;
+        } else {
+            self.state.lib_ver = stored;
+        }
+        encode::simple(&mut self.link.out(), "OK");
+    }
+
+    /// The session as CLIENT INFO describes a connection, from moat's point of view.
+    fn client_info_line(&self) -> String {
+        let s = &self.state;
+        let text = |v: &Option<Vec<u8>>| {
+            v.as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let mut line = String::with_capacity(256);
+        let _ = writeln!(
+            line,
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db={} sub=0 psub=0 \
+             ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 \
+             oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp=2 \
+             lib-name={} lib-ver={}",
+            s.id,
+            s.peer,
+            s.local,
+            text(&s.name),
+            s.created.elapsed().as_secs(),
+            s.db,
+            s.user.as_ref().map_or("default", |u| u.name.as_str()),
+            text(&s.lib_name),
+            text(&s.lib_ver),
+        );
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_parse_like_redis() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"15"), Some(15));
+        assert_eq!(parse_i64(b"-1"), Some(-1));
+        for bad in [
+            &b""[..],
+            b"01",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"-",
+            b"-0",
+            b"1x",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn names_are_printable_ascii_without_spaces() {
+        assert!(valid_name(b"worker-1"));
+        assert!(valid_name(b""));
+        assert!(!valid_name(b"a b"));
+        assert!(!valid_name(b"a\nb"));
+        assert!(!valid_name("é".as_bytes()));
+    }
+}
