@@ -351,6 +351,32 @@ mod tests {
     }
 
     #[test]
+    fn example_file_lists_the_defaults() {
+        let example = Config::from_toml(include_str!("../../../moat.example.toml"))
+            .expect("moat.example.toml is valid");
+        assert_eq!(
+            toml::to_string(&example).unwrap(),
+            toml::to_string(&Config::default()).unwrap(),
+            "moat.example.toml and Config::default() disagree"
+        );
+    }
+
+    #[test]
+    fn example_users_block_is_valid_once_uncommented() {
+        let example = include_str!("../../../moat.example.toml");
+        let users: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[users]]"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_toml(&users).expect("uncommented users are valid");
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.users[0].deny_commands.len(), 6);
+    }
+
+    #[test]
     fn durations_parse_humanely() {
         let c = Config::from_toml("[backend]\nconnect_timeout = \"750ms\"\n").expect("valid");
         assert_eq!(c.backend.connect_timeout, Duration::from_millis(750));

@@ -43,6 +43,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.backend.address = redis.addr();
     let pool = config.backend.shared_connections;
     let moat = moat_proxy::start(config).context("starting moat")?;
+    let moat_addr = moat.local_addr();
 
     println!("moat demo");
     println!(
@@ -60,34 +61,80 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         .build()?;
     // Redis's own helper connection for INFO counts as one client: subtract it.
     let clients = |redis: &RedisServer| redis.connected_clients().map(|c| c.saturating_sub(1));
+    // One INFO call per snapshot: the testkit's own connection is one client and one
+    // accepted connection, subtracted below.
+    let snapshot = |redis: &RedisServer| -> anyhow::Result<Snapshot> {
+        let info = redis.info()?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            info.get(name)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("INFO lacks {name}"))
+        };
+        Ok(Snapshot {
+            clients: field("connected_clients")?.saturating_sub(1),
+            client_mem_kib: field("mem_clients_normal")? / 1024,
+            accepted: field("total_connections_received")?,
+        })
+    };
+    let before = snapshot(&redis)?;
 
     let start = Instant::now();
-    let through = runtime.block_on(open_clients(moat.local_addr(), n))?;
-    let via_moat = clients(&redis)?;
+    let through = runtime.block_on(open_clients(moat_addr, n))?;
+    let via_moat = snapshot(&redis)?.since(&before);
     let moat_time = start.elapsed();
     drop(through);
+    moat.shutdown();
+    // Let Redis notice moat's connections closing, so the next count is only direct clients.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while clients(&redis)? > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
+    let before = snapshot(&redis)?;
     let start = Instant::now();
     let direct = runtime.block_on(open_clients(redis.addr(), n))?;
-    let via_direct = clients(&redis)?;
+    let via_direct = snapshot(&redis)?.since(&before);
     let direct_time = start.elapsed();
     drop(direct);
 
-    println!("  {n} clients, each connected and SET one key, all still open:");
-    println!("  {:<22} {:>26}", "", "Redis connected_clients");
-    println!("  {:<22} {:>26}", "through moat", via_moat);
-    println!("  {:<22} {:>26}", "straight to Redis", via_direct);
+    println!("  {n} clients, each connected and SET one key, all still open. What Redis holds:\n");
     println!(
-        "\n  Through moat, Redis held {via_moat} connection(s) for {n} clients ({:.1?} to open them); \
-         straight, it held {via_direct} ({:.1?}).",
-        moat_time, direct_time
+        "  {:<20} {:>18} {:>22} {:>26}",
+        "", "connected_clients", "client memory (KiB)", "connections accepted"
+    );
+    for (label, s) in [("through moat", &via_moat), ("straight to Redis", &via_direct)] {
+        println!(
+            "  {:<20} {:>18} {:>22} {:>26}",
+            label, s.clients, s.client_mem_kib, s.accepted
+        );
+    }
+    println!(
+        "\n  Opening them took {moat_time:.1?} through moat and {direct_time:.1?} straight to Redis."
     );
     println!(
-        "  Every client connection costs Redis a file descriptor and client memory; behind moat,\n  \
-         client churn and hoarding never reach it."
+        "  Behind moat, Redis serves every client over {} shared connection(s): client churn and\n  \
+         hoarding never reach its maxclients, file descriptors or client memory.",
+        via_moat.clients
     );
-    moat.shutdown();
     Ok(())
+}
+
+/// What Redis reports about its clients.
+struct Snapshot {
+    clients: u64,
+    client_mem_kib: u64,
+    accepted: u64,
+}
+
+impl Snapshot {
+    /// The state now, with connections accepted counted since `before` (minus the INFO
+    /// connection that took this snapshot).
+    fn since(self, before: &Snapshot) -> Snapshot {
+        Snapshot {
+            accepted: self.accepted.saturating_sub(before.accepted + 1),
+            ..self
+        }
+    }
 }
 
 /// Opens `n` connections to `addr`, has each SET its own key and read the reply, and keeps
