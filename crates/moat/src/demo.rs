@@ -102,7 +102,10 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  {:<20} {:>18} {:>22} {:>26}",
         "", "connected_clients", "client memory (KiB)", "connections accepted"
     );
-    for (label, s) in [("through moat", &via_moat), ("straight to Redis", &via_direct)] {
+    for (label, s) in [
+        ("through moat", &via_moat),
+        ("straight to Redis", &via_direct),
+    ] {
         println!(
             "  {:<20} {:>18} {:>22} {:>26}",
             label, s.clients, s.client_mem_kib, s.accepted

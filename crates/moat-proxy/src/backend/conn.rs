@@ -52,6 +52,9 @@ pub(crate) struct BackendConn {
     /// The database the connection will be in once everything queued has run.
     db: Cell<u32>,
     wake_writer: Notify,
+    /// Set while a wake-up of the writer is pending, so a burst of requests from many
+    /// sessions costs one wake-up.
+    writer_woken: Cell<bool>,
 }
 
 impl BackendConn {
@@ -63,6 +66,7 @@ impl BackendConn {
             pending: RefCell::new(VecDeque::new()),
             db: Cell::new(0),
             wake_writer: Notify::new(),
+            writer_woken: Cell::new(false),
         }
     }
 
@@ -100,7 +104,9 @@ impl BackendConn {
         pending.push_back(Pending::Client(link.clone()));
         link.request_queued();
         drop((wbuf, pending));
-        self.wake_writer.notify_one();
+        if !self.writer_woken.replace(true) {
+            self.wake_writer.notify_one();
+        }
     }
 
     /// Answers every request still owed with `line` and forgets queued bytes: the connection
@@ -130,6 +136,9 @@ impl BackendConn {
     async fn write_loop(&self, mut wr: WriteHalf<'_>) -> BackendError {
         let mut spare = BytesMut::with_capacity(BUF_SIZE);
         loop {
+            // Cleared before waiting and before taking the buffer, so any request queued
+            // after this point wakes the writer again.
+            self.writer_woken.set(false);
             if self.wbuf.borrow().is_empty() {
                 self.wake_writer.notified().await;
                 continue;
