@@ -1,4 +1,5 @@
 //! The `moat` binary as users run it: check-config, proxy with flags, demo.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -22,10 +22,7 @@ impl Stack {
     }
 
     /// Custom Redis and moat configs (moat's listen and backend addresses are filled in).
-    pub fn with(
-        redis: moat_testkit::RedisServerBuilder,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Stack {
+    pub fn with(redis: moat_testkit::RedisServerBuilder, tweak: impl FnOnce(&mut Config)) -> Stack {
         let redis = redis.start().expect("redis-server starts");
         let moat = start_moat(redis.addr(), tweak);
         Stack { moat, redis }
@@ -37,7 +34,10 @@ impl Stack {
 
     /// Connections Redis holds, minus the testkit's own INFO connection.
     pub fn redis_clients(&self) -> u64 {
-        self.redis.connected_clients().expect("INFO").saturating_sub(1)
+        self.redis
+            .connected_clients()
+            .expect("INFO")
+            .saturating_sub(1)
     }
 }
 
@@ -100,7 +100,11 @@ impl Raw {
             }
             let mut chunk = [0u8; 65536];
             let n = self.stream.read(&mut chunk).expect("read");
-            assert!(n > 0, "connection closed while waiting for a reply; buffered {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; buffered {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
