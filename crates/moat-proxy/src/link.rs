@@ -5,9 +5,9 @@
 //! on one worker thread, so `Rc` and `Cell` are enough.
 
 use std::cell::{Cell, RefCell};
+use std::task::{Context, Waker};
 
 use bytes::BytesMut;
-use tokio::sync::Notify;
 
 /// Output and bookkeeping one session shares with the backend connections.
 #[derive(Debug, Default)]
@@ -18,9 +18,11 @@ pub(crate) struct ClientLink {
     inflight: Cell<usize>,
     /// Set when the session ended: late replies are dropped.
     closed: Cell<bool>,
-    /// Set while a wake-up is pending, so a burst of replies wakes the session once.
+    /// Set when something was delivered since the session last looked.
     woken: Cell<bool>,
-    notify: Notify,
+    /// The session task, while it waits. A plain waker slot rather than a `Notify`: it
+    /// keeps each idle session's future small and needs no lock.
+    waker: RefCell<Option<Waker>>,
 }
 
 impl ClientLink {
@@ -48,15 +50,24 @@ impl ClientLink {
     }
 
     fn wake(&self) {
-        if !self.woken.replace(true) {
-            self.notify.notify_one();
+        self.woken.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
         }
     }
 
-    /// Waits until a backend connection delivered something.
-    pub(crate) async fn delivered(&self) {
-        self.notify.notified().await;
-        self.woken.set(false);
+    /// True once something was delivered since the last call; otherwise registers the
+    /// session's task to be woken when something is.
+    pub(crate) fn poll_delivered(&self, cx: &mut Context<'_>) -> bool {
+        if self.woken.replace(false) {
+            return true;
+        }
+        let mut slot = self.waker.borrow_mut();
+        match &*slot {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
+        }
+        false
     }
 
     /// Requests forwarded and not yet answered.

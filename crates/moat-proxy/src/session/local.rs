@@ -166,7 +166,7 @@ impl Core {
             return self.error(HELLO_NOAUTH);
         }
         if let Some(name) = name {
-            self.state.name = (!name.is_empty()).then(|| name.to_vec());
+            self.state.names_mut().name = (!name.is_empty()).then(|| name.to_vec());
         }
         let mut out = self.link.out();
         encode::array_header(&mut out, 14);
@@ -190,9 +190,7 @@ impl Core {
     /// when authentication is required).
     fn reset(&mut self) {
         self.state.db = 0;
-        self.state.name = None;
-        self.state.lib_name = None;
-        self.state.lib_ver = None;
+        self.state.names = None;
         if self.worker.users.auth_required() {
             self.state.user = None;
             self.new_limits = Some(unauthenticated_limits(self.worker.limits));
@@ -214,13 +212,13 @@ impl Core {
                 &mut self.link.out(),
                 i64::try_from(self.state.id).unwrap_or(-1),
             ),
-            b"getname" if exact(2) => match &self.state.name {
+            b"getname" if exact(2) => match self.state.name() {
                 Some(name) => encode::bulk(&mut self.link.out(), name),
                 None => encode::null_bulk(&mut self.link.out()),
             },
             b"setname" if exact(3) => {
                 if valid_name(arg(2)) {
-                    self.state.name = (!arg(2).is_empty()).then(|| arg(2).to_vec());
+                    self.state.names_mut().name = (!arg(2).is_empty()).then(|| arg(2).to_vec());
                     encode::simple(&mut self.link.out(), "OK");
                 } else {
                     self.error(BAD_NAME);
@@ -270,9 +268,9 @@ impl Core {
         }
         let stored = (!value.is_empty()).then(|| value.to_vec());
         if which == "lib-name" {
-            self.state.lib_name = stored;
+            self.state.names_mut().lib_name = stored;
         } else {
-            self.state.lib_ver = stored;
+            self.state.names_mut().lib_ver = stored;
         }
         encode::simple(&mut self.link.out(), "OK");
     }
@@ -280,8 +278,10 @@ impl Core {
     /// The session as CLIENT INFO describes a connection, from moat's point of view.
     fn client_info_line(&self) -> String {
         let s = &self.state;
-        let text = |v: &Option<Vec<u8>>| {
-            v.as_deref()
+        let names = s.names.as_deref();
+        let text = |pick: fn(&super::ClientNames) -> &Option<Vec<u8>>| {
+            names
+                .and_then(|n| pick(n).as_deref())
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
@@ -294,13 +294,13 @@ impl Core {
              lib-name={} lib-ver={}",
             s.id,
             s.peer,
-            s.local,
-            text(&s.name),
+            self.worker.listen,
+            text(|n| &n.name),
             s.created.elapsed().as_secs(),
             s.db,
             s.user.as_ref().map_or("default", |u| u.name.as_str()),
-            text(&s.lib_name),
-            text(&s.lib_ver),
+            text(|n| &n.lib_name),
+            text(|n| &n.lib_ver),
         );
         line
     }
