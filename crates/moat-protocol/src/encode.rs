@@ -33,10 +33,12 @@ pub fn simple(out: &mut BytesMut, s: &str) {
 }
 
 /// Writes an error `-line`; CR and LF become spaces so the frame can't be broken.
-pub fn error(out: &mut BytesMut, line: &str) {
+/// Takes bytes as well as text: Redis echoes a client's raw bytes in some errors.
+pub fn error(out: &mut BytesMut, line: impl AsRef<[u8]>) {
+    let line = line.as_ref();
     out.reserve(line.len() + 3);
     out.put_u8(b'-');
-    put_one_line(out, line.as_bytes());
+    put_one_line(out, line);
     out.put_slice(CRLF);
 }
 

@@ -15,6 +15,8 @@ pub(super) const ROUTES: &[(&str, i32, Route)] = &[
     ("reset", 1, Route::Local(Local::Reset)),
     ("client", -2, Route::Local(Local::Client)),
     ("acl", -2, Route::Local(Local::Acl)),
+    // Emulated for every server version (Redis < 7.2 lacks it).
+    ("client|setinfo", 4, Route::Local(Local::Client)),
     // A session outside MULTI/WATCH answers these without the server, exactly as Redis does.
     ("exec", 1, Route::Local(Local::Exec)),
     ("discard", 1, Route::Local(Local::Discard)),

@@ -32,6 +32,17 @@ pub(crate) fn parse_command_reply(reply: &Value) -> Option<CommandTable> {
             .is_some_and(|subs| !subs.is_empty());
         let arity = i32::try_from(arity).unwrap_or(-1);
         parsed.push((name.to_vec(), arity, flags, has_subcommands));
+        // Subcommands are entries of the same shape, named `container|sub`.
+        for sub in fields.get(9).and_then(Value::as_array).unwrap_or(&[]) {
+            let Some(sub) = sub.as_array() else { continue };
+            if let (Some(name), Some(arity)) = (
+                sub.first().and_then(Value::as_bytes),
+                sub.get(1).and_then(Value::as_int),
+            ) {
+                let arity = i32::try_from(arity).unwrap_or(-1);
+                parsed.push((name.to_vec(), arity, Flags::default(), false));
+            }
+        }
     }
     if parsed.is_empty() {
         return None;
@@ -70,7 +81,10 @@ mod tests {
                 Value::Array(vec![]),
                 Value::Array(vec![]),
                 Value::Array(vec![]),
-                Value::Array(vec![Value::Array(vec![bulk("config|get")])]),
+                Value::Array(vec![Value::Array(vec![
+                    bulk("config|get"),
+                    Value::Integer(-3),
+                ])]),
             ]),
             Value::Integer(7),
         ]);
@@ -80,6 +94,7 @@ mod tests {
         assert!(blpop.flags.contains(Flags::BLOCKING));
         assert_eq!(blpop.route, Route::Dedicated);
         assert!(table.get(b"config").expect("config").has_subcommands);
+        assert_eq!(table.get_sub(b"CONFIG", b"get").map(|i| i.arity), Some(-3));
         assert!(table.is_authoritative());
     }
 

@@ -175,9 +175,26 @@ impl CommandTable {
 
     /// Looks up a command by its name as the client sent it (any case).
     pub(crate) fn get(&self, name: &[u8]) -> Option<&CommandInfo> {
+        // Subcommand entries (`config|get`) are not commands a client can name.
+        if name.contains(&b'|') {
+            return None;
+        }
         let mut buf = [0u8; MAX_NAME];
         let lower = lowercase(name, &mut buf)?;
         self.map.get(lower)
+    }
+
+    /// Looks up a subcommand (`config`, `GET` → `config|get`) by the names as sent.
+    pub(crate) fn get_sub(&self, name: &[u8], sub: &[u8]) -> Option<&CommandInfo> {
+        let mut buf = [0u8; 2 * MAX_NAME + 1];
+        let len = name.len() + 1 + sub.len();
+        let key = buf.get_mut(..len)?;
+        let (head, tail) = key.split_at_mut(name.len());
+        head.copy_from_slice(name);
+        tail[0] = b'|';
+        tail[1..].copy_from_slice(sub);
+        key.make_ascii_lowercase();
+        self.map.get(&*key)
     }
 
     /// Number of commands known.

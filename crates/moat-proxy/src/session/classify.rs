@@ -7,70 +7,106 @@ use moat_protocol::Request;
 use super::ClientState;
 use crate::backend::BackendFacts;
 use crate::command::{Local, Route, lowercase};
-use crate::worker::WorkerCtx;
 
 /// The decision for one request.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Action {
     /// Pipeline onto a shared backend connection.
     Forward,
-    /// Answer with this error line.
-    Error(String),
+    /// Answer with this error line (bytes: Redis echoes the client's own bytes in some).
+    Error(Vec<u8>),
     /// Run an emulated command.
     Local(Local),
 }
 
-pub(super) fn classify(
-    state: &ClientState,
-    worker: &WorkerCtx,
-    facts: &BackendFacts,
-    request: &Request<'_>,
-) -> Action {
+fn error(line: String) -> Action {
+    Action::Error(line.into_bytes())
+}
+
+pub(super) fn classify(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> Action {
+    let action = decide(state, facts, request);
+    // Redis turns any rejection of EXEC into EXECABORT, inside MULTI or not.
+    match action {
+        Action::Error(line)
+            if request
+                .arg(0)
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"EXEC")) =>
+        {
+            let reason = line.strip_prefix(b"ERR ").unwrap_or(&line);
+            let mut out = b"EXECABORT Transaction discarded because of: ".to_vec();
+            out.extend_from_slice(reason);
+            Action::Error(out)
+        }
+        other => other,
+    }
+}
+
+fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> Action {
+    let table = &facts.table;
     let name = request.arg(0).unwrap_or_default();
-    let info = facts.table.get(name);
-    let route = info.map_or(Route::Forward, |i| i.route);
+    let info = table.get(name);
+    let argc = request.argc();
+    // The server's own checks, in its order: command, subcommand, arity, then
+    // authentication, then permissions.
+    let mut sub = None;
     match info {
-        None if facts.table.is_authoritative() && state.user.is_none() => {
+        None if table.is_authoritative() && state.user.is_none() => {
             return Action::Error(unknown_command(request));
         }
-        Some(i) if !i.arity_ok(request.argc()) => {
-            return Action::Error(wrong_arity(name));
+        None => {}
+        Some(i) if !i.arity_ok(argc) => return error(wrong_arity(name)),
+        Some(i) if i.has_subcommands && argc >= 2 => {
+            let given = request.arg(1).unwrap_or_default();
+            match table.get_sub(name, given) {
+                Some(s) if !s.arity_ok(argc) => {
+                    let mut full = name.to_vec();
+                    full.push(b'|');
+                    full.extend_from_slice(given);
+                    return error(wrong_arity(full));
+                }
+                Some(_) => sub = Some(given),
+                None if table.is_authoritative() => {
+                    return error(format!(
+                        "ERR unknown subcommand '{}'. Try {} HELP.",
+                        String::from_utf8_lossy(c_string(given, 128)),
+                        upper(name)
+                    ));
+                }
+                None => sub = Some(given),
+            }
         }
-        _ => {}
+        Some(_) => {}
     }
+    let route = info.map_or(Route::Forward, |i| i.route);
     let Some(user) = &state.user else {
         return match route {
             Route::Local(l @ (Local::Auth | Local::Hello | Local::Quit | Local::Reset)) => {
                 Action::Local(l)
             }
-            _ => Action::Error("NOAUTH Authentication required.".into()),
+            _ => error("NOAUTH Authentication required.".into()),
         };
     };
     let mut buf = [0u8; 64];
-    if let Some(lower) = lowercase(name, &mut buf) {
-        let sub = request
-            .arg(1)
-            .filter(|_| info.is_some_and(|i| i.has_subcommands));
-        if user.denies(lower, sub) {
-            let shown = match sub {
-                Some(sub) => format!(
-                    "{}|{}",
-                    String::from_utf8_lossy(lower),
-                    String::from_utf8_lossy(sub).to_ascii_lowercase()
-                ),
-                None => String::from_utf8_lossy(lower).into_owned(),
-            };
-            return Action::Error(format!(
-                "NOPERM this user has no permissions to run the '{shown}' command"
-            ));
-        }
+    if let Some(lower) = lowercase(name, &mut buf)
+        && user.denies(lower, sub)
+    {
+        let shown = match sub {
+            Some(sub) => format!(
+                "{}|{}",
+                String::from_utf8_lossy(lower),
+                String::from_utf8_lossy(sub).to_ascii_lowercase()
+            ),
+            None => String::from_utf8_lossy(lower).into_owned(),
+        };
+        return error(format!(
+            "NOPERM this user has no permissions to run the '{shown}' command"
+        ));
     }
-    let _ = worker;
     match route {
         Route::Forward => Action::Forward,
         Route::Local(l) => Action::Local(l),
-        Route::Dedicated => Action::Error(needs_dedicated(&upper(name))),
-        Route::Refused => Action::Error(refused(&upper(name))),
+        Route::Dedicated => error(needs_dedicated(&upper(name))),
+        Route::Refused => error(refused(&upper(name))),
         Route::DedicatedIfBlock => {
             let blocks = request
                 .args()
@@ -78,12 +114,22 @@ pub(super) fn classify(
                 .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
                 .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
             if blocks {
-                Action::Error(needs_dedicated(&format!("{} BLOCK", upper(name))))
+                error(needs_dedicated(&format!("{} BLOCK", upper(name))))
             } else {
                 Action::Forward
             }
         }
     }
+}
+
+/// What C's `%.*s` prints of an argument: up to the first NUL, at most `max` bytes.
+fn c_string(arg: &[u8], max: usize) -> &[u8] {
+    let end = arg
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(arg.len())
+        .min(max);
+    &arg[..end]
 }
 
 /// Upper-case display name of a command, as operators write it.
@@ -113,23 +159,22 @@ pub(super) fn wrong_arity(name: impl AsRef<[u8]>) -> String {
 }
 
 /// Redis's `unknown command` error: the name as sent and the first arguments, each cut so
-/// the list stays under 128 bytes.
-fn unknown_command(request: &Request<'_>) -> String {
+/// the list stays under 128 bytes, byte for byte as Redis prints them (C strings).
+fn unknown_command(request: &Request<'_>) -> Vec<u8> {
     let name = request.arg(0).unwrap_or_default();
-    let mut args = String::new();
+    let mut args = Vec::new();
     for arg in request.args().skip(1) {
         if args.len() >= 128 {
             break;
         }
-        let room = 128 - args.len();
-        let shown = &arg[..arg.len().min(room)];
-        args.push('\'');
-        args.push_str(&String::from_utf8_lossy(shown));
-        args.push_str("' ");
+        let shown = c_string(arg, 128 - args.len());
+        args.push(b'\'');
+        args.extend_from_slice(shown);
+        args.extend_from_slice(b"' ");
     }
-    let name = &name[..name.len().min(128)];
-    format!(
-        "ERR unknown command '{}', with args beginning with: {args}",
-        String::from_utf8_lossy(name)
-    )
+    let mut line = b"ERR unknown command '".to_vec();
+    line.extend_from_slice(c_string(name, 128));
+    line.extend_from_slice(b"', with args beginning with: ");
+    line.extend_from_slice(&args);
+    line
 }

@@ -323,7 +323,7 @@ impl Core {
 
     fn handle(&mut self, request: &moat_protocol::Request<'_>) -> Step {
         let facts = self.worker.backend.facts();
-        let action = classify::classify(&self.state, &self.worker, &facts, request);
+        let action = classify::classify(&self.state, &facts, request);
         if !matches!(action, Action::Forward) && self.link.inflight() > 0 {
             // Answering now would overtake replies still owed for earlier requests.
             return Step::Blocked;
@@ -331,7 +331,7 @@ impl Core {
         match action {
             Action::Forward => self.forward(request),
             Action::Error(line) => {
-                encode::error(&mut self.link.out(), &line);
+                encode::error(&mut self.link.out(), line);
                 Step::Done
             }
             Action::Local(cmd) => self.local(cmd, request, &facts),
