@@ -358,7 +358,7 @@ impl Core {
             }
             encode::error(
                 &mut self.link.out(),
-                &format!(
+                format!(
                     "ERR moat: backend queue full (limit {} requests)",
                     self.worker.max_queue
                 ),
