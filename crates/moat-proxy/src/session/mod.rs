@@ -182,6 +182,11 @@ impl Session {
             if core.closing && !owed {
                 return Ok(());
             }
+            if core.blocked_inbuf && !owed && !core.backpressured() {
+                // Held back only by output that has just been written out: nothing else
+                // will wake the session, so go on with the buffered requests now.
+                continue;
+            }
             let want_read = !core.closing && !core.backpressured() && !self.blocked_on_barrier();
             let want_write = self.core.link.out_len() > 0;
             let link = &self.core.link;
