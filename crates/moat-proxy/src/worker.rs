@@ -36,8 +36,11 @@ pub(crate) fn run(
     backend_cap: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // No signal driver: the binary handles signals on its own thread, and a worker's
+    // runtime would otherwise poll it on every turn.
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {

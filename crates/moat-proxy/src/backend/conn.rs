@@ -7,9 +7,7 @@ use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
 use moat_protocol::{FrameKind, ReplyFramer, Request, encode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::BackendError;
@@ -123,17 +121,16 @@ impl BackendConn {
     }
 
     /// Serves the connection until it fails; returns why.
-    pub(crate) async fn run(&self, mut stream: TcpStream, max_depth: usize) -> BackendError {
-        let (rd, wr) = stream.split();
+    pub(crate) async fn run(&self, stream: TcpStream, max_depth: usize) -> BackendError {
         tokio::select! {
-            e = self.write_loop(wr) => e,
-            e = self.read_loop(rd, max_depth) => e,
+            e = self.write_loop(&stream) => e,
+            e = self.read_loop(&stream, max_depth) => e,
         }
     }
 
     /// Writes whatever sessions queued, in one write per wake-up: requests of every client
     /// that ran since the last write go out together, which is what saves Redis work.
-    async fn write_loop(&self, mut wr: WriteHalf<'_>) -> BackendError {
+    async fn write_loop(&self, stream: &TcpStream) -> BackendError {
         let mut spare = BytesMut::with_capacity(BUF_SIZE);
         loop {
             // Cleared before waiting and before taking the buffer, so any request queued
@@ -144,7 +141,7 @@ impl BackendConn {
                 continue;
             }
             std::mem::swap(&mut *self.wbuf.borrow_mut(), &mut spare);
-            if let Err(e) = wr.write_all(&spare).await {
+            if let Err(e) = write_all(stream, &spare).await {
                 return e.into();
             }
             spare.clear();
@@ -154,7 +151,7 @@ impl BackendConn {
         }
     }
 
-    async fn read_loop(&self, mut rd: ReadHalf<'_>, max_depth: usize) -> BackendError {
+    async fn read_loop(&self, stream: &TcpStream, max_depth: usize) -> BackendError {
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
         let mut framer = ReplyFramer::new(max_depth);
         loop {
@@ -164,9 +161,14 @@ impl BackendConn {
             if buf.capacity() - buf.len() < BUF_SIZE / 4 {
                 buf.reserve(BUF_SIZE);
             }
-            match rd.read_buf(&mut buf).await {
+            if let Err(e) = stream.readable().await {
+                return e.into();
+            }
+            let room = buf.capacity() - buf.len();
+            match stream.try_read_buf(&mut buf) {
                 Ok(0) => return BackendError::Closed,
-                Ok(_) => {}
+                Ok(n) => crate::readiness::after_read(stream, n, room),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return e.into(),
             }
             let mut pos = 0;
@@ -208,4 +210,17 @@ impl BackendConn {
             )),
         }
     }
+}
+
+/// Writes all of `data`, waiting for the socket when it is full.
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -227,6 +227,7 @@ impl Session {
                     Ok(())
                 }
                 Ok(n) => {
+                    crate::readiness::after_read(stream, n, scratch.len());
                     let data = &scratch[..n];
                     if self.inbuf.is_empty() {
                         let used = self.process(data);
