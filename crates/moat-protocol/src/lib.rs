@@ -11,6 +11,8 @@
 pub mod encode;
 mod line;
 mod number;
+
+pub use number::parse_i64;
 pub mod reply;
 pub mod request;
 pub mod value;

@@ -5,7 +5,7 @@
 ///
 /// Matching Redis exactly matters: a length Redis would reject must not be
 /// accepted here, or moat and Redis would disagree on where a request ends.
-pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
     if s == b"0" {
         return Some(0);
     }

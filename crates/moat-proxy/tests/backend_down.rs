@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Raw, Stack, start_moat};
+use common::{Raw, Stack, bulk, command, shown, start_moat};
 use moat_testkit::RedisServer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,32 +27,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn is_backend_error(reply: &[u8]) -> bool {
     reply.starts_with(UNAVAILABLE) || reply.starts_with(LOST)
-}
-
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-fn bulk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("${}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn shown(bytes: &[u8]) -> String {
-    let text = bytes.escape_ascii().to_string();
-    if text.len() > 200 {
-        format!("{}... ({} bytes)", &text[..200], bytes.len())
-    } else {
-        text
-    }
 }
 
 /// A Raw client whose replies must come within [`REPLY_TIMEOUT`].

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{Raw, Stack};
+use common::{Raw, Stack, shown};
 use moat_proxy::config::UserConfig;
 use moat_testkit::RedisServer;
 
@@ -36,11 +36,6 @@ fn open_stack() -> Stack {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Exact bytes, printable, for failure messages.
-fn shown(bytes: &[u8]) -> String {
-    bytes.escape_ascii().to_string()
 }
 
 fn args_of(step: &[&str]) -> Vec<Vec<u8>> {

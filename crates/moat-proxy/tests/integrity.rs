@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use common::Stack;
+use common::{Stack, bulk, command, shown};
 use moat_testkit::RedisServer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -66,34 +66,8 @@ fn counter_key(client: usize) -> String {
 
 // ---- RESP encoding of requests and expected replies ----
 
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-fn bulk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("${}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 fn int(n: i64) -> Vec<u8> {
     format!(":{n}\r\n").into_bytes()
-}
-
-fn shown(bytes: &[u8]) -> String {
-    let text = bytes.escape_ascii().to_string();
-    if text.len() > 300 {
-        format!("{}... ({} bytes)", &text[..300], bytes.len())
-    } else {
-        text
-    }
 }
 
 /// Random bytes of random length below `max`, drawn from the whole byte range and now and

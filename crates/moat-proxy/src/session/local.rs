@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use moat_protocol::{Request, encode};
+use moat_protocol::{Request, encode, parse_i64};
 
 use super::classify::{needs_dedicated, refused, wrong_arity};
 use super::{Core, Step, unauthenticated_limits};
@@ -19,21 +19,6 @@ const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already 
                             authenticate the client and select the RESP protocol version at \
                             the same time";
 const BAD_NAME: &str = "ERR Client names cannot contain spaces, newlines or special characters.";
-
-/// Parses an integer the way Redis's `string2ll` does: optional minus, digits, no leading
-/// zeros, no spaces or plus sign.
-pub(super) fn parse_i64(arg: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(arg).ok()?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let valid = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'))
-        && text != "-0";
-    if !valid {
-        return None;
-    }
-    text.parse().ok()
-}
 
 /// Redis accepts client names (and library names) made of printable ASCII without spaces.
 fn valid_name(name: &[u8]) -> bool {
@@ -309,26 +294,6 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn integers_parse_like_redis() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"15"), Some(15));
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        for bad in [
-            &b""[..],
-            b"01",
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"-",
-            b"-0",
-            b"1x",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 
     #[test]
     fn names_are_printable_ascii_without_spaces() {

@@ -74,13 +74,7 @@ impl Raw {
 
     /// Sends one command as a RESP array.
     pub fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        self.send(&req);
+        self.send(&command(args));
         self.reply()
     }
 
@@ -120,5 +114,34 @@ impl Raw {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// A command as a RESP array of bulk strings.
+pub fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A RESP bulk string.
+pub fn bulk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("${}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Bytes as printable text for failure messages, cut after 300 characters.
+pub fn shown(bytes: &[u8]) -> String {
+    let text = bytes.escape_ascii().to_string();
+    if text.len() > 300 {
+        format!("{}... ({} bytes)", &text[..300], bytes.len())
+    } else {
+        text
     }
 }
