@@ -16,6 +16,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The Redis server behind moat and the shared pool of connections to it.
     pub backend: BackendConfig,
+    /// Dedicated backend connections for transactions, blocking calls and pub/sub.
+    pub pinned: PinnedConfig,
     /// Per-client bounds on what a client may send and leave unread.
     pub limits: LimitsConfig,
     /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`); empty means no authentication.
@@ -78,6 +80,35 @@ impl Default for BackendConfig {
             connect_timeout: Duration::from_secs(2),
             databases: None,
             max_queue: 65_536,
+        }
+    }
+}
+
+/// The pinned pool: backend connections a session holds alone while it is in a stateful
+/// mode (MULTI/WATCH, a blocking call, SUBSCRIBE, MONITOR, CLIENT TRACKING). Separately
+/// capped, so holding state cannot starve the shared pool or let one source take them all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinnedConfig {
+    /// Dedicated connections in total over all workers (0: stateful commands are refused).
+    pub max_connections: usize,
+    /// Leases one client address may hold at once.
+    pub max_per_ip: usize,
+    /// Leases one user may hold at once.
+    pub max_per_user: usize,
+    /// How long a session waits for a lease before its command fails with
+    /// `-ERR moat: no dedicated connection available`.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl Default for PinnedConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            max_per_ip: 8,
+            max_per_user: 48,
+            wait: Duration::from_secs(2),
         }
     }
 }
@@ -220,6 +251,25 @@ impl Config {
         if b.max_queue == 0 {
             return Err(invalid("backend.max_queue", "must be positive"));
         }
+        let pinned = &self.pinned;
+        if pinned.max_connections > 4096 {
+            return Err(invalid("pinned.max_connections", "must be at most 4096"));
+        }
+        if pinned.max_connections > 0 && pinned.max_connections < p.workers {
+            return Err(invalid(
+                "pinned.max_connections",
+                format!(
+                    "must be 0 or at least proxy.workers ({}): each worker needs one",
+                    p.workers
+                ),
+            ));
+        }
+        if pinned.max_per_ip == 0 {
+            return Err(invalid("pinned.max_per_ip", "must be positive"));
+        }
+        if pinned.max_per_user == 0 {
+            return Err(invalid("pinned.max_per_user", "must be positive"));
+        }
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_args", l.max_args),
@@ -334,6 +384,11 @@ mod tests {
                 "backend.connect_timeout",
             ),
             ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
+            ("[pinned]\nmax_per_ip = 0\n", "pinned.max_per_ip"),
+            (
+                "[proxy]\nworkers = 2\n[backend]\nshared_connections = 2\n[pinned]\nmax_connections = 1\n",
+                "pinned.max_connections",
+            ),
             ("[[users]]\nname = \"bob\"\n", "users[0].password"),
             (
                 "[[users]]\nname = \"bob\"\npassword_sha256 = \"xyz\"\n",

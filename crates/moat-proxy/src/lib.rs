@@ -12,6 +12,7 @@ mod command;
 pub mod config;
 mod link;
 mod listener;
+mod pinned;
 mod readiness;
 mod session;
 mod worker;

@@ -43,7 +43,7 @@ impl Handshake<'_> {
 
 /// Opens a connection and completes its handshake within the connect timeout. Returns the
 /// server's facts too when `fetch_facts` is set.
-pub(super) async fn open(
+pub(crate) async fn open(
     settings: &Settings,
     fetch_facts: bool,
 ) -> Result<(TcpStream, Option<BackendFacts>), BackendError> {
@@ -88,6 +88,31 @@ pub(super) async fn open(
         Ok(result) => result,
         Err(_) => Err(BackendError::Timeout(settings.connect_timeout)),
     }
+}
+
+/// Clears a dedicated connection's state before the next lease: RESET (Redis >= 6.2), which
+/// also signs the connection out, then moat's own AUTH and name again.
+pub(crate) async fn reset(stream: &mut TcpStream, settings: &Settings) -> Result<(), BackendError> {
+    let mut hs = Handshake {
+        stream,
+        buf: BytesMut::new(),
+        max_depth: settings.max_reply_depth,
+    };
+    if let Value::Error(e) = hs.call(&[b"RESET"]).await? {
+        return Err(BackendError::Protocol(format!("RESET refused: {e}")));
+    }
+    if let Some(password) = &settings.password {
+        let reply = match &settings.username {
+            Some(user) => hs.call(&[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
+            None => hs.call(&[b"AUTH", password.as_bytes()]).await?,
+        };
+        if let Value::Error(e) = reply {
+            return Err(BackendError::Auth(e));
+        }
+    }
+    hs.call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
+        .await?;
+    Ok(())
 }
 
 /// Asks the server what the session needs to answer like it: version and role for HELLO,

@@ -4,7 +4,7 @@
 
 mod backoff;
 mod conn;
-mod handshake;
+pub(crate) mod handshake;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -61,6 +61,11 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn from_config(config: &Config, worker: usize) -> Self {
+        Self::named(config, format!("moat-shared-w{worker}"))
+    }
+
+    /// Settings for connections with their own name (dedicated ones show as `moat-pinned`).
+    pub(crate) fn named(config: &Config, connection_name: String) -> Self {
         let b = &config.backend;
         Self {
             address: b.address,
@@ -69,7 +74,7 @@ impl Settings {
             connect_timeout: b.connect_timeout,
             databases: b.databases,
             max_reply_depth: config.limits.max_reply_depth,
-            connection_name: format!("moat-shared-w{worker}"),
+            connection_name,
         }
     }
 }

@@ -1,0 +1,223 @@
+//! One worker's dedicated connections: idle ones ready for the next lease, and a count of
+//! all open ones that never exceeds the worker's share of `pinned.max_connections`.
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::limits::{LeaseLimits, LeaseTicket, LimitHit};
+use crate::backend::{Settings, handshake};
+
+/// Why a session got no dedicated connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LeaseError {
+    /// Every dedicated connection is leased.
+    Pool(usize),
+    /// The client's address holds its share.
+    PerIp(usize),
+    /// The client's user holds its share.
+    PerUser(usize),
+    /// A new connection could not be opened.
+    Backend(String),
+}
+
+impl LeaseError {
+    /// The error line the client gets.
+    pub(crate) fn line(&self) -> String {
+        match self {
+            LeaseError::Pool(n) => {
+                format!("ERR moat: no dedicated connection available (limit {n})")
+            }
+            LeaseError::PerIp(n) => format!(
+                "ERR moat: no dedicated connection available (limit {n} per client address)"
+            ),
+            LeaseError::PerUser(n) => {
+                format!("ERR moat: no dedicated connection available (limit {n} per user)")
+            }
+            LeaseError::Backend(e) => format!("ERR moat: backend unavailable ({e})"),
+        }
+    }
+}
+
+/// An open dedicated connection and what moat knows of its state.
+#[derive(Debug)]
+pub(crate) struct PinnedConn {
+    pub(crate) stream: TcpStream,
+    /// Database and protocol the connection is in (moat adjusts them per lease).
+    pub(crate) db: u32,
+    pub(crate) resp3: bool,
+    _slot: Slot,
+}
+
+/// Counts one open connection against the pool; closing the connection frees the slot.
+#[derive(Debug)]
+struct Slot(Rc<PinnedPool>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        self.0.available.notify_waiters();
+    }
+}
+
+/// The dedicated connections of one worker.
+#[derive(Debug)]
+pub(crate) struct PinnedPool {
+    settings: Settings,
+    cap: usize,
+    open: Cell<usize>,
+    idle: RefCell<Vec<PinnedConn>>,
+    available: Notify,
+    limits: Arc<LeaseLimits>,
+    wait: Duration,
+}
+
+impl PinnedPool {
+    pub(crate) fn new(
+        settings: Settings,
+        cap: usize,
+        limits: Arc<LeaseLimits>,
+        wait: Duration,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            settings,
+            cap,
+            open: Cell::new(0),
+            idle: RefCell::new(Vec::new()),
+            available: Notify::new(),
+            limits,
+            wait,
+        })
+    }
+
+    /// Open dedicated connections (leased, idle or being reset).
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Leases a connection for a client at `ip` acting as `user`, waiting up to the
+    /// configured time for one to free up.
+    pub(crate) async fn acquire(
+        self: &Rc<Self>,
+        ip: IpAddr,
+        user: &Arc<str>,
+    ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            // Registered before looking, so a release between the look and the wait is seen.
+            let released = self.limits.released.notified();
+            let available = self.available.notified();
+            tokio::pin!(released, available);
+            released.as_mut().enable();
+            available.as_mut().enable();
+            let refused = match self.try_acquire(ip, user) {
+                Ok(Some(leased)) => return Ok(leased),
+                Ok(None) => {
+                    return self.connect(ip, user).await;
+                }
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(refused);
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = available => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// An idle connection with a lease (`Some`), room to open one (`None`), or why not.
+    #[allow(clippy::type_complexity)]
+    fn try_acquire(
+        self: &Rc<Self>,
+        ip: IpAddr,
+        user: &Arc<str>,
+    ) -> Result<Option<(PinnedConn, LeaseTicket)>, LeaseError> {
+        // Pool room first: taking a ticket and giving it back would wake every waiter.
+        self.drop_dead_idle();
+        let has_idle = !self.idle.borrow().is_empty();
+        if !has_idle && self.open.get() >= self.cap {
+            return Err(LeaseError::Pool(self.cap));
+        }
+        let ticket = self.limits.try_take(ip, user).map_err(|hit| match hit {
+            LimitHit::PerIp(n) => LeaseError::PerIp(n),
+            LimitHit::PerUser(n) => LeaseError::PerUser(n),
+        })?;
+        match self.idle.borrow_mut().pop() {
+            Some(conn) => Ok(Some((conn, ticket))),
+            None => {
+                // Reserve the slot now; `connect` takes the ticket again.
+                drop(ticket);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Opens a new dedicated connection (the pool had room).
+    async fn connect(
+        self: &Rc<Self>,
+        ip: IpAddr,
+        user: &Arc<str>,
+    ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
+        let ticket = self.limits.try_take(ip, user).map_err(|hit| match hit {
+            LimitHit::PerIp(n) => LeaseError::PerIp(n),
+            LimitHit::PerUser(n) => LeaseError::PerUser(n),
+        })?;
+        self.open.set(self.open.get() + 1);
+        let slot = Slot(self.clone());
+        match handshake::open(&self.settings, false).await {
+            Ok((stream, _)) => Ok((
+                PinnedConn {
+                    stream,
+                    db: 0,
+                    resp3: false,
+                    _slot: slot,
+                },
+                ticket,
+            )),
+            Err(e) => Err(LeaseError::Backend(e.to_string())),
+        }
+    }
+
+    /// Idle connections the server closed (timeout, restart) are dropped before a lease.
+    fn drop_dead_idle(&self) {
+        self.idle.borrow_mut().retain(|conn| {
+            let mut probe = [0u8; 1];
+            matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+    }
+
+    /// Takes back a connection whose lease ended with its state cleared. With `reset`, it is
+    /// RESET (and re-authenticated) first, in the background; a connection that fails that
+    /// is closed.
+    pub(crate) fn give_back(self: &Rc<Self>, mut conn: PinnedConn, reset: bool) {
+        if !reset {
+            self.idle.borrow_mut().push(conn);
+            self.available.notify_waiters();
+            return;
+        }
+        let pool = self.clone();
+        tokio::task::spawn_local(async move {
+            let work = handshake::reset(&mut conn.stream, &pool.settings);
+            match tokio::time::timeout(pool.settings.connect_timeout, work).await {
+                Ok(Ok(())) => {
+                    conn.db = 0;
+                    conn.resp3 = false;
+                    pool.idle.borrow_mut().push(conn);
+                    pool.available.notify_waiters();
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "closing a dedicated connection that failed RESET"),
+                Err(_) => tracing::debug!("closing a dedicated connection that did not answer RESET"),
+            }
+        });
+    }
+}
