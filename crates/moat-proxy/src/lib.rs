@@ -115,15 +115,29 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let users = Arc::new(auth::Users::from_config(&config.users));
     let (tx, rx) = watch::channel(false);
     let total = config.backend.shared_connections;
+    let pinned_total = config.pinned.max_connections;
+    let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         // Split the backend cap so the sum over workers never exceeds it.
         let cap = total / workers + usize::from(index < total % workers);
+        let pinned_cap = pinned_total / workers + usize::from(index < pinned_total % workers);
         let (config, users, rx) = (config.clone(), users.clone(), rx.clone());
+        let leases = leases.clone();
         let handle = std::thread::Builder::new()
             .name(format!("moat-worker-{index}"))
             .spawn(move || {
-                if let Err(e) = worker::run(index, listener, config, users, cap, rx) {
+                let setup = worker::WorkerSetup {
+                    index,
+                    listener,
+                    config,
+                    users,
+                    backend_cap: cap,
+                    pinned_cap,
+                    leases,
+                    shutdown: rx,
+                };
+                if let Err(e) = worker::run(setup) {
                     tracing::error!(worker = index, error = %e, "worker failed");
                 }
             })

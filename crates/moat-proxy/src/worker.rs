@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::Users;
 use crate::backend::{Backend, Settings};
 use crate::config::Config;
+use crate::pinned::{LeaseLimits, PinnedPool};
 
 /// What every session of a worker shares.
 #[derive(Debug)]
@@ -24,20 +25,37 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_inflight: usize,
     pub(crate) max_output_bytes: usize,
     pub(crate) max_queue: usize,
+    pub(crate) max_reply_depth: usize,
     pub(crate) listen: SocketAddr,
+    pub(crate) pinned: Rc<PinnedPool>,
+}
+
+/// What one worker thread is started with.
+#[derive(Debug)]
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) config: Arc<Config>,
+    pub(crate) users: Arc<Users>,
+    /// This worker's share of the shared and pinned pools.
+    pub(crate) backend_cap: usize,
+    pub(crate) pinned_cap: usize,
+    pub(crate) leases: Arc<LeaseLimits>,
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// Runs one worker until `shutdown` turns true.
-pub(crate) fn run(
-    index: usize,
-    listener: std::net::TcpListener,
-    config: Arc<Config>,
-    users: Arc<Users>,
-    backend_cap: usize,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    // No signal driver: the binary handles signals on its own thread, and a worker's
-    // runtime would otherwise poll it on every turn.
+pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
+    let WorkerSetup {
+        index,
+        listener,
+        config,
+        users,
+        backend_cap,
+        pinned_cap,
+        leases,
+        mut shutdown,
+    } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -48,6 +66,12 @@ pub(crate) fn run(
         let listen = listener.local_addr()?;
         let backend = Backend::new(Settings::from_config(&config, index), backend_cap);
         backend.start().await;
+        let pinned = PinnedPool::new(
+            Settings::named(&config, format!("moat-pinned-w{index}")),
+            pinned_cap,
+            leases,
+            config.pinned.wait,
+        );
         let l = &config.limits;
         let ctx = Rc::new(WorkerCtx {
             backend,
@@ -61,7 +85,9 @@ pub(crate) fn run(
             max_inflight: l.max_inflight,
             max_output_bytes: l.max_output_bytes,
             max_queue: config.backend.max_queue,
+            max_reply_depth: l.max_reply_depth,
             listen,
+            pinned,
         });
         tracing::info!(worker = index, %listen, "accepting clients");
         loop {

@@ -103,7 +103,10 @@ pub(crate) async fn reset(stream: &mut TcpStream, settings: &Settings) -> Result
     }
     if let Some(password) = &settings.password {
         let reply = match &settings.username {
-            Some(user) => hs.call(&[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
+            Some(user) => {
+                hs.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                    .await?
+            }
             None => hs.call(&[b"AUTH", password.as_bytes()]).await?,
         };
         if let Value::Error(e) = reply {

@@ -88,6 +88,20 @@ pub(crate) struct BackendFacts {
     pub(crate) table: CommandTable,
 }
 
+impl BackendFacts {
+    /// Whether the server has RESET (Redis 6.2 and later), used to clean dedicated
+    /// connections between leases.
+    pub(crate) fn supports_reset(&self) -> bool {
+        let mut parts = self
+            .version
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let major = parts.next().unwrap_or(0);
+        let minor = parts.next().unwrap_or(0);
+        (major, minor) >= (6, 2)
+    }
+}
+
 /// Why no backend connection could take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PickError {

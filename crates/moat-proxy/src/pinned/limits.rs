@@ -126,7 +126,10 @@ mod tests {
         let user: Arc<str> = "default".into();
         let a = limits.try_take(ip(1), &user).unwrap();
         let _b = limits.try_take(ip(1), &user).unwrap();
-        assert_eq!(limits.try_take(ip(1), &user).unwrap_err(), LimitHit::PerIp(2));
+        assert_eq!(
+            limits.try_take(ip(1), &user).unwrap_err(),
+            LimitHit::PerIp(2)
+        );
         // Another address is unaffected.
         let _c = limits.try_take(ip(2), &user).unwrap();
         drop(a);
@@ -140,7 +143,10 @@ mod tests {
         let bob: Arc<str> = "bob".into();
         let _a = limits.try_take(ip(1), &bob).unwrap();
         let _b = limits.try_take(ip(2), &bob).unwrap();
-        assert_eq!(limits.try_take(ip(3), &bob).unwrap_err(), LimitHit::PerUser(2));
+        assert_eq!(
+            limits.try_take(ip(3), &bob).unwrap_err(),
+            LimitHit::PerUser(2)
+        );
         assert!(limits.try_take(ip(3), &"alice".into()).is_ok());
     }
 

@@ -5,6 +5,6 @@ mod limits;
 mod pool;
 mod state;
 
-pub(crate) use limits::LeaseLimits;
-pub(crate) use pool::{LeaseError, PinnedConn, PinnedPool};
-pub(crate) use state::{Disposition, PinState, StateError, SubKind, Tag};
+pub(crate) use limits::{LeaseLimits, LeaseTicket};
+pub(crate) use pool::{PinnedConn, PinnedPool};
+pub(crate) use state::{Disposition, PinState, SubKind, Tag};

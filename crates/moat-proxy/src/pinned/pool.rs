@@ -96,12 +96,6 @@ impl PinnedPool {
         })
     }
 
-    /// Open dedicated connections (leased, idle or being reset).
-    #[cfg(test)]
-    pub(crate) fn open(&self) -> usize {
-        self.open.get()
-    }
-
     /// Leases a connection for a client at `ip` acting as `user`, waiting up to the
     /// configured time for one to free up.
     pub(crate) async fn acquire(
@@ -215,8 +209,12 @@ impl PinnedPool {
                     pool.idle.borrow_mut().push(conn);
                     pool.available.notify_waiters();
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "closing a dedicated connection that failed RESET"),
-                Err(_) => tracing::debug!("closing a dedicated connection that did not answer RESET"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "closing a dedicated connection that failed RESET")
+                }
+                Err(_) => {
+                    tracing::debug!("closing a dedicated connection that did not answer RESET")
+                }
             }
         });
     }

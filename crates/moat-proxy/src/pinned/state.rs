@@ -147,6 +147,14 @@ impl PinState {
         }
     }
 
+    /// Replies the client still waits for (moat's own inserted commands excluded).
+    pub(crate) fn owed_to_client(&self) -> usize {
+        self.fifo
+            .iter()
+            .filter(|e| !matches!(e, Expect::Swallow))
+            .count()
+    }
+
     /// Replies still owed.
     pub(crate) fn outstanding(&self) -> usize {
         self.fifo.len()
@@ -183,6 +191,7 @@ impl PinState {
     }
 
     /// Subscriptions held (channels, patterns, shard channels).
+    #[cfg(test)]
     pub(crate) fn subscriptions(&self) -> usize {
         self.channels.len() + self.patterns.len() + self.shards.len()
     }
@@ -327,7 +336,9 @@ fn sub_verb(verb: &[u8]) -> Option<(SubKind, bool)> {
 /// The first two elements of an array or push frame when they are bulk strings (the second
 /// may be null): enough to recognise pub/sub frames without decoding them.
 fn first_two_bulks(frame: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
-    let rest = frame.strip_prefix(b"*").or_else(|| frame.strip_prefix(b">"))?;
+    let rest = frame
+        .strip_prefix(b"*")
+        .or_else(|| frame.strip_prefix(b">"))?;
     let (_, rest) = split_line(rest)?;
     let (first, rest) = bulk(rest)?;
     let second = match rest.first() {
@@ -381,7 +392,10 @@ mod tests {
         assert_eq!(s.on_frame(b"+OK\r\n", Simple), Ok(Disposition::Deliver));
         assert_eq!(s.on_frame(b"+QUEUED\r\n", Simple), Ok(Disposition::Deliver));
         assert!(!s.is_idle());
-        assert_eq!(s.on_frame(b"*1\r\n+OK\r\n", Array), Ok(Disposition::Deliver));
+        assert_eq!(
+            s.on_frame(b"*1\r\n+OK\r\n", Array),
+            Ok(Disposition::Deliver)
+        );
         assert!(s.is_idle());
     }
 
@@ -403,7 +417,8 @@ mod tests {
     fn failed_watch_holds_nothing() {
         let mut s = PinState::new(false);
         s.expect(Tag::Watch);
-        s.on_frame(b"-ERR wrong number of arguments\r\n", Error).unwrap();
+        s.on_frame(b"-ERR wrong number of arguments\r\n", Error)
+            .unwrap();
         assert!(s.is_idle());
     }
 
@@ -415,7 +430,10 @@ mod tests {
         assert!(s.multi_dirty());
         s.expect(Tag::ExecAsDiscard);
         s.on_frame(b"+OK\r\n", Simple).unwrap();
-        assert_eq!(s.on_frame(b"+OK\r\n", Simple), Ok(Disposition::Replace(EXECABORT)));
+        assert_eq!(
+            s.on_frame(b"+OK\r\n", Simple),
+            Ok(Disposition::Replace(EXECABORT))
+        );
         assert!(s.is_idle());
     }
 
@@ -426,7 +444,8 @@ mod tests {
         assert!(s.subscribed());
         let d = s.on_frame(&arr(&[Some("subscribe"), Some("a")], 1), Array);
         assert_eq!(d, Ok(Disposition::Deliver));
-        s.on_frame(&arr(&[Some("subscribe"), Some("b")], 2), Array).unwrap();
+        s.on_frame(&arr(&[Some("subscribe"), Some("b")], 2), Array)
+            .unwrap();
         assert_eq!(s.outstanding(), 0);
         assert_eq!(s.subscriptions(), 2);
         // Messages match no request.
@@ -434,13 +453,16 @@ mod tests {
         assert_eq!(s.on_frame(msg, Array), Ok(Disposition::Deliver));
         // PING in RESP2 pub/sub mode answers with an array: it is the PING's reply.
         s.expect(Tag::Other);
-        s.on_frame(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", Array).unwrap();
+        s.on_frame(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", Array)
+            .unwrap();
         assert_eq!(s.outstanding(), 0);
         // Unsubscribe-all confirms each channel.
         s.expect_sub(SubKind::Channel, true, 0);
-        s.on_frame(&arr(&[Some("unsubscribe"), Some("a")], 1), Array).unwrap();
+        s.on_frame(&arr(&[Some("unsubscribe"), Some("a")], 1), Array)
+            .unwrap();
         assert!(!s.is_idle());
-        s.on_frame(&arr(&[Some("unsubscribe"), Some("b")], 0), Array).unwrap();
+        s.on_frame(&arr(&[Some("unsubscribe"), Some("b")], 0), Array)
+            .unwrap();
         assert!(s.is_idle());
     }
 
@@ -448,7 +470,8 @@ mod tests {
     fn unsubscribe_all_without_subscriptions_confirms_once() {
         let mut s = PinState::new(false);
         s.expect_sub(SubKind::Pattern, true, 0);
-        s.on_frame(&arr(&[Some("punsubscribe"), None], 0), Array).unwrap();
+        s.on_frame(&arr(&[Some("punsubscribe"), None], 0), Array)
+            .unwrap();
         assert!(s.is_idle());
     }
 
@@ -485,7 +508,10 @@ mod tests {
         s.expect_swallow();
         assert_eq!(s.on_frame(b"+OK\r\n", Simple), Ok(Disposition::Swallow));
         s.expect_swallow();
-        assert!(matches!(s.on_frame(b"-ERR no\r\n", Error), Err(StateError::Refused(_))));
+        assert!(matches!(
+            s.on_frame(b"-ERR no\r\n", Error),
+            Err(StateError::Refused(_))
+        ));
         assert_eq!(s.on_frame(b"+OK\r\n", Simple), Err(StateError::Unexpected));
     }
 
@@ -496,7 +522,10 @@ mod tests {
         s.on_frame(b"+OK\r\n", Simple).unwrap();
         s.expect(Tag::Other);
         assert_eq!(s.on_frame(b"+PONG\r\n", Simple), Ok(Disposition::Deliver));
-        assert_eq!(s.on_frame(b"+1 [0 x] \"PING\"\r\n", Simple), Ok(Disposition::Deliver));
+        assert_eq!(
+            s.on_frame(b"+1 [0 x] \"PING\"\r\n", Simple),
+            Ok(Disposition::Deliver)
+        );
         assert!(s.holds_state() && !s.is_idle());
     }
 

@@ -17,6 +17,8 @@ pub(super) enum Action {
     Error(Vec<u8>),
     /// Run an emulated command.
     Local(Local),
+    /// Needs a dedicated backend connection (a lease from the pinned pool).
+    Dedicated,
 }
 
 fn error(line: String) -> Action {
@@ -104,8 +106,9 @@ fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> A
     }
     match route {
         Route::Forward => Action::Forward,
+        Route::Local(Local::Client) => client_route(request),
         Route::Local(l) => Action::Local(l),
-        Route::Dedicated => error(needs_dedicated(&upper(name))),
+        Route::Dedicated => Action::Dedicated,
         Route::Refused => error(refused(&upper(name))),
         Route::DedicatedIfBlock => {
             let blocks = request
@@ -114,12 +117,41 @@ fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> A
                 .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
                 .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
             if blocks {
-                error(needs_dedicated(&format!("{} BLOCK", upper(name))))
+                Action::Dedicated
             } else {
                 Action::Forward
             }
         }
     }
+}
+
+/// CLIENT subcommands that change how replies flow need more than the local emulation.
+fn client_route(request: &Request<'_>) -> Action {
+    let sub = request.arg(1).unwrap_or_default();
+    let arg2 = request.arg(2).unwrap_or_default();
+    if sub.eq_ignore_ascii_case(b"TRACKING") {
+        if request.args().any(|a| a.eq_ignore_ascii_case(b"REDIRECT")) {
+            // The id would name a backend connection; clients only know moat's ids.
+            return error(
+                "ERR moat: CLIENT TRACKING REDIRECT is not supported; use RESP3 (HELLO 3) \
+                 to receive invalidations on the same connection"
+                    .into(),
+            );
+        }
+        if arg2.eq_ignore_ascii_case(b"ON") {
+            return Action::Dedicated;
+        }
+    }
+    if sub.eq_ignore_ascii_case(b"REPLY")
+        && (arg2.eq_ignore_ascii_case(b"OFF") || arg2.eq_ignore_ascii_case(b"SKIP"))
+    {
+        // Moat matches every reply to its request; a request without a reply breaks that.
+        return error(
+            "ERR moat: CLIENT REPLY OFF/SKIP is not supported (moat pairs every request with its reply)"
+                .into(),
+        );
+    }
+    Action::Local(Local::Client)
 }
 
 /// What C's `%.*s` prints of an argument: up to the first NUL, at most `max` bytes.
@@ -135,11 +167,6 @@ fn c_string(arg: &[u8], max: usize) -> &[u8] {
 /// Upper-case display name of a command, as operators write it.
 pub(super) fn upper(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_ascii_uppercase()
-}
-
-/// The error for a command that needs a backend connection of its own.
-pub(super) fn needs_dedicated(what: &str) -> String {
-    format!("ERR moat: {what} needs a dedicated connection, not supported yet")
 }
 
 /// The error for a command that would disturb connections moat shares.

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use moat_protocol::{Request, encode, parse_i64};
 
-use super::classify::{needs_dedicated, refused, wrong_arity};
-use super::{Core, Step, unauthenticated_limits};
+use super::classify::{refused, wrong_arity};
+use super::{Core, Step};
 use crate::auth::AuthOutcome;
 use crate::backend::BackendFacts;
 use crate::command::Local;
@@ -97,7 +97,7 @@ impl Core {
         match users.authenticate(user, password) {
             (AuthOutcome::Ok, Some(u)) => {
                 self.state.user = Some(u);
-                self.new_limits = Some(self.worker.limits);
+                self.limits_changed = true;
                 Ok(())
             }
             (AuthOutcome::NoPasswordConfigured, _) => Err(NO_PASSWORD),
@@ -178,7 +178,7 @@ impl Core {
         self.state.names = None;
         if self.worker.users.auth_required() {
             self.state.user = None;
-            self.new_limits = Some(unauthenticated_limits(self.worker.limits));
+            self.limits_changed = true;
         } else {
             self.state.user = self.worker.users.default_user();
         }
@@ -218,10 +218,13 @@ impl Core {
             b"id" | b"getname" | b"setname" | b"setinfo" | b"info" | b"getredir" => {
                 self.error(&wrong_arity(&full))
             }
-            b"tracking" | b"caching" | b"reply" => self.error(&needs_dedicated(&format!(
-                "CLIENT {}",
-                sub.to_ascii_uppercase().escape_ascii()
-            ))),
+            // TRACKING ON takes a dedicated connection (see classify); OFF without tracking
+            // and REPLY ON change nothing, as in Redis.
+            b"tracking" | b"reply" => encode::simple(&mut self.link.out(), "OK"),
+            b"caching" => self.error(
+                "ERR CLIENT CACHING can be called only when the client is in tracking mode with \
+                 OPTIN or OPTOUT mode enabled",
+            ),
             b"kill" | b"pause" | b"unpause" | b"no-evict" | b"no-touch" | b"unblock" => {
                 self.error(&refused(&format!(
                     "CLIENT {}",

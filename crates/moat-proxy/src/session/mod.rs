@@ -7,6 +7,7 @@
 
 mod classify;
 mod local;
+mod pinned;
 
 use std::cell::RefCell;
 use std::io;
@@ -56,6 +57,17 @@ enum Event {
     Delivered,
     Readable,
     Writable,
+    PinReadable,
+}
+
+/// A request's wait for a dedicated connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LeaseWait {
+    None,
+    /// The request at the front of the input needs a lease; the run loop gets one.
+    Wanted,
+    /// Getting one failed; the request is answered with this line.
+    Failed(Box<str>),
 }
 
 /// What processing one request led to.
@@ -76,6 +88,8 @@ pub(crate) struct ClientState {
     pub(crate) peer: SocketAddr,
     pub(crate) created: Instant,
     pub(crate) db: u32,
+    /// The session speaks RESP3 (after HELLO 3).
+    pub(crate) resp3: bool,
     /// The authenticated user (`None` until AUTH when authentication is required).
     pub(crate) user: Option<std::sync::Arc<crate::auth::User>>,
     /// Names the client gave itself; boxed because most clients never set one, and every
@@ -115,10 +129,15 @@ struct Core {
     closing: bool,
     /// A final error line to send once earlier replies are out (protocol error).
     final_error: Option<String>,
-    /// Parser limits to apply before the next request (after AUTH or RESET).
-    new_limits: Option<Limits>,
+    /// The user changed (AUTH, RESET): the parser's limits follow before the next request.
+    limits_changed: bool,
     /// A complete request waits in the input buffer (barrier or backpressure).
     blocked_inbuf: bool,
+    /// The dedicated connection held while in a stateful mode (boxed: most sessions never
+    /// take one, and every idle session pays for what it carries inline).
+    pin: Option<Box<pinned::Pin>>,
+    /// Where the request at the front of the input stands with its lease.
+    lease: LeaseWait,
 }
 
 /// A client connection being served.
@@ -135,13 +154,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker
     } else {
         worker.users.default_user()
     };
-    let limits = if user.is_some() {
-        worker.limits
-    } else {
-        unauthenticated_limits(worker.limits)
-    };
     let mut session = Session {
-        parser: RequestParser::new(limits),
+        parser: RequestParser::new(worker.limits),
         inbuf: BytesMut::new(),
         core: Core {
             link: Rc::new(ClientLink::default()),
@@ -150,6 +164,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker
                 peer,
                 created: Instant::now(),
                 db: 0,
+                resp3: false,
                 user,
                 names: None,
             },
@@ -157,13 +172,17 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker
             sticky: None,
             closing: false,
             final_error: None,
-            new_limits: None,
+            limits_changed: true,
             blocked_inbuf: false,
+            pin: None,
+            lease: LeaseWait::None,
         },
     };
     if let Err(e) = session.run(&stream).await {
         tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
+    // A client gone mid-state leaves its dedicated connection closed, not reused.
+    session.core.end_pin();
     session.core.link.close();
 }
 
@@ -171,14 +190,21 @@ impl Session {
     async fn run(&mut self, stream: &TcpStream) -> io::Result<()> {
         loop {
             self.process_inbuf();
+            if self.core.lease == LeaseWait::Wanted {
+                // Boxed: the wait is rare, and inline it would grow every idle session.
+                Box::pin(self.lease(stream)).await?;
+                continue;
+            }
             let core = &mut self.core;
-            if core.link.inflight() == 0
+            core.pin_flush();
+            core.pin_maybe_release();
+            if core.owed() == 0
                 && let Some(line) = core.final_error.take()
             {
                 encode::error(&mut core.link.out(), &line);
             }
             core.flush(stream)?;
-            let owed = core.link.inflight() > 0 || core.link.out_len() > 0;
+            let owed = core.owed() > 0 || core.link.out_len() > 0;
             if core.closing && !owed {
                 return Ok(());
             }
@@ -189,12 +215,26 @@ impl Session {
             }
             let want_read = !core.closing && !core.backpressured() && !self.blocked_on_barrier();
             let want_write = self.core.link.out_len() > 0;
-            let link = &self.core.link;
+            let core = &self.core;
+            let pin = core.pin.as_deref();
+            // A slow reader stops being read from its dedicated connection too, so Redis's
+            // own output limit, not moat's memory, absorbs what it does not read.
+            let want_pin_read = pin.is_some() && core.link.out_len() < core.worker.max_output_bytes;
+            let want_pin_write = pin.is_some_and(|p| p.has_unwritten());
+            let link = &core.link;
             // Polled by hand rather than with select! over readiness futures: an idle
             // session then waits with no sub-futures stored, which keeps its task small.
             let event = std::future::poll_fn(|cx| {
                 if link.poll_delivered(cx) {
                     return Poll::Ready(Ok(Event::Delivered));
+                }
+                if let Some(pin) = pin {
+                    if want_pin_read && let Poll::Ready(r) = pin.poll_read_ready(cx) {
+                        return Poll::Ready(r.map(|()| Event::PinReadable));
+                    }
+                    if want_pin_write && let Poll::Ready(r) = pin.poll_write_ready(cx) {
+                        return Poll::Ready(r.map(|()| Event::Writable));
+                    }
                 }
                 if want_read && let Poll::Ready(r) = stream.poll_read_ready(cx) {
                     return Poll::Ready(r.map(|()| Event::Readable));
@@ -204,11 +244,43 @@ impl Session {
                 }
                 Poll::Pending
             })
-            .await?;
-            if event == Event::Readable {
-                self.read(stream)?;
+            .await;
+            match event {
+                Ok(Event::Readable) => self.read(stream)?,
+                Ok(Event::PinReadable) => self.core.pin_read(),
+                Ok(_) => {}
+                Err(e) if self.core.pin.is_some() && want_pin_read => {
+                    // Readiness errors on the dedicated side end the lease, not the client.
+                    self.core.pin_read();
+                    tracing::debug!(error = %e, "dedicated connection readiness failed");
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits for a dedicated connection for the request at the front of the input; on
+    /// failure that request is answered with the reason.
+    async fn lease(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let core = &mut self.core;
+        core.lease = LeaseWait::None;
+        // Replies already produced go out before the wait.
+        core.flush(stream)?;
+        let user: std::sync::Arc<str> = core
+            .state
+            .user
+            .as_ref()
+            .map_or("default", |u| u.name.as_str())
+            .into();
+        let pool = core.worker.pinned.clone();
+        match pool.acquire(core.state.peer.ip(), &user).await {
+            Ok((conn, ticket)) => {
+                let depth = core.worker.max_reply_depth;
+                core.pin = Some(Box::new(pinned::Pin::new(conn, ticket, depth)));
+            }
+            Err(e) => core.lease = LeaseWait::Failed(e.line().into()),
+        }
+        Ok(())
     }
 
     /// True while a complete request waits in the input buffer for earlier replies: more
@@ -264,8 +336,8 @@ impl Session {
         let mut pos = 0;
         self.core.blocked_inbuf = false;
         while !self.core.closing && pos < buf.len() {
-            if let Some(limits) = self.core.new_limits.take() {
-                self.parser.set_limits(limits);
+            if std::mem::take(&mut self.core.limits_changed) {
+                self.parser.set_limits(self.core.parser_limits());
             }
             if self.core.backpressured() {
                 self.core.blocked_inbuf = true;
@@ -305,9 +377,28 @@ impl Session {
 }
 
 impl Core {
+    /// Request limits for the session's state: Redis's tight ones until it authenticates.
+    fn parser_limits(&self) -> Limits {
+        if self.state.user.is_some() {
+            self.worker.limits
+        } else {
+            unauthenticated_limits(self.worker.limits)
+        }
+    }
+
+    /// Replies the client waits for, on shared and dedicated connections.
+    fn owed(&self) -> usize {
+        let pinned = self
+            .pin
+            .as_deref()
+            .filter(|p| !p.state.monitor())
+            .map_or(0, |p| p.state.outstanding());
+        self.link.inflight() + pinned
+    }
+
     /// True while the client has as much in flight or unread as it may.
     fn backpressured(&self) -> bool {
-        self.link.inflight() >= self.worker.max_inflight
+        self.owed() >= self.worker.max_inflight
             || self.link.out_len() >= self.worker.max_output_bytes
     }
 
@@ -330,6 +421,9 @@ impl Core {
     fn handle(&mut self, request: &moat_protocol::Request<'_>) -> Step {
         let facts = self.worker.backend.facts();
         let action = classify::classify(&self.state, &facts, request);
+        if self.pin.is_some() {
+            return self.handle_pinned(request, action, &facts);
+        }
         if !matches!(action, Action::Forward) && self.link.inflight() > 0 {
             // Answering now would overtake replies still owed for earlier requests.
             return Step::Blocked;
@@ -341,6 +435,16 @@ impl Core {
                 Step::Done
             }
             Action::Local(cmd) => self.local(cmd, request, &facts),
+            Action::Dedicated => match std::mem::replace(&mut self.lease, LeaseWait::None) {
+                LeaseWait::Failed(line) => {
+                    encode::error(&mut self.link.out(), line.as_bytes());
+                    Step::Done
+                }
+                _ => {
+                    self.lease = LeaseWait::Wanted;
+                    Step::Blocked
+                }
+            },
         }
     }
 
@@ -406,7 +510,14 @@ mod tests {
                 max_inflight: 1,
                 max_output_bytes: 1,
                 max_queue: 1,
+                max_reply_depth: 8,
                 listen: addr,
+                pinned: crate::pinned::PinnedPool::new(
+                    Settings::from_config(&config, 0),
+                    1,
+                    crate::pinned::LeaseLimits::new(1, 1),
+                    std::time::Duration::from_secs(1),
+                ),
             });
             let session = super::serve(stream, addr, ctx);
             let size = std::mem::size_of_val(&session);

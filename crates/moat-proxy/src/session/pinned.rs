@@ -1,0 +1,360 @@
+//! A session's dedicated connection while it holds a lease: requests go to it in order,
+//! every frame read from it belongs to this client alone, and the state follower decides
+//! when the lease ends.
+
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use moat_protocol::{ReplyFramer, Request, encode};
+
+use super::{Core, Step};
+use crate::command::lowercase;
+use crate::link::ClientLink;
+use crate::pinned::{Disposition, LeaseTicket, PinState, PinnedConn, SubKind, Tag};
+
+const BUF_SIZE: usize = 16 << 10;
+
+/// What the session tells the follower a forwarded request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PinTag {
+    Reply(Tag),
+    Sub(SubKind, bool, usize),
+}
+
+impl PinTag {
+    /// Whether Redis would queue this inside MULTI in a way moat could not follow
+    /// (subscriptions, MONITOR, tracking): moat refuses those inside a transaction.
+    fn unfollowable_in_multi(self) -> bool {
+        matches!(
+            self,
+            PinTag::Sub(..) | PinTag::Reply(Tag::Monitor | Tag::TrackingOn | Tag::TrackingOff)
+        )
+    }
+}
+
+/// The tag of a request by its command name.
+pub(super) fn tag_of(request: &Request<'_>) -> PinTag {
+    let mut buf = [0u8; 64];
+    let name = lowercase(request.arg(0).unwrap_or_default(), &mut buf).unwrap_or_default();
+    let names = request.argc().saturating_sub(1);
+    let sub = |kind, unsubscribe| PinTag::Sub(kind, unsubscribe, names);
+    match name {
+        b"multi" => PinTag::Reply(Tag::Multi),
+        b"exec" => PinTag::Reply(Tag::Exec),
+        b"discard" => PinTag::Reply(Tag::Discard),
+        b"watch" => PinTag::Reply(Tag::Watch),
+        b"unwatch" => PinTag::Reply(Tag::Unwatch),
+        b"monitor" => PinTag::Reply(Tag::Monitor),
+        b"subscribe" => sub(SubKind::Channel, false),
+        b"unsubscribe" => sub(SubKind::Channel, true),
+        b"psubscribe" => sub(SubKind::Pattern, false),
+        b"punsubscribe" => sub(SubKind::Pattern, true),
+        b"ssubscribe" => sub(SubKind::Shard, false),
+        b"sunsubscribe" => sub(SubKind::Shard, true),
+        b"client"
+            if request
+                .arg(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"TRACKING")) =>
+        {
+            if request
+                .arg(2)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"ON"))
+            {
+                PinTag::Reply(Tag::TrackingOn)
+            } else {
+                PinTag::Reply(Tag::TrackingOff)
+            }
+        }
+        _ => PinTag::Reply(Tag::Other),
+    }
+}
+
+/// A leased dedicated connection in use by one session.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    conn: PinnedConn,
+    _ticket: LeaseTicket,
+    pub(super) state: PinState,
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    framer: ReplyFramer,
+}
+
+/// The dedicated connection is gone or out of step.
+#[derive(Debug)]
+pub(super) struct PinLost(pub(super) String);
+
+impl Pin {
+    pub(super) fn new(conn: PinnedConn, ticket: LeaseTicket, max_depth: usize) -> Self {
+        let resp3 = conn.resp3;
+        Self {
+            conn,
+            _ticket: ticket,
+            state: PinState::new(resp3),
+            wbuf: BytesMut::new(),
+            rbuf: BytesMut::new(),
+            framer: ReplyFramer::new(max_depth),
+        }
+    }
+
+    /// Queues a client request, first moving the connection to the session's database and
+    /// protocol when they differ.
+    pub(super) fn forward(&mut self, request: &Request<'_>, db: u32, resp3: bool, tag: PinTag) {
+        if self.conn.db != db {
+            let index = db.to_string();
+            encode::command(&mut self.wbuf, &[&b"SELECT"[..], index.as_bytes()]);
+            self.state.expect_swallow();
+            self.conn.db = db;
+        }
+        if self.conn.resp3 != resp3 {
+            let proto: &[u8] = if resp3 { b"3" } else { b"2" };
+            encode::command(&mut self.wbuf, &[&b"HELLO"[..], proto]);
+            self.state.expect_swallow();
+            self.conn.resp3 = resp3;
+            self.state.set_resp3(resp3);
+        }
+        match tag {
+            PinTag::Reply(Tag::Exec) if self.state.multi_dirty() => {
+                encode::command(&mut self.wbuf, &[&b"DISCARD"[..]]);
+                self.state.expect(Tag::ExecAsDiscard);
+                return;
+            }
+            PinTag::Reply(tag) => self.state.expect(tag),
+            PinTag::Sub(kind, unsubscribe, names) => {
+                self.state.expect_sub(kind, unsubscribe, names)
+            }
+        }
+        request.write_resp(&mut self.wbuf);
+    }
+
+    /// Writes queued requests as far as the socket takes them.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.conn.stream.try_write(&self.wbuf) {
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn has_unwritten(&self) -> bool {
+        !self.wbuf.is_empty()
+    }
+
+    pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.conn.stream.poll_read_ready(cx)
+    }
+
+    pub(super) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.conn.stream.poll_write_ready(cx)
+    }
+
+    /// Reads what the connection sent and hands the client its frames.
+    pub(super) fn read(&mut self, link: &ClientLink) -> Result<(), PinLost> {
+        if self.rbuf.capacity() - self.rbuf.len() < BUF_SIZE / 4 {
+            self.rbuf.reserve(BUF_SIZE);
+        }
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        match self.conn.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => return Err(PinLost("backend closed the connection".into())),
+            Ok(n) => crate::readiness::after_read(&self.conn.stream, n, room),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(PinLost(e.to_string())),
+        }
+        let mut pos = 0;
+        let mut out = link.out();
+        loop {
+            let frame = match self.framer.next_frame(&self.rbuf[pos..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(PinLost(e.to_string())),
+            };
+            let bytes = &self.rbuf[pos..pos + frame.len];
+            pos += frame.len;
+            match self.state.on_frame(bytes, frame.kind) {
+                Ok(Disposition::Deliver) => out.extend_from_slice(bytes),
+                Ok(Disposition::Replace(with)) => out.extend_from_slice(with),
+                Ok(Disposition::Swallow) => {}
+                Err(e) => return Err(PinLost(e.to_string())),
+            }
+        }
+        drop(out);
+        self.rbuf.advance(pos);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * BUF_SIZE {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Ends the lease: the connection goes back to the pool (RESET first when the server
+    /// has it) if nothing is owed, else it is closed.
+    pub(super) fn end(self, core: &Core) {
+        let pool = &core.worker.pinned;
+        if self.state.outstanding() == 0 && self.wbuf.is_empty() && self.rbuf.is_empty() {
+            let reset = core.worker.backend.facts().supports_reset();
+            if reset || !self.state.holds_state() {
+                pool.give_back(self.conn, reset);
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Handles a request while the session holds a dedicated connection.
+    pub(super) fn handle_pinned(
+        &mut self,
+        request: &Request<'_>,
+        action: super::classify::Action,
+        facts: &crate::backend::BackendFacts,
+    ) -> Step {
+        use super::classify::Action;
+        use crate::command::Local;
+        let Some(pin) = self.pin.as_deref_mut() else {
+            return Step::Blocked;
+        };
+        let settled = pin.state.outstanding() == 0;
+        let multi = pin.state.multi_open();
+        let resp2_pubsub = pin.state.subscribed() && !self.state.resp3;
+        let refuse_in_multi = |what: &[u8]| {
+            format!(
+                "ERR moat: {} inside MULTI is not supported",
+                String::from_utf8_lossy(what).to_ascii_uppercase()
+            )
+        };
+        match action {
+            Action::Forward | Action::Dedicated => {
+                let tag = tag_of(request);
+                if multi && tag.unfollowable_in_multi() {
+                    if !settled {
+                        return Step::Blocked;
+                    }
+                    pin.state.mark_dirty();
+                    let line = refuse_in_multi(request.arg(0).unwrap_or_default());
+                    encode::error(&mut self.link.out(), line);
+                    return Step::Done;
+                }
+                pin.forward(request, self.state.db, self.state.resp3, tag);
+                Step::Done
+            }
+            Action::Error(line) => {
+                if !settled && !pin.state.monitor() {
+                    return Step::Blocked;
+                }
+                // Redis fails the whole transaction when it rejects a queued command.
+                pin.state.mark_dirty();
+                encode::error(&mut self.link.out(), line);
+                Step::Done
+            }
+            Action::Local(
+                Local::Ping | Local::Echo | Local::Exec | Local::Discard | Local::Unwatch,
+            ) => {
+                pin.forward(request, self.state.db, self.state.resp3, tag_of(request));
+                Step::Done
+            }
+            Action::Local(cmd @ (Local::Quit | Local::Reset)) => {
+                if !settled && !pin.state.monitor() {
+                    return Step::Blocked;
+                }
+                if cmd == Local::Reset {
+                    self.end_pin();
+                }
+                self.local(cmd, request, facts)
+            }
+            Action::Local(Local::Client)
+                if request.arg(1).is_some_and(|s| {
+                    s.eq_ignore_ascii_case(b"TRACKING") || s.eq_ignore_ascii_case(b"CACHING")
+                }) =>
+            {
+                // Tracking lives on the dedicated connection: let it answer.
+                pin.forward(request, self.state.db, self.state.resp3, tag_of(request));
+                Step::Done
+            }
+            Action::Local(cmd) => {
+                if multi {
+                    if !settled {
+                        return Step::Blocked;
+                    }
+                    pin.state.mark_dirty();
+                    let line = refuse_in_multi(request.arg(0).unwrap_or_default());
+                    encode::error(&mut self.link.out(), line);
+                    return Step::Done;
+                }
+                if resp2_pubsub {
+                    // Redis answers with its own "only (P|S)SUBSCRIBE ... allowed" error.
+                    pin.forward(
+                        request,
+                        self.state.db,
+                        self.state.resp3,
+                        PinTag::Reply(Tag::Other),
+                    );
+                    return Step::Done;
+                }
+                if !settled && !pin.state.monitor() {
+                    return Step::Blocked;
+                }
+                self.local(cmd, request, facts)
+            }
+        }
+    }
+
+    /// Reads from the dedicated connection; a lost connection answers what it owed.
+    pub(super) fn pin_read(&mut self) {
+        let Some(pin) = self.pin.as_deref_mut() else {
+            return;
+        };
+        if let Err(lost) = pin.read(&self.link) {
+            self.lose_pin(&lost.0);
+        }
+    }
+
+    /// Writes queued requests to the dedicated connection.
+    pub(super) fn pin_flush(&mut self) {
+        let Some(pin) = self.pin.as_deref_mut() else {
+            return;
+        };
+        if let Err(e) = pin.flush() {
+            self.lose_pin(&e.to_string());
+        }
+    }
+
+    /// Ends the lease once the state it was taken for is over.
+    pub(super) fn pin_maybe_release(&mut self) {
+        if self
+            .pin
+            .as_deref()
+            .is_some_and(|p| p.state.is_idle() && !p.has_unwritten())
+        {
+            self.end_pin();
+        }
+    }
+
+    /// Gives the dedicated connection back (or closes it).
+    pub(super) fn end_pin(&mut self) {
+        if let Some(pin) = self.pin.take() {
+            pin.end(self);
+        }
+    }
+
+    /// The dedicated connection failed: every reply it owed becomes an error, and a client
+    /// whose state lived on it (a transaction, subscriptions) is disconnected, since that
+    /// state cannot be restored behind its back.
+    fn lose_pin(&mut self, why: &str) {
+        let Some(pin) = self.pin.take() else { return };
+        tracing::debug!(
+            client = self.state.id,
+            error = why,
+            "dedicated connection lost"
+        );
+        let mut out = self.link.out();
+        for _ in 0..pin.state.owed_to_client() {
+            encode::error(&mut out, "ERR moat: dedicated backend connection lost");
+        }
+        drop(out);
+        if pin.state.holds_state() {
+            self.closing = true;
+        }
+    }
+}
