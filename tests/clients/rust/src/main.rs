@@ -438,7 +438,10 @@ async fn main() -> ExitCode {
                 started.elapsed().as_millis()
             ),
             Err(err) => {
-                println!("[{CLIENT}] FAIL {name}: {err:#}");
+                // The redis crate's errors repeat their text as their source: print each once.
+                let mut chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+                chain.dedup();
+                println!("[{CLIENT}] FAIL {name}: {}", chain.join(": "));
                 if !keep_going {
                     return ExitCode::FAILURE;
                 }
