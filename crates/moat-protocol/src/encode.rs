@@ -55,6 +55,26 @@ pub fn bulk(out: &mut BytesMut, data: &[u8]) {
     out.put_slice(CRLF);
 }
 
+/// Writes a RESP3 map header `%n` (n key-value pairs follow).
+pub fn map_header(out: &mut BytesMut, pairs: usize) {
+    put_header(out, b'%', pairs);
+}
+
+/// Writes the RESP3 null `_`.
+pub fn null(out: &mut BytesMut) {
+    out.put_slice(b"_\r\n");
+}
+
+/// Writes a RESP3 verbatim string: `format` is three bytes such as `txt`.
+pub fn verbatim(out: &mut BytesMut, format: &[u8; 3], data: &[u8]) {
+    put_header(out, b'=', data.len() + 4);
+    out.reserve(data.len() + 6);
+    out.put_slice(format);
+    out.put_u8(b':');
+    out.put_slice(data);
+    out.put_slice(CRLF);
+}
+
 /// Writes the RESP2 null bulk string `$-1`.
 pub fn null_bulk(out: &mut BytesMut) {
     out.put_slice(b"$-1\r\n");

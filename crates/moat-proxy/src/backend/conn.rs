@@ -29,8 +29,9 @@ pub(crate) enum ConnState {
 enum Pending {
     /// A client's request.
     Client(Rc<ClientLink>),
-    /// A `SELECT` moat inserted to move the connection to another database.
-    Select,
+    /// A `SELECT` or `HELLO` moat inserted to move the connection to the database or
+    /// protocol of the next request.
+    Internal,
 }
 
 /// Initial capacity of the read and write buffers; both grow under load and shrink back.
@@ -49,6 +50,8 @@ pub(crate) struct BackendConn {
     pending: RefCell<VecDeque<Pending>>,
     /// The database the connection will be in once everything queued has run.
     db: Cell<u32>,
+    /// Likewise for the protocol (RESP3 after `HELLO 3`).
+    resp3: Cell<bool>,
     wake_writer: Notify,
     /// Set while a wake-up of the writer is pending, so a burst of requests from many
     /// sessions costs one wake-up.
@@ -63,6 +66,7 @@ impl BackendConn {
             wbuf: RefCell::new(BytesMut::new()),
             pending: RefCell::new(VecDeque::new()),
             db: Cell::new(0),
+            resp3: Cell::new(false),
             wake_writer: Notify::new(),
             writer_woken: Cell::new(false),
         }
@@ -81,22 +85,34 @@ impl BackendConn {
         self.pending.borrow().len()
     }
 
-    /// The database requests queued now will run in.
-    pub(crate) fn db(&self) -> u32 {
-        self.db.get()
+    /// The database and protocol requests queued now will run in.
+    pub(crate) fn group(&self) -> (u32, bool) {
+        (self.db.get(), self.resp3.get())
     }
 
-    /// Queues a client's request to run in database `db`; its reply will be delivered to
-    /// `link` after the replies to everything queued before it.
-    pub(crate) fn enqueue(&self, link: &Rc<ClientLink>, request: &Request<'_>, db: u32) {
+    /// Queues a client's request to run in database `db` with protocol RESP3 or not; its
+    /// reply will be delivered to `link` after the replies to everything queued before it.
+    pub(crate) fn enqueue(
+        &self,
+        link: &Rc<ClientLink>,
+        request: &Request<'_>,
+        db: u32,
+        resp3: bool,
+    ) {
         let mut wbuf = self.wbuf.borrow_mut();
         let mut pending = self.pending.borrow_mut();
         if self.db.get() != db {
             // Rare (a database switch on a shared connection), so a small allocation is fine.
             let index = db.to_string();
             encode::command(&mut wbuf, &[&b"SELECT"[..], index.as_bytes()]);
-            pending.push_back(Pending::Select);
+            pending.push_back(Pending::Internal);
             self.db.set(db);
+        }
+        if self.resp3.get() != resp3 {
+            let proto: &[u8] = if resp3 { b"3" } else { b"2" };
+            encode::command(&mut wbuf, &[&b"HELLO"[..], proto]);
+            pending.push_back(Pending::Internal);
+            self.resp3.set(resp3);
         }
         request.write_resp(&mut wbuf);
         pending.push_back(Pending::Client(link.clone()));
@@ -113,6 +129,7 @@ impl BackendConn {
         let owed = std::mem::take(&mut *self.pending.borrow_mut());
         *self.wbuf.borrow_mut() = BytesMut::new();
         self.db.set(0);
+        self.resp3.set(false);
         for p in owed {
             if let Pending::Client(link) = p {
                 link.deliver_error(line);
@@ -190,19 +207,29 @@ impl BackendConn {
 
     /// Hands one reply to whoever waits for it.
     fn route(&self, reply: &[u8], kind: FrameKind) -> Result<(), BackendError> {
+        if kind == FrameKind::Push {
+            // Out-of-band data answers no request. Nothing moat forwards on a shared
+            // connection subscribes or tracks, so it has no owner either: drop it rather
+            // than let it shift every later reply onto the wrong client.
+            tracing::debug!(
+                slot = self.slot,
+                "dropping a push frame on a shared connection"
+            );
+            return Ok(());
+        }
         let next = self.pending.borrow_mut().pop_front();
         match next {
             Some(Pending::Client(link)) => {
                 link.deliver(reply);
                 Ok(())
             }
-            Some(Pending::Select) if kind == FrameKind::Error => {
+            Some(Pending::Internal) if kind == FrameKind::Error => {
                 Err(BackendError::Protocol(format!(
-                    "SELECT refused: {}",
+                    "SELECT/HELLO refused: {}",
                     String::from_utf8_lossy(reply).trim_end()
                 )))
             }
-            Some(Pending::Select) => Ok(()),
+            Some(Pending::Internal) => Ok(()),
             // A reply nobody asked for means the stream is out of step: trusting any later
             // reply could hand it to the wrong client.
             None => Err(BackendError::Protocol(

@@ -150,12 +150,20 @@ impl Backend {
         self.facts.borrow().clone()
     }
 
-    /// Chooses the connection for a request in database `db` from a client with nothing in
-    /// flight (a client with requests in flight stays on their connection).
-    pub(crate) fn pick(self: &Rc<Self>, db: u32) -> Result<Rc<BackendConn>, PickError> {
+    /// Chooses the connection for a request in database `db` and protocol `resp3` from a
+    /// client with nothing in flight (a client with requests in flight stays on their
+    /// connection). Connections are grouped by (db, protocol): one already in the group is
+    /// preferred, a new slot is opened for a new group while the pool has room, and when it
+    /// is full the least busy connection moves to the group (moat inserts SELECT/HELLO).
+    pub(crate) fn pick(
+        self: &Rc<Self>,
+        db: u32,
+        resp3: bool,
+    ) -> Result<Rc<BackendConn>, PickError> {
+        let group = (db, resp3);
         let conns = self.conns.borrow();
         let usable = || conns.iter().filter(|c| c.state() != ConnState::Down);
-        if let Some(c) = usable().find(|c| c.db() == db && c.pending_len() < SPILL_AT) {
+        if let Some(c) = usable().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
             return Ok(c.clone());
         }
         if conns.len() < self.cap {
@@ -165,7 +173,7 @@ impl Backend {
         let least = |it: &mut dyn Iterator<Item = &Rc<BackendConn>>| {
             it.min_by_key(|c| c.pending_len()).cloned()
         };
-        least(&mut usable().filter(|c| c.db() == db))
+        least(&mut usable().filter(|c| c.group() == group))
             .or_else(|| least(&mut usable()))
             .ok_or(PickError::Unavailable)
     }

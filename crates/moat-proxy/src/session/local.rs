@@ -109,14 +109,14 @@ impl Core {
     fn hello(&mut self, req: &Request<'_>, facts: &BackendFacts) {
         let argc = req.argc();
         let arg = |i: usize| req.arg(i).unwrap_or_default();
+        let mut resp3 = self.state.resp3;
         if argc >= 2 {
             match parse_i64(arg(1)) {
                 None => {
                     return self.error("ERR Protocol version is not an integer or out of range");
                 }
-                // RESP3 sessions need shared connections that speak RESP3; until then moat
-                // answers as a RESP2-only server, which clients handle by falling back.
-                Some(2) => {}
+                Some(2) => resp3 = false,
+                Some(3) => resp3 = true,
                 Some(_) => return self.error("NOPROTO unsupported protocol version"),
             }
         }
@@ -153,14 +153,20 @@ impl Core {
         if let Some(name) = name {
             self.state.names_mut().name = (!name.is_empty()).then(|| name.to_vec());
         }
+        // The session's protocol; shared and dedicated connections follow it per request.
+        self.state.resp3 = resp3;
         let mut out = self.link.out();
-        encode::array_header(&mut out, 14);
+        if resp3 {
+            encode::map_header(&mut out, 7);
+        } else {
+            encode::array_header(&mut out, 14);
+        }
         for (key, value) in [("server", "redis"), ("version", facts.version.as_str())] {
             encode::bulk(&mut out, key.as_bytes());
             encode::bulk(&mut out, value.as_bytes());
         }
         encode::bulk(&mut out, b"proto");
-        encode::integer(&mut out, 2);
+        encode::integer(&mut out, if resp3 { 3 } else { 2 });
         encode::bulk(&mut out, b"id");
         encode::integer(&mut out, i64::try_from(self.state.id).unwrap_or(i64::MAX));
         for (key, value) in [("mode", "standalone"), ("role", facts.role.as_str())] {
@@ -175,6 +181,7 @@ impl Core {
     /// when authentication is required).
     fn reset(&mut self) {
         self.state.db = 0;
+        self.state.resp3 = false;
         self.state.names = None;
         if self.worker.users.auth_required() {
             self.state.user = None;
@@ -199,6 +206,7 @@ impl Core {
             ),
             b"getname" if exact(2) => match self.state.name() {
                 Some(name) => encode::bulk(&mut self.link.out(), name),
+                None if self.state.resp3 => encode::null(&mut self.link.out()),
                 None => encode::null_bulk(&mut self.link.out()),
             },
             b"setname" if exact(3) => {
@@ -212,7 +220,11 @@ impl Core {
             b"setinfo" if exact(4) => self.client_setinfo(arg(2), arg(3)),
             b"info" if exact(2) => {
                 let line = self.client_info_line();
-                encode::bulk(&mut self.link.out(), line.as_bytes());
+                if self.state.resp3 {
+                    encode::verbatim(&mut self.link.out(), b"txt", line.as_bytes());
+                } else {
+                    encode::bulk(&mut self.link.out(), line.as_bytes());
+                }
             }
             b"getredir" if exact(2) => encode::integer(&mut self.link.out(), -1),
             b"id" | b"getname" | b"setname" | b"setinfo" | b"info" | b"getredir" => {
@@ -278,7 +290,7 @@ impl Core {
             line,
             "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db={} sub=0 psub=0 \
              ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 \
-             oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp=2 \
+             oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp={} \
              lib-name={} lib-ver={}",
             s.id,
             s.peer,
@@ -287,6 +299,7 @@ impl Core {
             s.created.elapsed().as_secs(),
             s.db,
             s.user.as_ref().map_or("default", |u| u.name.as_str()),
+            if s.resp3 { 3 } else { 2 },
             text(|n| &n.lib_name),
             text(|n| &n.lib_ver),
         );

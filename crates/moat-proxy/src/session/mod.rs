@@ -451,7 +451,7 @@ impl Core {
     fn forward(&mut self, request: &moat_protocol::Request<'_>) -> Step {
         let conn = match &self.sticky {
             Some(conn) if self.link.inflight() > 0 => conn.clone(),
-            _ => match self.worker.backend.pick(self.state.db) {
+            _ => match self.worker.backend.pick(self.state.db, self.state.resp3) {
                 Ok(conn) => conn,
                 Err(_) => {
                     encode::error(
@@ -475,7 +475,7 @@ impl Core {
             );
             return Step::Done;
         }
-        conn.enqueue(&self.link, request, self.state.db);
+        conn.enqueue(&self.link, request, self.state.db, self.state.resp3);
         self.sticky = Some(conn);
         Step::Done
     }
