@@ -339,7 +339,11 @@ fn resp3_sessions_match_redis() {
             ),
             script(
                 "hello 3 before auth",
-                &[&["HELLO", "3"], &["HELLO", "3", "AUTH", "default", "nope"], &["PING"]],
+                &[
+                    &["HELLO", "3"],
+                    &["HELLO", "3", "AUTH", "default", "nope"],
+                    &["PING"],
+                ],
             ),
         ],
     );
@@ -1062,4 +1066,46 @@ fn acl_whoami_reports_the_session_user() {
         text(&a.cmd(&[b"ACL", b"WHOAMI"])),
         "-NOAUTH Authentication required.\r\n"
     );
+}
+
+/// Two clients forced onto one shared connection, one in RESP3 as `bob` in db 2 and one in
+/// RESP2 as `default` in db 0, interleaving requests: each sees only its own protocol, user,
+/// database and name.
+#[test]
+fn protocol_user_db_and_name_stay_per_client_on_one_shared_connection() {
+    let stack = Stack::with(RedisServer::builder().password("secret"), |c| {
+        c.users = vec![user("default", "secret", &[]), user("bob", "b0b", &[])];
+        c.backend.password = Some("secret".into());
+        c.backend.shared_connections = 1;
+    });
+    let mut a = Raw::connect(stack.addr());
+    let mut b = Raw::connect(stack.addr());
+    let hello = a.cmd(&[
+        b"HELLO", b"3", b"AUTH", b"bob", b"b0b", b"SETNAME", b"alice",
+    ]);
+    assert!(hello.starts_with(b"%7\r\n"), "{}", text(&hello));
+    assert_eq!(b.cmd(&[b"AUTH", b"secret"]), b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"SELECT", b"2"]), b"+OK\r\n");
+    for round in 0..3 {
+        assert_eq!(a.cmd(&[b"GET", b"iso:none"]), b"_\r\n", "round {round}");
+        assert_eq!(b.cmd(&[b"GET", b"iso:none"]), b"$-1\r\n", "round {round}");
+        assert_eq!(a.cmd(&[b"HGETALL", b"iso:none"]), b"%0\r\n");
+        assert_eq!(b.cmd(&[b"HGETALL", b"iso:none"]), b"*0\r\n");
+        assert_eq!(a.cmd(&[b"ACL", b"WHOAMI"]), b"$3\r\nbob\r\n");
+        assert_eq!(b.cmd(&[b"ACL", b"WHOAMI"]), b"$7\r\ndefault\r\n");
+        assert_eq!(a.cmd(&[b"CLIENT", b"GETNAME"]), b"$5\r\nalice\r\n");
+        assert_eq!(b.cmd(&[b"CLIENT", b"GETNAME"]), b"$-1\r\n");
+        assert_eq!(a.cmd(&[b"SET", b"iso:k", b"a"]), b"+OK\r\n");
+        assert_eq!(b.cmd(&[b"SET", b"iso:k", b"b"]), b"+OK\r\n");
+        assert_eq!(a.cmd(&[b"GET", b"iso:k"]), b"$1\r\na\r\n");
+        assert_eq!(b.cmd(&[b"GET", b"iso:k"]), b"$1\r\nb\r\n");
+    }
+    // The values really are in each client's own database.
+    let mut direct = Raw::connect(stack.redis.addr());
+    assert_eq!(direct.cmd(&[b"AUTH", b"secret"]), b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"iso:k"]), b"$1\r\nb\r\n");
+    assert_eq!(direct.cmd(&[b"SELECT", b"2"]), b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"iso:k"]), b"$1\r\na\r\n");
+    drop(direct);
+    assert!(stack.redis_clients() <= 1, "one shared connection");
 }

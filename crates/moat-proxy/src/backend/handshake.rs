@@ -13,6 +13,10 @@ use crate::command::{CommandTable, parse_command_reply};
 /// Redis 7 is about 200 KB).
 const MAX_HANDSHAKE_REPLY: usize = 16 << 20;
 
+/// Frames a dedicated connection may still deliver between a lease's end and its RESET
+/// (messages, MONITOR lines) before moat gives up on it and closes it instead.
+const MAX_SKIPPED_BEFORE_RESET: usize = 100_000;
+
 /// A connection during its handshake: one request, one reply, nothing pipelined.
 struct Handshake<'a> {
     stream: &'a mut TcpStream,
@@ -25,6 +29,10 @@ impl Handshake<'_> {
         let mut req = BytesMut::new();
         encode::command(&mut req, args);
         self.stream.write_all(&req).await?;
+        self.next_reply().await
+    }
+
+    async fn next_reply(&mut self) -> Result<Value, BackendError> {
         loop {
             if let Some((value, used)) = Value::decode(&self.buf, self.max_depth)? {
                 let _ = self.buf.split_to(used);
@@ -98,8 +106,19 @@ pub(crate) async fn reset(stream: &mut TcpStream, settings: &Settings) -> Result
         buf: BytesMut::new(),
         max_depth: settings.max_reply_depth,
     };
-    if let Value::Error(e) = hs.call(&[b"RESET"]).await? {
-        return Err(BackendError::Protocol(format!("RESET refused: {e}")));
+    // Messages or MONITOR lines sent before RESET took effect may still be in the way:
+    // skip frames up to RESET's own `+RESET`, so no stale frame is left for the next lease.
+    let mut reply = hs.call(&[b"RESET"]).await?;
+    let mut skipped = 0;
+    while reply != Value::Simple("RESET".into()) {
+        if let Value::Error(e) = reply {
+            return Err(BackendError::Protocol(format!("RESET refused: {e}")));
+        }
+        skipped += 1;
+        if skipped > MAX_SKIPPED_BEFORE_RESET {
+            return Err(BackendError::Protocol("no +RESET in sight".into()));
+        }
+        reply = hs.next_reply().await?;
     }
     if let Some(password) = &settings.password {
         let reply = match &settings.username {
