@@ -1100,6 +1100,7 @@ fn protocol_user_db_and_name_stay_per_client_on_one_shared_connection() {
         assert_eq!(a.cmd(&[b"GET", b"iso:k"]), b"$1\r\na\r\n");
         assert_eq!(b.cmd(&[b"GET", b"iso:k"]), b"$1\r\nb\r\n");
     }
+    assert!(stack.redis_clients() <= 1, "one shared connection");
     // The values really are in each client's own database.
     let mut direct = Raw::connect(stack.redis.addr());
     assert_eq!(direct.cmd(&[b"AUTH", b"secret"]), b"+OK\r\n");
@@ -1107,5 +1108,4 @@ fn protocol_user_db_and_name_stay_per_client_on_one_shared_connection() {
     assert_eq!(direct.cmd(&[b"SELECT", b"2"]), b"+OK\r\n");
     assert_eq!(direct.cmd(&[b"GET", b"iso:k"]), b"$1\r\na\r\n");
     drop(direct);
-    assert!(stack.redis_clients() <= 1, "one shared connection");
 }
