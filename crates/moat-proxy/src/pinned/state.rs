@@ -180,6 +180,12 @@ impl PinState {
             || !self.shards.is_empty()
     }
 
+    /// Whether frames arrive that no request asked for (messages, MONITOR, invalidations),
+    /// so backpressure on requests cannot bound them.
+    pub(crate) fn streams_unsolicited(&self) -> bool {
+        self.monitor || self.tracking || self.subscribed()
+    }
+
     /// Whether the connection carries client state that outlives the replies owed.
     pub(crate) fn holds_state(&self) -> bool {
         self.multi_open || self.watching || self.monitor || self.tracking || self.subscribed()

@@ -198,6 +198,12 @@ impl Session {
             let core = &mut self.core;
             core.pin_flush();
             core.pin_maybe_release();
+            if core.unsolicited_overflow() {
+                // Like Redis's own pub/sub output limit: a client that cannot keep up with
+                // messages it did not ask for one by one is disconnected, not buffered for.
+                tracing::debug!(client = core.state.id, "slow subscriber disconnected");
+                return Ok(());
+            }
             if core.owed() == 0
                 && let Some(line) = core.final_error.take()
             {
@@ -217,9 +223,12 @@ impl Session {
             let want_write = self.core.link.out_len() > 0;
             let core = &self.core;
             let pin = core.pin.as_deref();
-            // A slow reader stops being read from its dedicated connection too, so Redis's
-            // own output limit, not moat's memory, absorbs what it does not read.
-            let want_pin_read = pin.is_some() && core.link.out_len() < core.worker.max_output_bytes;
+            // A slow reader of replies stops being read from its dedicated connection too
+            // (its requests are bounded); a stream of messages is read on, so the overflow
+            // check above can end a subscriber that does not keep up.
+            let want_pin_read = pin.is_some_and(|p| {
+                core.link.out_len() < core.worker.max_output_bytes || p.state.streams_unsolicited()
+            });
             let want_pin_write = pin.is_some_and(|p| p.has_unwritten());
             let link = &core.link;
             // Polled by hand rather than with select! over readiness futures: an idle
@@ -394,6 +403,15 @@ impl Core {
             .filter(|p| !p.state.monitor())
             .map_or(0, |p| p.state.outstanding());
         self.link.inflight() + pinned
+    }
+
+    /// A subscriber, monitor or tracking client has more unread output than it may.
+    fn unsolicited_overflow(&self) -> bool {
+        self.link.out_len() > self.worker.max_output_bytes
+            && self
+                .pin
+                .as_deref()
+                .is_some_and(|p| p.state.streams_unsolicited())
     }
 
     /// True while the client has as much in flight or unread as it may.
