@@ -128,7 +128,8 @@ pub struct LimitsConfig {
     /// Requests a client may have forwarded and unanswered; moat stops reading from the client
     /// past this (backpressure) until replies drain.
     pub max_inflight: usize,
-    /// Reply bytes waiting for a slow client before moat stops reading its requests.
+    /// Reply bytes waiting for a slow client before moat stops reading its requests; a
+    /// subscriber with more unread messages than this is disconnected.
     pub max_output_bytes: usize,
     /// Deepest reply nesting accepted from the backend.
     pub max_reply_depth: usize,
