@@ -1,0 +1,356 @@
+//! The guard's rules under a fake clock: each test fails if its rule is removed.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::{Event, Guard, GuardConfig, IpNet, Reject};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn config() -> GuardConfig {
+    GuardConfig {
+        ip_rate: 10.0,
+        ip_burst: 5,
+        subnet_rate: 50.0,
+        subnet_burst: 20,
+        max_per_ip: 4,
+        max_per_subnet: 10,
+        max_clients: 20,
+        reserved_for_trusted: 5,
+        high_water: 20,
+        strikes_to_ban: 3,
+        ban_jitter: 0.0,
+        ..GuardConfig::default()
+    }
+}
+
+/// Seconds after a fixed start, so tests never sleep.
+struct Clock(Instant);
+
+impl Clock {
+    fn at(&self, ms: u64) -> Instant {
+        self.0 + Duration::from_millis(ms)
+    }
+}
+
+fn clock() -> Clock {
+    Clock(Instant::now())
+}
+
+#[test]
+fn deny_and_allow_lists() {
+    let g = Guard::new(GuardConfig {
+        deny: vec!["10.0.0.0/8".parse().unwrap()],
+        ..config()
+    });
+    let t = clock();
+    assert_eq!(
+        g.admit(ip("10.1.1.1"), t.at(0)).unwrap_err(),
+        Reject::Denied
+    );
+    assert!(g.admit(ip("11.1.1.1"), t.at(0)).is_ok());
+
+    let g = Guard::new(GuardConfig {
+        allow: vec!["192.168.0.0/16".parse().unwrap()],
+        ..config()
+    });
+    assert_eq!(
+        g.admit(ip("11.1.1.1"), t.at(0)).unwrap_err(),
+        Reject::Denied
+    );
+    assert!(g.admit(ip("192.168.3.4"), t.at(0)).is_ok());
+    // Trusted networks pass a restrictive allow list.
+    assert!(g.admit(ip("127.0.0.1"), t.at(0)).is_ok());
+}
+
+#[test]
+fn per_ip_rate_limits_a_flood_but_not_a_neighbour() {
+    let g = Guard::new(GuardConfig {
+        strikes_to_ban: 1000,
+        ..config()
+    });
+    let t = clock();
+    let mut admitted = 0;
+    for _ in 0..50 {
+        if let Ok(ticket) = g.admit(ip("127.1.0.1"), t.at(0)) {
+            admitted += 1;
+            drop(ticket);
+        }
+    }
+    assert_eq!(admitted, 5, "only the burst");
+    assert_eq!(
+        g.admit(ip("127.1.0.1"), t.at(10)).unwrap_err(),
+        Reject::IpRate
+    );
+    // Another address in the same subnet is unaffected by the first one's rate.
+    assert!(g.admit(ip("127.1.0.2"), t.at(10)).is_ok());
+    // After a pause, the flooder gets its rate back.
+    assert!(g.admit(ip("127.1.0.1"), t.at(10_000)).is_ok());
+}
+
+#[test]
+fn subnet_rate_catches_many_addresses_each_under_their_own_rate() {
+    let g = Guard::new(GuardConfig {
+        strikes_to_ban: 1000,
+        ..config()
+    });
+    let t = clock();
+    let mut refused = 0;
+    for i in 0..100u32 {
+        let addr = ip(&format!("127.2.0.{}", i % 250 + 1));
+        match g.admit(addr, t.at(u64::from(i))) {
+            Ok(ticket) => drop(ticket),
+            Err(Reject::SubnetRate) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused >= 70, "subnet burst 20: {refused} refused");
+    // A different /24 is fine.
+    assert!(g.admit(ip("127.3.0.1"), t.at(100)).is_ok());
+}
+
+#[test]
+fn concurrency_caps_per_ip_and_subnet() {
+    let g = Guard::new(GuardConfig {
+        ip_rate: 1000.0,
+        ip_burst: 1000,
+        subnet_rate: 1000.0,
+        subnet_burst: 1000,
+        strikes_to_ban: 1000,
+        ..config()
+    });
+    let t = clock();
+    let held: Vec<_> = (0..4)
+        .map(|_| g.admit(ip("127.1.0.1"), t.at(0)).unwrap())
+        .collect();
+    assert_eq!(
+        g.admit(ip("127.1.0.1"), t.at(0)).unwrap_err(),
+        Reject::TooManyFromIp
+    );
+    let more: Vec<_> = (2..8)
+        .map(|i| g.admit(ip(&format!("127.1.0.{i}")), t.at(0)).unwrap())
+        .collect();
+    assert_eq!(
+        g.admit(ip("127.1.0.9"), t.at(0)).unwrap_err(),
+        Reject::TooManyFromSubnet
+    );
+    drop(held);
+    assert!(
+        g.admit(ip("127.1.0.1"), t.at(0)).is_ok(),
+        "tickets give their place back"
+    );
+    drop(more);
+    assert_eq!(g.clients(), 0);
+}
+
+#[test]
+fn global_cap_keeps_a_reserve_for_trusted_networks() {
+    let g = Guard::new(GuardConfig {
+        ip_rate: 1000.0,
+        ip_burst: 1000,
+        subnet_rate: 1000.0,
+        subnet_burst: 1000,
+        ..config()
+    });
+    let t = clock();
+    let held: Vec<_> = (0..15)
+        .map(|i| g.admit(ip(&format!("10.0.{i}.1")), t.at(0)).unwrap())
+        .collect();
+    assert_eq!(g.admit(ip("10.9.9.9"), t.at(0)).unwrap_err(), Reject::Full);
+    let trusted: Vec<_> = (0..5)
+        .map(|_| g.admit(ip("127.0.0.1"), t.at(0)).unwrap())
+        .collect();
+    assert_eq!(g.admit(ip("127.0.0.1"), t.at(0)).unwrap_err(), Reject::Full);
+    assert_eq!(g.clients(), 20);
+    drop((held, trusted));
+}
+
+#[test]
+fn strikes_ban_and_bans_escalate() {
+    let g = Guard::new(config());
+    let t = clock();
+    let src = ip("127.5.0.1");
+    for i in 0..3 {
+        g.record(src, Event::AuthFailed, t.at(i));
+    }
+    match g.admit(src, t.at(10)) {
+        Err(Reject::Banned(left)) => assert_eq!(left.as_secs(), 59),
+        other => panic!("expected a ban, got {other:?}"),
+    }
+    // The first ban lasts ban_time (60s); it is over after that.
+    let after = 61_000;
+    let ticket = g.admit(src, t.at(after)).expect("ban over");
+    drop(ticket);
+    // A second offence bans for twice as long.
+    for i in 0..3 {
+        g.record(src, Event::ProtocolError, t.at(after + 1 + i));
+    }
+    match g.admit(src, t.at(after + 10)) {
+        Err(Reject::Banned(left)) => assert!(left >= Duration::from_secs(119), "{left:?}"),
+        other => panic!("expected a longer ban, got {other:?}"),
+    }
+}
+
+#[test]
+fn strikes_outside_the_window_do_not_add_up() {
+    let g = Guard::new(config());
+    let t = clock();
+    let src = ip("127.5.0.2");
+    for i in 0..10u64 {
+        g.record(src, Event::Closed { commands: 0 }, t.at(i * 31_000));
+    }
+    assert!(
+        g.admit(src, t.at(400_000)).is_ok(),
+        "two strikes per 60s window never ban"
+    );
+}
+
+#[test]
+fn silent_connections_and_rejections_are_strikes_but_served_ones_are_not() {
+    let g = Guard::new(GuardConfig {
+        strikes_to_ban: 5,
+        ..config()
+    });
+    let t = clock();
+    let src = ip("127.5.0.3");
+    for i in 0..10 {
+        g.record(src, Event::Closed { commands: 3 }, t.at(i));
+    }
+    assert!(
+        g.admit(src, t.at(20)).is_ok(),
+        "connections that ran commands are fine"
+    );
+    // Hammering past the rate limit is itself a strike: the flooder ends up banned.
+    let flooder = ip("127.5.0.4");
+    let mut last = None;
+    for i in 0..40 {
+        last = Some(g.admit(flooder, t.at(100 + i)).map(drop));
+    }
+    assert!(matches!(last, Some(Err(Reject::Banned(_)))), "{last:?}");
+}
+
+#[test]
+fn trusted_networks_are_never_banned() {
+    let g = Guard::new(config());
+    let t = clock();
+    for i in 0..100 {
+        g.record(ip("127.0.0.1"), Event::AuthFailed, t.at(i));
+    }
+    assert!(g.admit(ip("127.0.0.1"), t.at(200)).is_ok());
+    assert!(!g.ban(
+        "127.0.0.1/32".parse().unwrap(),
+        Duration::from_secs(60),
+        t.at(0)
+    ));
+}
+
+#[test]
+fn admin_bans_and_subnet_bans() {
+    let g = Guard::new(config());
+    let t = clock();
+    let net: IpNet = "127.9.0.0/16".parse().unwrap();
+    assert!(g.ban(net, Duration::from_secs(30), t.at(0)));
+    assert!(matches!(
+        g.admit(ip("127.9.4.4"), t.at(1)),
+        Err(Reject::Banned(_))
+    ));
+    assert!(matches!(
+        g.admit(ip("127.9.200.1"), t.at(1)),
+        Err(Reject::Banned(_))
+    ));
+    assert!(
+        g.admit(ip("127.10.0.1"), t.at(1)).is_ok(),
+        "outside the /16"
+    );
+    assert_eq!(g.bans(t.at(1)).len(), 1);
+    assert!(g.unban(net));
+    assert!(g.bans(t.at(1)).is_empty());
+    assert!(g.admit(ip("127.9.200.1"), t.at(2)).is_ok(), "unbanned");
+
+    // A /24 ban covers every address in it.
+    let net24: IpNet = "127.9.4.0/24".parse().unwrap();
+    g.ban(net24, Duration::from_secs(30), t.at(0));
+    assert!(matches!(
+        g.admit(ip("127.9.4.4"), t.at(1)),
+        Err(Reject::Banned(_))
+    ));
+    assert!(g.admit(ip("127.9.4.4"), t.at(31_000)).is_ok());
+}
+
+#[test]
+fn automatic_subnet_ban_after_enough_banned_sources() {
+    let g = Guard::new(GuardConfig {
+        subnet_ban_after: 2,
+        ..config()
+    });
+    let t = clock();
+    for host in ["127.7.7.1", "127.7.7.2"] {
+        for i in 0..3 {
+            g.record(ip(host), Event::AuthFailed, t.at(i));
+        }
+    }
+    assert!(
+        matches!(g.admit(ip("127.7.7.200"), t.at(10)), Err(Reject::Banned(_))),
+        "the whole /24 is banned once two of its sources are"
+    );
+}
+
+#[test]
+fn shedding_above_high_water_refuses_unknown_sources_first() {
+    let g = Guard::new(GuardConfig {
+        high_water: 10,
+        ip_rate: 1000.0,
+        ip_burst: 1000,
+        subnet_rate: 1000.0,
+        subnet_burst: 1000,
+        ..config()
+    });
+    let t = clock();
+    let known = ip("10.1.0.1");
+    drop(g.admit(known, t.at(0)).unwrap());
+    g.record(known, Event::Command, t.at(1));
+    let held: Vec<_> = (0..10)
+        .map(|i| g.admit(ip(&format!("10.2.{i}.1")), t.at(2)).unwrap())
+        .collect();
+    assert!(!g.over_high_water());
+    assert_eq!(g.admit(ip("10.3.0.1"), t.at(3)).unwrap_err(), Reject::Shed);
+    let ticket = g
+        .admit(known, t.at(3))
+        .expect("a source with a recent success still gets in");
+    assert!(g.over_high_water());
+    // Success is only "recent" for so long.
+    drop(ticket);
+    let much_later = t.at(3 + 601_000);
+    assert_eq!(g.admit(known, much_later).unwrap_err(), Reject::Shed);
+    drop(held);
+}
+
+#[test]
+fn a_million_sources_stay_within_the_table_bounds() {
+    let g = Guard::new(GuardConfig {
+        table_capacity: 4096,
+        ban_capacity: 1024,
+        strikes_to_ban: 1,
+        ..config()
+    });
+    let t = clock();
+    for i in 0..1_000_000u32 {
+        let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let now = t.at(u64::from(i / 1000));
+        if let Ok(ticket) = g.admit(addr, now) {
+            if i % 3 == 0 {
+                // Every third source misbehaves and is banned.
+                g.record(addr, Event::ProtocolError, now);
+            }
+            drop(ticket);
+        }
+    }
+    let [sources, subnets, active_ip, active_subnet, bans] = g.table_sizes();
+    assert!(sources <= 4096, "{sources}");
+    assert!(subnets <= 1024, "{subnets}");
+    assert_eq!((active_ip, active_subnet), (0, 0));
+    assert!(bans <= 1024, "{bans}");
+    assert_eq!(g.clients(), 0);
+}
