@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Client-facing listener and runtime.
     pub proxy: ProxyConfig,
+    /// Admission guard: who may connect, how fast, how many, for how long; strikes and bans.
+    pub guard: moat_guard::GuardConfig,
     /// The Redis server behind moat and the shared pool of connections to it.
     pub backend: BackendConfig,
     /// Dedicated backend connections for transactions, blocking calls and pub/sub.
@@ -252,6 +254,10 @@ impl Config {
         if b.max_queue == 0 {
             return Err(invalid("backend.max_queue", "must be positive"));
         }
+        self.guard.validate().map_err(|e| ConfigError::Invalid {
+            key: format!("guard.{}", e.key),
+            reason: e.reason,
+        })?;
         let pinned = &self.pinned;
         if pinned.max_connections > 4096 {
             return Err(invalid("pinned.max_connections", "must be at most 4096"));
@@ -386,6 +392,8 @@ mod tests {
             ),
             ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
             ("[pinned]\nmax_per_ip = 0\n", "pinned.max_per_ip"),
+            ("[guard]\nhigh_water = 99999\n", "guard.high_water"),
+            ("[guard]\ntrusted = [\"not-a-net\"]\n", "trusted"),
             (
                 "[proxy]\nworkers = 2\n[backend]\nshared_connections = 2\n[pinned]\nmax_connections = 1\n",
                 "pinned.max_connections",

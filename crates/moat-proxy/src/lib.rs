@@ -15,6 +15,7 @@ mod listener;
 mod pinned;
 mod readiness;
 mod session;
+mod shed;
 mod worker;
 
 use std::net::SocketAddr;
@@ -50,9 +51,15 @@ pub struct RunningProxy {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    guard: Arc<moat_guard::Guard>,
 }
 
 impl RunningProxy {
+    /// The admission guard, for the admin API and tests: bans, counts.
+    pub fn guard(&self) -> &Arc<moat_guard::Guard> {
+        &self.guard
+    }
+
     /// The address clients connect to (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -117,6 +124,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let total = config.backend.shared_connections;
     let pinned_total = config.pinned.max_connections;
     let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
+    let guard = moat_guard::Guard::new(config.guard.clone());
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         // Split the backend cap so the sum over workers never exceeds it.
@@ -124,6 +132,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         let pinned_cap = pinned_total / workers + usize::from(index < pinned_total % workers);
         let (config, users, rx) = (config.clone(), users.clone(), rx.clone());
         let leases = leases.clone();
+        let guard = guard.clone();
         let handle = std::thread::Builder::new()
             .name(format!("moat-worker-{index}"))
             .spawn(move || {
@@ -135,6 +144,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     backend_cap: cap,
                     pinned_cap,
                     leases,
+                    guard,
                     shutdown: rx,
                 };
                 if let Err(e) = worker::run(setup) {
@@ -148,5 +158,6 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         addr,
         shutdown: tx,
         workers: handles,
+        guard,
     })
 }

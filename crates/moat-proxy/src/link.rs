@@ -20,6 +20,10 @@ pub(crate) struct ClientLink {
     closed: Cell<bool>,
     /// Set when something was delivered since the session last looked.
     woken: Cell<bool>,
+    /// The client has sent a command (shedding spares it).
+    handshaken: Cell<bool>,
+    /// The worker asked the session to close (shedding).
+    evicted: Cell<bool>,
     /// The session task, while it waits. A plain waker slot rather than a `Notify`: it
     /// keeps each idle session's future small and needs no lock.
     waker: RefCell<Option<Waker>>,
@@ -68,6 +72,25 @@ impl ClientLink {
             _ => *slot = Some(cx.waker().clone()),
         }
         false
+    }
+
+    /// Records that the client has sent a command.
+    pub(crate) fn mark_handshaken(&self) {
+        self.handshaken.set(true);
+    }
+
+    pub(crate) fn handshaken(&self) -> bool {
+        self.handshaken.get()
+    }
+
+    /// Asks the session to close (it is woken to notice).
+    pub(crate) fn evict(&self) {
+        self.evicted.set(true);
+        self.wake();
+    }
+
+    pub(crate) fn evicted(&self) -> bool {
+        self.evicted.get()
     }
 
     /// Requests forwarded and not yet answered.

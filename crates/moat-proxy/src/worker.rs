@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moat_protocol::Limits;
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::auth::Users;
 use crate::backend::{Backend, Settings};
 use crate::config::Config;
 use crate::pinned::{LeaseLimits, PinnedPool};
+use moat_guard::Guard;
 
 /// What every session of a worker shares.
 #[derive(Debug)]
@@ -41,7 +42,55 @@ pub(crate) struct WorkerSetup {
     pub(crate) backend_cap: usize,
     pub(crate) pinned_cap: usize,
     pub(crate) leases: Arc<LeaseLimits>,
+    pub(crate) guard: Arc<Guard>,
     pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Connections accepted per listener wake-up before other tasks get a turn.
+const ACCEPT_BATCH: usize = 64;
+
+/// Applies the guard to one accepted socket: refused ones get one error line (unless
+/// configured silent) and are closed at once; admitted ones get a session.
+fn admit(
+    ctx: &Rc<WorkerCtx>,
+    guard: &Arc<Guard>,
+    unhandshaken: &mut crate::shed::Unhandshaken,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let now = std::time::Instant::now();
+    let ticket = match guard.admit(peer.ip(), now) {
+        Ok(ticket) => ticket,
+        Err(reject) => {
+            if guard.config().reject_reply {
+                let line = format!("-{}\r\n", reject.line());
+                // A fresh socket's send buffer is empty: this never blocks.
+                let _ = std::io::Write::write(&mut &stream, line.as_bytes());
+            }
+            return;
+        }
+    };
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    // Above the high-water mark, the oldest connections that never sent a command make
+    // room first.
+    if guard.over_high_water() {
+        unhandshaken.shed_oldest();
+    }
+    let link = Rc::new(crate::link::ClientLink::default());
+    unhandshaken.push(&link);
+    tokio::task::spawn_local(crate::session::serve(
+        stream,
+        peer,
+        ctx.clone(),
+        ticket,
+        link,
+    ));
 }
 
 /// Runs one worker until `shutdown` turns true.
@@ -54,6 +103,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         backend_cap,
         pinned_cap,
         leases,
+        guard,
         mut shutdown,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -62,8 +112,14 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let listener = TcpListener::from_std(listener)?;
         let listen = listener.local_addr()?;
+        // Accepted sockets stay plain until admitted: a refused connection costs accept,
+        // one write and close, and is never registered with the runtime.
+        // Deprecated for I/O safety (registering an fd its owner may close); here the
+        // AsyncFd owns the listener for its whole life, so that cannot happen, and the safe
+        // alternative (`register`) is `unsafe`, which this crate forbids.
+        #[allow(deprecated)]
+        let listener = AsyncFd::new(listener)?;
         let backend = Backend::new(Settings::from_config(&config, index), backend_cap);
         backend.start().await;
         let pinned = PinnedPool::new(
@@ -90,20 +146,29 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             pinned,
         });
         tracing::info!(worker = index, %listen, "accepting clients");
+        let mut unhandshaken = crate::shed::Unhandshaken::default();
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        tokio::task::spawn_local(crate::session::serve(stream, peer, ctx.clone()));
+                ready = listener.readable() => {
+                    let mut ready = ready?;
+                    // A bounded batch per wake-up keeps sessions served during a flood.
+                    for _ in 0..ACCEPT_BATCH {
+                        match ready.get_inner().accept() {
+                            Ok((stream, peer)) => admit(&ctx, &guard, &mut unhandshaken, stream, peer),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                ready.clear_ready();
+                                break;
+                            }
+                            Err(e) => {
+                                // Out of file descriptors or memory: pause instead of
+                                // spinning, and let connections wait in the accept queue.
+                                tracing::warn!(worker = index, error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                break;
+                            }
+                        }
                     }
-                    Err(e) => {
-                        // Out of file descriptors or memory: pause instead of spinning, and
-                        // let connections wait in the kernel's accept queue.
-                        tracing::warn!(worker = index, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
+                }
                 _ = shutdown.changed() => break,
             }
         }

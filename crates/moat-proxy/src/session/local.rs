@@ -101,7 +101,10 @@ impl Core {
                 Ok(())
             }
             (AuthOutcome::NoPasswordConfigured, _) => Err(NO_PASSWORD),
-            _ => Err(WRONGPASS),
+            _ => {
+                self.report(moat_guard::Event::AuthFailed);
+                Err(WRONGPASS)
+            }
         }
     }
 
