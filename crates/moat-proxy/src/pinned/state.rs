@@ -24,6 +24,8 @@ pub(crate) enum Tag {
     Monitor,
     TrackingOn,
     TrackingOff,
+    /// RESET: every state ends with its `+RESET`.
+    Reset,
 }
 
 /// The three subscription families.
@@ -86,6 +88,8 @@ pub(crate) struct PinState {
     multi_dirty: bool,
     watching: bool,
     monitor: bool,
+    /// A RESET was sent while in MONITOR mode; its `+RESET` ends the mode.
+    resetting: bool,
     tracking: bool,
     channels: FxHashSet<Vec<u8>>,
     patterns: FxHashSet<Vec<u8>>,
@@ -108,14 +112,24 @@ impl PinState {
     /// Records a forwarded request.
     pub(crate) fn expect(&mut self, tag: Tag) {
         if self.monitor {
-            // Replies interleave with the monitor stream; nothing is matched any more.
+            // Replies interleave with the monitor stream; nothing is matched any more, but
+            // RESET's exact `+RESET` is recognised to end it.
+            self.resetting |= tag == Tag::Reset;
             return;
         }
-        match tag {
-            Tag::Multi => self.multi_open = true,
-            Tag::Exec | Tag::ExecAsDiscard | Tag::Discard => self.multi_open = false,
-            _ => {}
-        }
+        let tag = match tag {
+            Tag::Multi => {
+                self.multi_open = true;
+                tag
+            }
+            // Outside a transaction EXEC and DISCARD only fail: the watch stays, as in Redis.
+            Tag::Exec | Tag::Discard if !self.multi_open => Tag::Other,
+            Tag::Exec | Tag::ExecAsDiscard | Tag::Discard | Tag::Reset => {
+                self.multi_open = false;
+                tag
+            }
+            _ => tag,
+        };
         self.fifo.push_back(Expect::Reply(tag));
     }
 
@@ -145,6 +159,12 @@ impl PinState {
         if self.multi_open {
             self.multi_dirty = true;
         }
+    }
+
+    /// A RESET was sent and not yet answered: the connection is signed out by it, so
+    /// nothing more may follow on it.
+    pub(crate) fn reset_pending(&self) -> bool {
+        self.resetting || self.fifo.contains(&Expect::Reply(Tag::Reset))
     }
 
     /// Replies the client still waits for (moat's own inserted commands excluded).
@@ -209,6 +229,9 @@ impl PinState {
         kind: FrameKind,
     ) -> Result<Disposition, StateError> {
         if self.monitor {
+            if self.resetting && frame == b"+RESET\r\n" {
+                self.clear();
+            }
             return Ok(Disposition::Deliver);
         }
         let pubsub_shaped = if self.resp3 {
@@ -279,8 +302,23 @@ impl PinState {
             Tag::TrackingOn if !is_error => self.tracking = true,
             Tag::TrackingOff if !is_error => self.tracking = false,
             Tag::TrackingOn | Tag::TrackingOff => {}
+            Tag::Reset if !is_error => self.clear(),
+            Tag::Reset => {}
         }
         Disposition::Deliver
+    }
+
+    /// Everything RESET ends: transaction, watch, subscriptions, MONITOR, tracking.
+    fn clear(&mut self) {
+        self.multi_open = false;
+        self.multi_dirty = false;
+        self.watching = false;
+        self.monitor = false;
+        self.resetting = false;
+        self.tracking = false;
+        self.channels.clear();
+        self.patterns.clear();
+        self.shards.clear();
     }
 
     /// Counts one confirmation against the (un)subscribe command at the head of the queue.
@@ -417,6 +455,44 @@ mod tests {
         s.expect(Tag::Unwatch);
         s.on_frame(b"+OK\r\n", Simple).unwrap();
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn exec_without_multi_keeps_the_watch() {
+        let mut s = PinState::new(false);
+        s.expect(Tag::Watch);
+        s.on_frame(b"+OK\r\n", Simple).unwrap();
+        s.expect(Tag::Exec);
+        s.on_frame(b"-ERR EXEC without MULTI\r\n", Error).unwrap();
+        assert!(!s.is_idle(), "the watch is still there");
+        s.expect(Tag::Discard);
+        s.on_frame(b"-ERR DISCARD without MULTI\r\n", Error)
+            .unwrap();
+        assert!(!s.is_idle());
+    }
+
+    #[test]
+    fn reset_ends_every_state_once_answered() {
+        let mut s = PinState::new(false);
+        s.expect_sub(SubKind::Channel, false, 1);
+        s.on_frame(&arr(&[Some("subscribe"), Some("a")], 1), Array)
+            .unwrap();
+        s.expect(Tag::Reset);
+        assert!(!s.is_idle(), "subscribed until +RESET arrives");
+        let msg = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n";
+        assert_eq!(s.on_frame(msg, Array), Ok(Disposition::Deliver));
+        s.on_frame(b"+RESET\r\n", Simple).unwrap();
+        assert!(s.is_idle());
+
+        let mut m = PinState::new(false);
+        m.expect(Tag::Monitor);
+        m.on_frame(b"+OK\r\n", Simple).unwrap();
+        m.expect(Tag::Reset);
+        m.on_frame(b"+1.5 [0 127.0.0.1:1] \"RESET\"\r\n", Simple)
+            .unwrap();
+        assert!(!m.is_idle());
+        m.on_frame(b"+RESET\r\n", Simple).unwrap();
+        assert!(m.is_idle());
     }
 
     #[test]

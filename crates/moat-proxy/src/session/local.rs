@@ -182,7 +182,7 @@ impl Core {
 
     /// RESET: back to a fresh connection's state (database 0, no name, RESP2, and signed out
     /// when authentication is required).
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.state.db = 0;
         self.state.resp3 = false;
         self.state.names = None;

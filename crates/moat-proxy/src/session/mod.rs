@@ -356,8 +356,13 @@ impl Session {
             let mut scratch = scratch.borrow_mut();
             match stream.try_read(&mut scratch[..]) {
                 Ok(0) => {
-                    // Half-closed: answer what was sent, then close.
+                    // Half-closed: answer what was sent on shared connections, then close. A
+                    // dedicated connection ends at once: a blocked call or subscription of a
+                    // client that left must not live on (Redis drops such a client too).
                     self.core.closing = true;
+                    if self.core.pin.is_some() {
+                        self.core.end_pin();
+                    }
                     Ok(())
                 }
                 Ok(n) => {

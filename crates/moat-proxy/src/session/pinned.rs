@@ -215,6 +215,10 @@ impl Core {
         let Some(pin) = self.pin.as_deref_mut() else {
             return Step::Blocked;
         };
+        if pin.state.reset_pending() {
+            // The lease ends with that RESET; what follows goes elsewhere.
+            return Step::Blocked;
+        }
         let settled = pin.state.outstanding() == 0;
         let multi = pin.state.multi_open();
         let resp2_pubsub = pin.state.subscribed() && !self.state.resp3;
@@ -254,14 +258,24 @@ impl Core {
                 pin.forward(request, self.state.db, self.state.resp3, tag_of(request));
                 Step::Done
             }
-            Action::Local(cmd @ (Local::Quit | Local::Reset)) => {
+            Action::Local(Local::Reset) => {
+                // RESET runs on the dedicated connection and the client gets Redis's own
+                // `+RESET` once it did: after that reply no message of an old subscription
+                // may arrive. The session's own state is reset now, for what follows.
+                pin.forward(
+                    request,
+                    self.state.db,
+                    self.state.resp3,
+                    PinTag::Reply(Tag::Reset),
+                );
+                self.reset();
+                Step::Done
+            }
+            Action::Local(Local::Quit) => {
                 if !settled && !pin.state.monitor() {
                     return Step::Blocked;
                 }
-                if cmd == Local::Reset {
-                    self.end_pin();
-                }
-                self.local(cmd, request, facts)
+                self.local(Local::Quit, request, facts)
             }
             Action::Local(Local::Client)
                 if request.arg(1).is_some_and(|s| {
