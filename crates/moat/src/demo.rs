@@ -1,5 +1,6 @@
 //! `moat demo`: starts a real redis-server and moat in front of it, opens thousands of client
-//! connections both ways, and shows what Redis holds in each case.
+//! connections both ways and shows what Redis holds in each case, then runs a hoard of idle
+//! connections from many addresses and shows who still gets served.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -119,7 +120,151 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
          hoarding never reach its maxclients, file descriptors or client memory.",
         via_moat.clients
     );
+    hoard()?;
     Ok(())
+}
+
+/// Idle connections held by the hoard, from this many addresses.
+const HOARD: usize = 1100;
+const HOARD_SOURCES: u32 = 50;
+/// A small `maxclients`, so the hoard fills Redis quickly.
+const DEMO_MAXCLIENTS: usize = 1000;
+
+/// Part two: a hoard of idle connections from many addresses (slowloris), then one
+/// legitimate client, straight to Redis and through moat.
+fn hoard() -> anyhow::Result<()> {
+    // Protected mode would refuse 127.1.x.y outright; the server only listens on 127.0.0.1.
+    let redis = RedisServer::builder()
+        .config(format!("maxclients {DEMO_MAXCLIENTS}"))
+        .config("protected-mode no")
+        .start()
+        .context("starting redis-server")?;
+    let handshake = Duration::from_secs(3);
+    let mut config = moat_proxy::Config::default();
+    config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.backend.address = redis.addr();
+    config.guard.handshake_timeout = handshake;
+    let moat = moat_proxy::start(config).context("starting moat")?;
+
+    println!(
+        "\n  Hoard: {HOARD} idle connections from {HOARD_SOURCES} addresses (127.1.0.x), then a \
+         legitimate client (127.2.0.1) sends SET. Redis has maxclients {DEMO_MAXCLIENTS}.\n"
+    );
+    println!(
+        "  {:<20} {:<40} {:>24}",
+        "", "legitimate client's reply", "Redis connected_clients"
+    );
+
+    // Opened before the hoard, as an operator's console would be: a full Redis refuses new
+    // connections, INFO ones included.
+    let mut console = std::net::TcpStream::connect(redis.addr())?;
+    let held = open_idle(redis.addr(), HOARD);
+    let reply = legit_set(redis.addr())?;
+    let clients = connected_clients(&mut console)?.saturating_sub(1);
+    println!(
+        "  {:<20} {:<40} {:>24}",
+        "straight to Redis", reply, clients
+    );
+    drop(held);
+
+    let held = open_idle(moat.local_addr(), HOARD);
+    let reply = legit_set(moat.local_addr())?;
+    let clients = connected_clients(&mut console)?.saturating_sub(1);
+    println!("  {:<20} {:<40} {:>24}", "through moat", reply, clients);
+    std::thread::sleep(handshake + Duration::from_millis(1500));
+    let (mut refused, mut closed, mut open) = (0, 0, 0);
+    for stream in &held {
+        match fate(stream) {
+            Fate::Refused => refused += 1,
+            Fate::Closed => closed += 1,
+            Fate::Open => open += 1,
+        }
+    }
+    println!(
+        "\n  Of the {} idle connections, moat refused {refused} at once (rate and concurrency limits \
+         per\n  address and per /24), closed {closed} at its {}s handshake deadline, and holds {open}; \
+         none reached Redis.",
+        held.len(),
+        handshake.as_secs()
+    );
+    let banned = moat.guard().bans(Instant::now()).len();
+    println!(
+        "  Silent connections and refusals are strikes: {banned} of the {HOARD_SOURCES} addresses are banned now."
+    );
+    Ok(())
+}
+
+/// `connected_clients` read over an already open connection.
+fn connected_clients(console: &mut std::net::TcpStream) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    console.set_read_timeout(Some(Duration::from_secs(5)))?;
+    console.write_all(b"INFO clients\r\n")?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !reply.ends_with(b"\r\n\r\n") {
+        let n = console.read(&mut chunk)?;
+        if n == 0 {
+            bail!("Redis closed the console connection");
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:")?.trim().parse().ok())
+        .context("INFO clients lacks connected_clients")
+}
+
+/// What became of an idle connection.
+enum Fate {
+    /// Moat answered with a refusal line and closed it.
+    Refused,
+    /// Closed without a word (a deadline).
+    Closed,
+    /// Still open.
+    Open,
+}
+
+fn fate(stream: &std::net::TcpStream) -> Fate {
+    use std::io::Read;
+    let _ = stream.set_nonblocking(true);
+    let mut buf = [0u8; 256];
+    match (&*stream).read(&mut buf) {
+        Ok(n) if buf[..n].starts_with(b"-ERR moat:") => Fate::Refused,
+        Ok(_) => Fate::Closed,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Fate::Open,
+        Err(_) => Fate::Closed,
+    }
+}
+
+/// Opens up to `n` connections from the hoard's addresses and sends nothing.
+fn open_idle(target: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .filter_map(|i| {
+            let source = std::net::Ipv4Addr::from(0x7f01_0001 + (i as u32 % HOARD_SOURCES));
+            connect_from(source, target).ok()
+        })
+        .collect()
+}
+
+fn connect_from(
+    source: std::net::Ipv4Addr,
+    target: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&target.into(), Duration::from_secs(2))?;
+    Ok(socket.into())
+}
+
+/// One SET from a fresh address, and the first line of the reply.
+fn legit_set(target: SocketAddr) -> anyhow::Result<String> {
+    use std::io::{BufRead, Write};
+    let mut stream = connect_from(std::net::Ipv4Addr::new(127, 2, 0, 1), target)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\ndemo\r\n$2\r\nok\r\n")?;
+    let mut line = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
 }
 
 /// What Redis reports about its clients.
