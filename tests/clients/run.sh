@@ -34,6 +34,23 @@ esac
 
 say() { printf '[clients] %s\n' "$*"; }
 
+# A clean Debian machine may lack Node.js or Python's venv: install them with apt, like
+# scripts/install-redis.sh does for Redis.
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 0
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    say "installing $* with apt"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+fi
+
 for tool in redis-server redis-cli python3 node npm cargo timeout; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "run.sh: '$tool' is not on PATH (redis: bash scripts/install-redis.sh)" >&2
