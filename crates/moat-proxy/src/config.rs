@@ -70,6 +70,42 @@ pub struct BackendConfig {
     pub databases: Option<u32>,
     /// Requests queued or in flight on one backend connection before new requests fail fast.
     pub max_queue: usize,
+    /// When to stop sending work to a failing backend.
+    pub breaker: BreakerConfig,
+}
+
+/// The circuit breaker: after repeated backend failures, requests fail at once with
+/// `-ERR moat: backend unavailable (circuit open, retry in Ns)` instead of piling up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures (failed connects, lost connections) that open it.
+    pub consecutive_failures: u32,
+    /// Failure ratio within `window` that opens it, once `min_requests` outcomes were seen.
+    pub failure_ratio: f64,
+    /// Outcomes needed before the ratio counts.
+    pub min_requests: u32,
+    /// Window over which the ratio is counted.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long it stays open before letting probes through.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// Requests let through while half-open; all must succeed to close it.
+    pub probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(2),
+            probes: 3,
+        }
+    }
 }
 
 impl Default for BackendConfig {
@@ -82,6 +118,7 @@ impl Default for BackendConfig {
             connect_timeout: Duration::from_secs(2),
             databases: None,
             max_queue: 65_536,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -250,6 +287,25 @@ impl Config {
         }
         if b.databases == Some(0) {
             return Err(invalid("backend.databases", "must be at least 1"));
+        }
+        let br = &b.breaker;
+        if br.consecutive_failures == 0 || br.probes == 0 || br.min_requests == 0 {
+            return Err(invalid(
+                "backend.breaker",
+                "consecutive_failures, min_requests and probes must be positive",
+            ));
+        }
+        if !(br.failure_ratio > 0.0 && br.failure_ratio <= 1.0) {
+            return Err(invalid(
+                "backend.breaker.failure_ratio",
+                "must be in (0, 1]",
+            ));
+        }
+        if br.window.is_zero() || br.open_for.is_zero() {
+            return Err(invalid(
+                "backend.breaker",
+                "window and open_for must be positive",
+            ));
         }
         if b.max_queue == 0 {
             return Err(invalid("backend.max_queue", "must be positive"));

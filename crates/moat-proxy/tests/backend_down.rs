@@ -480,3 +480,45 @@ fn kill9_with_pipelines_in_flight() {
     assert_eq!(c.cmd(&[b"SET", b"after", b"all"]), b"+OK\r\n");
     assert_eq!(c.cmd(&[b"GET", b"after"]), b"$3\r\nall\r\n");
 }
+
+/// Repeated failures open the circuit breaker: requests then fail at once with the retry
+/// hint, and once Redis is back a probe closes it again.
+#[test]
+fn the_breaker_opens_on_repeated_failures_and_closes_when_redis_returns() {
+    let mut redis = RedisServer::start().expect("redis-server starts");
+    redis.kill9();
+    let moat = start_moat(redis.addr(), |c| {
+        c.backend.connect_timeout = Duration::from_secs(1);
+        c.backend.breaker.consecutive_failures = 2;
+        c.backend.breaker.open_for = Duration::from_millis(500);
+    });
+    let mut c = raw(moat.local_addr());
+    let deadline = Instant::now() + RECOVERY;
+    let mut open = None;
+    while Instant::now() < deadline {
+        let got = c.cmd(&[b"GET", b"k"]);
+        assert!(is_backend_error(&got), "{}", shown(&got));
+        if got.starts_with(b"-ERR moat: backend unavailable (circuit open, retry in ") {
+            open = Some(got);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(open.is_some(), "the breaker never opened");
+
+    redis.restart().expect("redis restarts");
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let got = c.cmd(&[b"GET", b"k"]);
+        if got == b"$-1\r\n" {
+            break;
+        }
+        assert!(is_backend_error(&got), "{}", shown(&got));
+        assert!(
+            Instant::now() < deadline,
+            "moat never recovered: {}",
+            shown(&got)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

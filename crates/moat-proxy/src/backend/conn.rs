@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::BackendError;
+use super::breaker::Breaker;
 use crate::link::ClientLink;
 
 /// Where a connection is in its life.
@@ -138,10 +139,15 @@ impl BackendConn {
     }
 
     /// Serves the connection until it fails; returns why.
-    pub(crate) async fn run(&self, stream: TcpStream, max_depth: usize) -> BackendError {
+    pub(crate) async fn run(
+        &self,
+        stream: TcpStream,
+        max_depth: usize,
+        breaker: &RefCell<Breaker>,
+    ) -> BackendError {
         tokio::select! {
             e = self.write_loop(&stream) => e,
-            e = self.read_loop(&stream, max_depth) => e,
+            e = self.read_loop(&stream, max_depth, breaker) => e,
         }
     }
 
@@ -168,7 +174,12 @@ impl BackendConn {
         }
     }
 
-    async fn read_loop(&self, stream: &TcpStream, max_depth: usize) -> BackendError {
+    async fn read_loop(
+        &self,
+        stream: &TcpStream,
+        max_depth: usize,
+        breaker: &RefCell<Breaker>,
+    ) -> BackendError {
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
         let mut framer = ReplyFramer::new(max_depth);
         loop {
@@ -200,6 +211,10 @@ impl BackendConn {
                 if let Err(e) = self.route(reply, frame.kind) {
                     return e;
                 }
+            }
+            if pos > 0 {
+                // Replies flowing is what tells a half-open breaker the backend is back.
+                breaker.borrow_mut().success(std::time::Instant::now());
             }
             buf.advance(pos);
         }

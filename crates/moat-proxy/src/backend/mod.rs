@@ -3,13 +3,14 @@
 //! connections from the pool than its slots, whatever the clients do.
 
 mod backoff;
+mod breaker;
 mod conn;
 pub(crate) mod handshake;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -18,6 +19,7 @@ pub(crate) use conn::{BackendConn, ConnState};
 use crate::command::CommandTable;
 use crate::config::Config;
 use backoff::Backoff;
+use breaker::{Breaker, BreakerSettings, Verdict};
 
 /// A connection with this many replies owed is busy enough to open another slot for the
 /// same database, when the pool has one free. Below it, concentrating clients on one
@@ -57,6 +59,7 @@ pub(crate) struct Settings {
     pub(crate) databases: Option<u32>,
     pub(crate) max_reply_depth: usize,
     pub(crate) connection_name: String,
+    pub(crate) breaker: BreakerSettings,
 }
 
 impl Settings {
@@ -75,6 +78,14 @@ impl Settings {
             databases: b.databases,
             max_reply_depth: config.limits.max_reply_depth,
             connection_name,
+            breaker: BreakerSettings {
+                consecutive_failures: b.breaker.consecutive_failures,
+                failure_ratio: b.breaker.failure_ratio,
+                min_requests: b.breaker.min_requests,
+                window: b.breaker.window,
+                open_for: b.breaker.open_for,
+                probes: b.breaker.probes,
+            },
         }
     }
 }
@@ -107,6 +118,21 @@ impl BackendFacts {
 pub(crate) enum PickError {
     /// Every slot is down, waiting to reconnect.
     Unavailable,
+    /// The circuit breaker is open: the backend failed repeatedly.
+    CircuitOpen(Duration),
+}
+
+impl PickError {
+    /// The error line a client gets.
+    pub(crate) fn line(&self) -> String {
+        match self {
+            PickError::Unavailable => "ERR moat: backend unavailable (reconnecting)".into(),
+            PickError::CircuitOpen(retry_in) => format!(
+                "ERR moat: backend unavailable (circuit open, retry in {}s)",
+                retry_in.as_secs_f64().ceil().max(1.0)
+            ),
+        }
+    }
 }
 
 /// One worker's shared pool.
@@ -121,13 +147,17 @@ pub(crate) struct Backend {
     facts_stale: Cell<bool>,
     /// Signalled after each connection attempt, so the worker can wait for the first.
     attempted: Notify,
+    /// Fails requests at once while the backend keeps failing.
+    pub(crate) breaker: RefCell<Breaker>,
 }
 
 impl Backend {
     /// A pool of at most `cap` connections; none is opened until [`Backend::start`].
     pub(crate) fn new(settings: Settings, cap: usize) -> Rc<Self> {
         let facts = BackendFacts::fallback(settings.databases);
+        let breaker = RefCell::new(Breaker::new(settings.breaker));
         Rc::new(Self {
+            breaker,
             settings,
             cap: cap.max(1),
             conns: RefCell::new(Vec::new()),
@@ -160,6 +190,9 @@ impl Backend {
         db: u32,
         resp3: bool,
     ) -> Result<Rc<BackendConn>, PickError> {
+        if let Verdict::Refuse { retry_in } = self.breaker.borrow_mut().check(Instant::now()) {
+            return Err(PickError::CircuitOpen(retry_in));
+        }
         let group = (db, resp3);
         let conns = self.conns.borrow();
         let usable = || conns.iter().filter(|c| c.state() != ConnState::Down);
@@ -207,14 +240,19 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 }
                 conn.set_state(ConnState::Ready);
                 backend.attempted.notify_waiters();
+                backend.breaker.borrow_mut().success(Instant::now());
                 backoff.reset();
                 tracing::debug!(slot = conn.slot, "backend connection ready");
-                let e = conn.run(stream, backend.settings.max_reply_depth).await;
+                let e = conn
+                    .run(stream, backend.settings.max_reply_depth, &backend.breaker)
+                    .await;
+                backend.breaker.borrow_mut().failure(Instant::now());
                 tracing::warn!(slot = conn.slot, error = %e, "backend connection lost");
                 "ERR moat: backend connection lost before the reply"
             }
             Err(e) => {
                 backend.attempted.notify_waiters();
+                backend.breaker.borrow_mut().failure(Instant::now());
                 tracing::warn!(slot = conn.slot, error = %e, address = %backend.settings.address, "cannot connect to backend");
                 "ERR moat: backend unavailable"
             }

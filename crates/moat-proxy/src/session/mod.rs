@@ -627,11 +627,8 @@ impl Core {
             Some(conn) if self.link.inflight() > 0 => conn.clone(),
             _ => match self.worker.backend.pick(self.state.db, self.state.resp3) {
                 Ok(conn) => conn,
-                Err(_) => {
-                    encode::error(
-                        &mut self.link.out(),
-                        "ERR moat: backend unavailable (reconnecting)",
-                    );
+                Err(e) => {
+                    encode::error(&mut self.link.out(), e.line());
                     return Step::Done;
                 }
             },
