@@ -70,6 +70,11 @@ pub struct BackendConfig {
     pub databases: Option<u32>,
     /// Requests queued or in flight on one backend connection before new requests fail fast.
     pub max_queue: usize,
+    /// A shared connection that owes replies and gets none for this long is closed and its
+    /// requests answered with an error (never re-sent); 0 disables. Blocking commands run on
+    /// dedicated connections and are never cut by it.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// When to stop sending work to a failing backend.
     pub breaker: BreakerConfig,
 }
@@ -118,6 +123,7 @@ impl Default for BackendConfig {
             connect_timeout: Duration::from_secs(2),
             databases: None,
             max_queue: 65_536,
+            request_timeout: Duration::from_secs(10),
             breaker: BreakerConfig::default(),
         }
     }

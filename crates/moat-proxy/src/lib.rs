@@ -12,6 +12,7 @@ mod command;
 pub mod config;
 mod link;
 mod listener;
+mod metrics;
 mod pinned;
 mod readiness;
 mod session;
@@ -25,6 +26,7 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 pub use config::{Config, ConfigError};
+pub use metrics::Metrics;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +54,15 @@ pub struct RunningProxy {
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     guard: Arc<moat_guard::Guard>,
+    metrics: Arc<Metrics>,
 }
 
 impl RunningProxy {
+    /// Event counters (timeouts, breaker, reconnects, shedding...).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The admission guard, for the admin API and tests: bans, counts.
     pub fn guard(&self) -> &Arc<moat_guard::Guard> {
         &self.guard
@@ -125,6 +133,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let pinned_total = config.pinned.max_connections;
     let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
     let guard = moat_guard::Guard::new(config.guard.clone());
+    let metrics = Arc::new(Metrics::default());
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         // Split the backend cap so the sum over workers never exceeds it.
@@ -133,6 +142,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         let (config, users, rx) = (config.clone(), users.clone(), rx.clone());
         let leases = leases.clone();
         let guard = guard.clone();
+        let metrics = metrics.clone();
         let handle = std::thread::Builder::new()
             .name(format!("moat-worker-{index}"))
             .spawn(move || {
@@ -145,6 +155,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     pinned_cap,
                     leases,
                     guard,
+                    metrics,
                     shutdown: rx,
                 };
                 if let Err(e) = worker::run(setup) {
@@ -159,5 +170,6 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         shutdown: tx,
         workers: handles,
         guard,
+        metrics,
     })
 }

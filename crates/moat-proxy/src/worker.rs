@@ -29,6 +29,7 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_reply_depth: usize,
     pub(crate) listen: SocketAddr,
     pub(crate) pinned: Rc<PinnedPool>,
+    pub(crate) metrics: Arc<crate::Metrics>,
 }
 
 /// What one worker thread is started with.
@@ -43,6 +44,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) pinned_cap: usize,
     pub(crate) leases: Arc<LeaseLimits>,
     pub(crate) guard: Arc<Guard>,
+    pub(crate) metrics: Arc<crate::Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -79,8 +81,8 @@ fn admit(
     let _ = stream.set_nodelay(true);
     // Above the high-water mark, the oldest connections that never sent a command make
     // room first.
-    if guard.over_high_water() {
-        unhandshaken.shed_oldest();
+    if guard.over_high_water() && unhandshaken.shed_oldest() {
+        crate::Metrics::bump(&ctx.metrics.shed_clients);
     }
     let link = Rc::new(crate::link::ClientLink::default());
     unhandshaken.push(&link);
@@ -104,6 +106,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         pinned_cap,
         leases,
         guard,
+        metrics,
         mut shutdown,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -120,7 +123,11 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let listener = AsyncFd::new(listener)?;
-        let backend = Backend::new(Settings::from_config(&config, index), backend_cap);
+        let backend = Backend::new(
+            Settings::from_config(&config, index),
+            backend_cap,
+            metrics.clone(),
+        );
         backend.start().await;
         let pinned = PinnedPool::new(
             Settings::named(&config, format!("moat-pinned-w{index}")),
@@ -144,6 +151,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             max_reply_depth: l.max_reply_depth,
             listen,
             pinned,
+            metrics,
         });
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();

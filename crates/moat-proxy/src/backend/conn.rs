@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use moat_protocol::{FrameKind, ReplyFramer, Request, encode};
@@ -57,6 +58,10 @@ pub(crate) struct BackendConn {
     /// Set while a wake-up of the writer is pending, so a burst of requests from many
     /// sessions costs one wake-up.
     writer_woken: Cell<bool>,
+    /// When the connection last made progress: a reply arrived, or work arrived while it
+    /// owed nothing. A connection owing replies with no progress for the request timeout is
+    /// stalled (a paused or overloaded server).
+    progress: Cell<std::time::Instant>,
 }
 
 impl BackendConn {
@@ -70,6 +75,7 @@ impl BackendConn {
             resp3: Cell::new(false),
             wake_writer: Notify::new(),
             writer_woken: Cell::new(false),
+            progress: Cell::new(std::time::Instant::now()),
         }
     }
 
@@ -102,6 +108,9 @@ impl BackendConn {
     ) {
         let mut wbuf = self.wbuf.borrow_mut();
         let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            self.progress.set(std::time::Instant::now());
+        }
         if self.db.get() != db {
             // Rare (a database switch on a shared connection), so a small allocation is fine.
             let index = db.to_string();
@@ -143,11 +152,35 @@ impl BackendConn {
         &self,
         stream: TcpStream,
         max_depth: usize,
+        request_timeout: Option<Duration>,
         breaker: &RefCell<Breaker>,
     ) -> BackendError {
         tokio::select! {
             e = self.write_loop(&stream) => e,
             e = self.read_loop(&stream, max_depth, breaker) => e,
+            e = self.watchdog(request_timeout) => e,
+        }
+    }
+
+    /// Ends a connection that owes replies and has made no progress for `timeout`. Its
+    /// requests cannot be withdrawn from the pipeline, so the connection is closed and
+    /// everything it owed is answered with an error; nothing is re-sent.
+    async fn watchdog(&self, timeout: Option<Duration>) -> BackendError {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let due = self.progress.get() + timeout;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            let stalled =
+                !self.pending.borrow().is_empty() && self.progress.get().elapsed() >= timeout;
+            if stalled {
+                return BackendError::Stalled(timeout);
+            }
+            if self.pending.borrow().is_empty() {
+                // Nothing owed: check again a full timeout after the next progress.
+                self.progress.set(std::time::Instant::now());
+            }
         }
     }
 
@@ -213,8 +246,10 @@ impl BackendConn {
                 }
             }
             if pos > 0 {
+                let now = std::time::Instant::now();
+                self.progress.set(now);
                 // Replies flowing is what tells a half-open breaker the backend is back.
-                breaker.borrow_mut().success(std::time::Instant::now());
+                breaker.borrow_mut().success(now);
             }
             buf.advance(pos);
         }

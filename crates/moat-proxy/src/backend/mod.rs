@@ -10,6 +10,7 @@ pub(crate) mod handshake;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -28,6 +29,9 @@ use breaker::{Breaker, BreakerSettings, Verdict};
 /// 256 owed replies onto a second served 0.64-1.0M.
 const SPILL_AT: usize = 4096;
 
+/// A connection that stayed up this long resets the reconnect delays.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
 /// Why a backend connection failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendError {
@@ -41,6 +45,8 @@ pub(crate) enum BackendError {
     Closed,
     #[error("backend protocol error: {0}")]
     Protocol(String),
+    #[error("no reply from the backend for {0:?}")]
+    Stalled(Duration),
 }
 
 impl From<moat_protocol::FrameError> for BackendError {
@@ -60,6 +66,8 @@ pub(crate) struct Settings {
     pub(crate) max_reply_depth: usize,
     pub(crate) connection_name: String,
     pub(crate) breaker: BreakerSettings,
+    /// Longest wait for progress on a connection that owes replies (none: no limit).
+    pub(crate) request_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -86,6 +94,7 @@ impl Settings {
                 open_for: b.breaker.open_for,
                 probes: b.breaker.probes,
             },
+            request_timeout: Some(b.request_timeout).filter(|t| !t.is_zero()),
         }
     }
 }
@@ -149,15 +158,17 @@ pub(crate) struct Backend {
     attempted: Notify,
     /// Fails requests at once while the backend keeps failing.
     pub(crate) breaker: RefCell<Breaker>,
+    metrics: Arc<crate::Metrics>,
 }
 
 impl Backend {
     /// A pool of at most `cap` connections; none is opened until [`Backend::start`].
-    pub(crate) fn new(settings: Settings, cap: usize) -> Rc<Self> {
+    pub(crate) fn new(settings: Settings, cap: usize, metrics: Arc<crate::Metrics>) -> Rc<Self> {
         let facts = BackendFacts::fallback(settings.databases);
         let breaker = RefCell::new(Breaker::new(settings.breaker));
         Rc::new(Self {
             breaker,
+            metrics,
             settings,
             cap: cap.max(1),
             conns: RefCell::new(Vec::new()),
@@ -191,6 +202,7 @@ impl Backend {
         resp3: bool,
     ) -> Result<Rc<BackendConn>, PickError> {
         if let Verdict::Refuse { retry_in } = self.breaker.borrow_mut().check(Instant::now()) {
+            crate::Metrics::bump(&self.metrics.requests_refused);
             return Err(PickError::CircuitOpen(retry_in));
         }
         let group = (db, resp3);
@@ -208,7 +220,20 @@ impl Backend {
         };
         least(&mut usable().filter(|c| c.group() == group))
             .or_else(|| least(&mut usable()))
-            .ok_or(PickError::Unavailable)
+            .ok_or_else(|| {
+                crate::Metrics::bump(&self.metrics.requests_refused);
+                PickError::Unavailable
+            })
+    }
+
+    /// Feeds a failure to the breaker, counting the times it opens.
+    fn failure(&self) {
+        let mut breaker = self.breaker.borrow_mut();
+        let before = breaker.opened;
+        breaker.failure(Instant::now());
+        if breaker.opened > before {
+            crate::Metrics::bump(&self.metrics.breaker_opened);
+        }
     }
 
     fn open_slot(self: &Rc<Self>) -> Rc<BackendConn> {
@@ -241,18 +266,38 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 conn.set_state(ConnState::Ready);
                 backend.attempted.notify_waiters();
                 backend.breaker.borrow_mut().success(Instant::now());
-                backoff.reset();
                 tracing::debug!(slot = conn.slot, "backend connection ready");
+                let healthy_since = Instant::now();
                 let e = conn
-                    .run(stream, backend.settings.max_reply_depth, &backend.breaker)
+                    .run(
+                        stream,
+                        backend.settings.max_reply_depth,
+                        backend.settings.request_timeout,
+                        &backend.breaker,
+                    )
                     .await;
-                backend.breaker.borrow_mut().failure(Instant::now());
+                backend.failure();
+                crate::Metrics::bump(if matches!(e, BackendError::Stalled(_)) {
+                    &backend.metrics.backend_timeouts
+                } else {
+                    &backend.metrics.backend_connections_lost
+                });
+                // The delays start over only after a healthy stretch: a server that accepts
+                // and drops connections at once must not be hammered at the base delay.
+                if healthy_since.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                }
                 tracing::warn!(slot = conn.slot, error = %e, "backend connection lost");
-                "ERR moat: backend connection lost before the reply"
+                if matches!(e, BackendError::Stalled(_)) {
+                    "ERR moat: backend timed out (no reply in time; the request was not retried)"
+                } else {
+                    "ERR moat: backend connection lost before the reply"
+                }
             }
             Err(e) => {
                 backend.attempted.notify_waiters();
-                backend.breaker.borrow_mut().failure(Instant::now());
+                backend.failure();
+                crate::Metrics::bump(&backend.metrics.backend_connect_failures);
                 tracing::warn!(slot = conn.slot, error = %e, address = %backend.settings.address, "cannot connect to backend");
                 "ERR moat: backend unavailable"
             }

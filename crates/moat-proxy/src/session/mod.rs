@@ -237,6 +237,7 @@ impl Session {
             core.pin_flush();
             core.pin_maybe_release();
             if core.unsolicited_overflow() {
+                crate::Metrics::bump(&core.worker.metrics.slow_subscribers);
                 // Like Redis's own pub/sub output limit: a client that cannot keep up with
                 // messages it did not ask for one by one is disconnected, not buffered for.
                 tracing::debug!(client = core.state.id, "slow subscriber disconnected");
@@ -340,7 +341,10 @@ impl Session {
                 let depth = core.worker.max_reply_depth;
                 core.pin = Some(Box::new(pinned::Pin::new(conn, ticket, depth)));
             }
-            Err(e) => core.lease = LeaseWait::Failed(e.line().into()),
+            Err(e) => {
+                crate::Metrics::bump(&core.worker.metrics.leases_refused);
+                core.lease = LeaseWait::Failed(e.line().into());
+            }
         }
         Ok(())
     }
@@ -522,6 +526,7 @@ impl Core {
     fn timer_expired(&mut self) -> bool {
         match self.deadline() {
             Some(at) if at <= Instant::now() => {
+                crate::Metrics::bump(&self.worker.metrics.deadline_closes);
                 tracing::debug!(
                     client = self.state.id,
                     commands = self.commands,
@@ -637,6 +642,7 @@ impl Core {
             if self.link.inflight() > 0 {
                 return Step::Blocked;
             }
+            crate::Metrics::bump(&self.worker.metrics.requests_refused);
             encode::error(
                 &mut self.link.out(),
                 format!(
@@ -676,7 +682,11 @@ mod tests {
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             let config = Config::default();
             let ctx = Rc::new(WorkerCtx {
-                backend: Backend::new(Settings::from_config(&config, 0), 1),
+                backend: Backend::new(
+                    Settings::from_config(&config, 0),
+                    1,
+                    Arc::new(crate::Metrics::default()),
+                ),
                 users: Arc::new(crate::auth::Users::from_config(&[])),
                 limits: moat_protocol::Limits::default(),
                 max_inflight: 1,
@@ -690,6 +700,7 @@ mod tests {
                     crate::pinned::LeaseLimits::new(1, 1),
                     std::time::Duration::from_secs(1),
                 ),
+                metrics: Arc::new(crate::Metrics::default()),
             });
             let guard = moat_guard::Guard::new(moat_guard::GuardConfig::default());
             let ticket = guard.admit(addr.ip(), std::time::Instant::now()).unwrap();
