@@ -75,6 +75,17 @@ pub struct BackendConfig {
     /// dedicated connections and are never cut by it.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Shared connections each worker opens at start and keeps open (at least 1).
+    pub min_idle: usize,
+    /// Age after which a shared connection is replaced: it stops taking new requests,
+    /// drains, closes and reconnects, with ±10% jitter so they do not all recycle at once
+    /// (0: never).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// PING interval on a shared connection that owes nothing, to find dead connections
+    /// before a client does (0: never).
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// When to stop sending work to a failing backend.
     pub breaker: BreakerConfig,
 }
@@ -124,6 +135,9 @@ impl Default for BackendConfig {
             databases: None,
             max_queue: 65_536,
             request_timeout: Duration::from_secs(10),
+            min_idle: 1,
+            max_lifetime: Duration::from_secs(3600),
+            health_check_interval: Duration::from_secs(30),
             breaker: BreakerConfig::default(),
         }
     }

@@ -522,3 +522,88 @@ fn the_breaker_opens_on_repeated_failures_and_closes_when_redis_returns() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Connections past `max_lifetime` are replaced while clients keep working: every reply is
+/// right, Redis sees new connections over time, and never more than the pool at once.
+#[test]
+fn connections_are_recycled_after_their_lifetime_without_failing_requests() {
+    let stack = Stack::with(RedisServer::builder(), |c| {
+        c.backend.max_lifetime = Duration::from_millis(300);
+        c.backend.shared_connections = 2;
+        c.backend.min_idle = 2;
+    });
+    let first_accepted = stack
+        .redis
+        .info_u64("total_connections_received")
+        .expect("INFO");
+    let mut c = raw(stack.addr());
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut i = 0u64;
+    let mut most = 0;
+    while Instant::now() < end {
+        let key = format!("life:{i}");
+        let value = format!("v{i}");
+        assert_eq!(
+            c.cmd(&[b"SET", key.as_bytes(), value.as_bytes()]),
+            b"+OK\r\n"
+        );
+        assert_eq!(c.cmd(&[b"GET", key.as_bytes()]), bulk(value.as_bytes()));
+        if i.is_multiple_of(50) {
+            most = most.max(stack.redis_clients());
+        }
+        i += 1;
+    }
+    let accepted = stack
+        .redis
+        .info_u64("total_connections_received")
+        .expect("INFO")
+        - first_accepted;
+    assert!(most <= 2, "Redis saw {most} moat connections at once");
+    // Each INFO above is one connection; the rest are moat's replacements.
+    assert!(
+        accepted > 4 + i / 50 + 1,
+        "connections were not recycled: {accepted} accepted for {i} rounds"
+    );
+}
+
+/// `min_idle` connections are open before any client arrives.
+#[test]
+fn min_idle_connections_are_opened_at_start() {
+    let stack = Stack::with(RedisServer::builder(), |c| {
+        c.backend.shared_connections = 3;
+        c.backend.min_idle = 3;
+    });
+    let deadline = Instant::now() + RECOVERY;
+    while stack.redis_clients() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "min_idle connections never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stack.redis_clients(), 3);
+}
+
+/// An idle shared connection is checked with PING.
+#[test]
+fn idle_shared_connections_are_health_checked() {
+    let stack = Stack::with(RedisServer::builder(), |c| {
+        c.backend.health_check_interval = Duration::from_millis(100);
+    });
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let list = stack
+            .redis
+            .command(&["CLIENT", "LIST"])
+            .expect("CLIENT LIST");
+        let list = String::from_utf8_lossy(&list);
+        if list
+            .lines()
+            .any(|l| l.contains("name=moat-shared-w0") && l.contains("cmd=ping"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no PING seen: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -36,6 +36,16 @@ enum Pending {
     Internal,
 }
 
+/// How a connection is looked after while it serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upkeep {
+    pub(crate) max_depth: usize,
+    pub(crate) request_timeout: Option<Duration>,
+    /// This connection's lifetime (already jittered).
+    pub(crate) lifetime: Option<Duration>,
+    pub(crate) health_check: Option<Duration>,
+}
+
 /// Initial capacity of the read and write buffers; both grow under load and shrink back.
 const BUF_SIZE: usize = 16 << 10;
 /// Buffers larger than this are released once empty, so one burst does not pin memory.
@@ -62,6 +72,9 @@ pub(crate) struct BackendConn {
     /// owed nothing. A connection owing replies with no progress for the request timeout is
     /// stalled (a paused or overloaded server).
     progress: Cell<std::time::Instant>,
+    /// Past its lifetime: takes new work only when nothing else can, and is replaced at its
+    /// first idle moment.
+    retiring: Cell<bool>,
 }
 
 impl BackendConn {
@@ -76,6 +89,7 @@ impl BackendConn {
             wake_writer: Notify::new(),
             writer_woken: Cell::new(false),
             progress: Cell::new(std::time::Instant::now()),
+            retiring: Cell::new(false),
         }
     }
 
@@ -85,6 +99,14 @@ impl BackendConn {
 
     pub(crate) fn set_state(&self, state: ConnState) {
         self.state.set(state);
+        if state == ConnState::Connecting {
+            self.retiring.set(false);
+        }
+    }
+
+    /// Whether the connection is past its lifetime, waiting to be replaced.
+    pub(crate) fn retiring(&self) -> bool {
+        self.retiring.get()
     }
 
     /// Replies the connection still owes.
@@ -151,14 +173,50 @@ impl BackendConn {
     pub(crate) async fn run(
         &self,
         stream: TcpStream,
-        max_depth: usize,
-        request_timeout: Option<Duration>,
+        upkeep: &Upkeep,
         breaker: &RefCell<Breaker>,
     ) -> BackendError {
         tokio::select! {
             e = self.write_loop(&stream) => e,
-            e = self.read_loop(&stream, max_depth, breaker) => e,
-            e = self.watchdog(request_timeout) => e,
+            e = self.read_loop(&stream, upkeep.max_depth, breaker) => e,
+            e = self.watchdog(upkeep.request_timeout) => e,
+            e = self.retire(upkeep.lifetime) => e,
+            e = self.health_checks(upkeep.health_check) => e,
+        }
+    }
+
+    /// After `lifetime`, stops taking new work (when others can) and ends at the first
+    /// moment the connection owes nothing, so it is replaced without failing a request.
+    async fn retire(&self, lifetime: Option<Duration>) -> BackendError {
+        let Some(lifetime) = lifetime else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(lifetime).await;
+        self.retiring.set(true);
+        loop {
+            if self.pending.borrow().is_empty() {
+                return BackendError::Retired;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends PING on a connection that owes nothing, every `interval`: a connection the
+    /// network or the server dropped silently is found before a client's request is.
+    async fn health_checks(&self, interval: Option<Duration>) -> BackendError {
+        let Some(interval) = interval else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(interval).await;
+            if self.pending.borrow().is_empty() {
+                self.progress.set(std::time::Instant::now());
+                encode::command(&mut self.wbuf.borrow_mut(), &[&b"PING"[..]]);
+                self.pending.borrow_mut().push_back(Pending::Internal);
+                if !self.writer_woken.replace(true) {
+                    self.wake_writer.notify_one();
+                }
+            }
         }
     }
 

@@ -13,8 +13,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use tokio::sync::Notify;
 
+use conn::Upkeep;
 pub(crate) use conn::{BackendConn, ConnState};
 
 use crate::command::CommandTable;
@@ -47,6 +50,8 @@ pub(crate) enum BackendError {
     Protocol(String),
     #[error("no reply from the backend for {0:?}")]
     Stalled(Duration),
+    #[error("retired after its lifetime")]
+    Retired,
 }
 
 impl From<moat_protocol::FrameError> for BackendError {
@@ -68,6 +73,12 @@ pub(crate) struct Settings {
     pub(crate) breaker: BreakerSettings,
     /// Longest wait for progress on a connection that owes replies (none: no limit).
     pub(crate) request_timeout: Option<Duration>,
+    /// Connections opened at start and kept open.
+    pub(crate) min_idle: usize,
+    /// Age at which a connection is replaced (none: never).
+    pub(crate) max_lifetime: Option<Duration>,
+    /// PING interval on a connection that owes nothing (none: no checks).
+    pub(crate) health_check: Option<Duration>,
 }
 
 impl Settings {
@@ -95,6 +106,9 @@ impl Settings {
                 probes: b.breaker.probes,
             },
             request_timeout: Some(b.request_timeout).filter(|t| !t.is_zero()),
+            min_idle: b.min_idle,
+            max_lifetime: Some(b.max_lifetime).filter(|t| !t.is_zero()),
+            health_check: Some(b.health_check_interval).filter(|t| !t.is_zero()),
         }
     }
 }
@@ -180,9 +194,13 @@ impl Backend {
 
     /// Opens the first connection and waits for its first attempt to end (either way), so
     /// the first clients are routed with the server's own command table.
+    /// Opens `min_idle` connections (at least one) and waits for the first attempt to end
+    /// (either way), so the first clients are routed with the server's own command table.
     pub(crate) async fn start(self: &Rc<Self>) {
         let waiting = self.attempted.notified();
-        self.open_slot();
+        for _ in 0..self.settings.min_idle.clamp(1, self.cap) {
+            self.open_slot();
+        }
         waiting.await;
     }
 
@@ -207,7 +225,11 @@ impl Backend {
         }
         let group = (db, resp3);
         let conns = self.conns.borrow();
-        let usable = || conns.iter().filter(|c| c.state() != ConnState::Down);
+        let usable = || {
+            conns
+                .iter()
+                .filter(|c| c.state() != ConnState::Down && !c.retiring())
+        };
         if let Some(c) = usable().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
             return Ok(c.clone());
         }
@@ -220,6 +242,10 @@ impl Backend {
         };
         least(&mut usable().filter(|c| c.group() == group))
             .or_else(|| least(&mut usable()))
+            .or_else(|| {
+                // Only retiring connections are left: they still serve until replaced.
+                least(&mut conns.iter().filter(|c| c.state() == ConnState::Ready))
+            })
             .ok_or_else(|| {
                 crate::Metrics::bump(&self.metrics.requests_refused);
                 PickError::Unavailable
@@ -268,14 +294,23 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 backend.breaker.borrow_mut().success(Instant::now());
                 tracing::debug!(slot = conn.slot, "backend connection ready");
                 let healthy_since = Instant::now();
-                let e = conn
-                    .run(
-                        stream,
-                        backend.settings.max_reply_depth,
-                        backend.settings.request_timeout,
-                        &backend.breaker,
-                    )
-                    .await;
+                let upkeep = Upkeep {
+                    max_depth: backend.settings.max_reply_depth,
+                    request_timeout: backend.settings.request_timeout,
+                    // Spread by up to ±10%, so connections opened together do not all
+                    // recycle at the same moment.
+                    lifetime: backend
+                        .settings
+                        .max_lifetime
+                        .map(|l| l.mul_f64(rand::rng().random_range(0.9..1.1))),
+                    health_check: backend.settings.health_check,
+                };
+                let e = conn.run(stream, &upkeep, &backend.breaker).await;
+                if matches!(e, BackendError::Retired) {
+                    tracing::debug!(slot = conn.slot, "backend connection retired");
+                    conn.set_state(ConnState::Down);
+                    continue;
+                }
                 backend.failure();
                 crate::Metrics::bump(if matches!(e, BackendError::Stalled(_)) {
                     &backend.metrics.backend_timeouts
