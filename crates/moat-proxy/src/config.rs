@@ -192,6 +192,12 @@ pub struct LimitsConfig {
     pub max_output_bytes: usize,
     /// Deepest reply nesting accepted from the backend.
     pub max_reply_depth: usize,
+    /// Unsent reply bytes past which a client is disconnected outright (replies already in
+    /// flight when reading stopped can still arrive; this bounds them).
+    pub max_output_bytes_hard: usize,
+    /// Buffered client data (unsent replies, partial requests) all workers together may
+    /// hold; past it, clients holding more than an equal share are disconnected first.
+    pub memory_budget: usize,
 }
 
 impl Default for LimitsConfig {
@@ -204,6 +210,8 @@ impl Default for LimitsConfig {
             max_inflight: 1024,
             max_output_bytes: 8 << 20,
             max_reply_depth: 128,
+            max_output_bytes_hard: 64 << 20,
+            memory_budget: 1 << 30,
         }
     }
 }
@@ -361,10 +369,17 @@ impl Config {
             ("limits.max_inflight", l.max_inflight),
             ("limits.max_output_bytes", l.max_output_bytes),
             ("limits.max_reply_depth", l.max_reply_depth),
+            ("limits.memory_budget", l.memory_budget),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be positive"));
             }
+        }
+        if l.max_output_bytes_hard < l.max_output_bytes {
+            return Err(invalid(
+                "limits.max_output_bytes_hard",
+                "must be at least limits.max_output_bytes",
+            ));
         }
         if l.max_inline_len < 64 {
             return Err(invalid("limits.max_inline_len", "must be at least 64"));

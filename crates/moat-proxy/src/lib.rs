@@ -8,6 +8,7 @@
 
 mod auth;
 mod backend;
+mod budget;
 mod command;
 pub mod config;
 mod link;

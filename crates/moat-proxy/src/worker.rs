@@ -25,6 +25,9 @@ pub(crate) struct WorkerCtx {
     pub(crate) limits: Limits,
     pub(crate) max_inflight: usize,
     pub(crate) max_output_bytes: usize,
+    pub(crate) max_output_bytes_hard: usize,
+    /// This worker's share of `limits.memory_budget`.
+    pub(crate) budget: crate::budget::Budget,
     pub(crate) max_queue: usize,
     pub(crate) max_reply_depth: usize,
     pub(crate) listen: SocketAddr,
@@ -147,6 +150,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             },
             max_inflight: l.max_inflight,
             max_output_bytes: l.max_output_bytes,
+            max_output_bytes_hard: l.max_output_bytes_hard,
+            budget: crate::budget::Budget::new(l.memory_budget / config.proxy.workers.max(1)),
             max_queue: config.backend.max_queue,
             max_reply_depth: l.max_reply_depth,
             listen,

@@ -154,6 +154,8 @@ struct Core {
     /// Fires at the next deadline (handshake, auth, idle); boxed and created only while a
     /// deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes this session last reported to the worker's memory budget.
+    budgeted: usize,
 }
 
 /// A client connection being served.
@@ -186,6 +188,7 @@ pub(crate) async fn serve(
             reported_success: false,
             last_activity: Instant::now(),
             timer: None,
+            budgeted: 0,
             state: ClientState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 peer,
@@ -205,9 +208,11 @@ pub(crate) async fn serve(
             lease: LeaseWait::None,
         },
     };
+    session.core.worker.budget.join();
     if let Err(e) = session.run(&stream).await {
         tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
+    session.core.worker.budget.leave(session.core.budgeted);
     // A client gone mid-state leaves its dedicated connection cleaned or closed.
     session.core.end_pin();
     session.core.link.close();
@@ -249,6 +254,22 @@ impl Session {
                 encode::error(&mut core.link.out(), &line);
             }
             core.flush(stream)?;
+            // Memory bounds: a client far past its output limit, or over its share while the
+            // worker is over budget, is disconnected (like Redis's client-output-buffer-limit).
+            let held = core.link.out_len() + self.inbuf.len();
+            core.worker.budget.update(core.budgeted, held);
+            core.budgeted = held;
+            if core.link.out_len() > core.worker.max_output_bytes_hard
+                || core.worker.budget.should_shed(held)
+            {
+                crate::Metrics::bump(&core.worker.metrics.shed_clients);
+                tracing::debug!(
+                    client = core.state.id,
+                    held,
+                    "client over its memory bound disconnected"
+                );
+                return Ok(());
+            }
             let owed = core.owed() > 0 || core.link.out_len() > 0;
             if core.closing && !owed {
                 return Ok(());
@@ -691,6 +712,8 @@ mod tests {
                 limits: moat_protocol::Limits::default(),
                 max_inflight: 1,
                 max_output_bytes: 1,
+                max_output_bytes_hard: 1,
+                budget: crate::budget::Budget::new(1),
                 max_queue: 1,
                 max_reply_depth: 8,
                 listen: addr,
