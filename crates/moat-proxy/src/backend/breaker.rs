@@ -101,6 +101,29 @@ impl Breaker {
         }
     }
 
+    /// A backend connection was (re)established and passed its handshake: the backend is
+    /// back, whatever probes were or were not let through, so the breaker closes.
+    pub(crate) fn connected(&mut self, now: Instant) {
+        self.consecutive = 0;
+        self.state = BreakerState::Closed;
+        self.reset_window(now);
+    }
+
+    /// A request admitted by [`Breaker::check`] found no connection to run on: it was no
+    /// probe, so it gives its half-open slot back.
+    pub(crate) fn unadmit(&mut self) {
+        if let BreakerState::HalfOpen {
+            admitted,
+            succeeded,
+        } = self.state
+        {
+            self.state = BreakerState::HalfOpen {
+                admitted: admitted.saturating_sub(1),
+                succeeded,
+            };
+        }
+    }
+
     /// A request (or connection attempt) succeeded.
     pub(crate) fn success(&mut self, now: Instant) {
         self.consecutive = 0;
@@ -237,6 +260,29 @@ mod tests {
             }
         }
         assert!(matches!(b.check(at(t0, 20)), Verdict::Refuse { .. }));
+    }
+
+    #[test]
+    fn a_reconnect_closes_it_and_unanswered_probes_are_given_back() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(settings());
+        for i in 0..3 {
+            b.failure(at(t0, i));
+        }
+        for _ in 0..10 {
+            // Admitted after open_for, but no connection took them.
+            if b.check(at(t0, 5_100)) == Verdict::Allow {
+                b.unadmit();
+            }
+        }
+        assert_eq!(
+            b.check(at(t0, 5_200)),
+            Verdict::Allow,
+            "probes were handed back"
+        );
+        b.connected(at(t0, 5_300));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.check(at(t0, 5_301)), Verdict::Allow);
     }
 
     #[test]

@@ -247,6 +247,7 @@ impl Backend {
                 least(&mut conns.iter().filter(|c| c.state() == ConnState::Ready))
             })
             .ok_or_else(|| {
+                self.breaker.borrow_mut().unadmit();
                 crate::Metrics::bump(&self.metrics.requests_refused);
                 PickError::Unavailable
             })
@@ -291,7 +292,7 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 }
                 conn.set_state(ConnState::Ready);
                 backend.attempted.notify_waiters();
-                backend.breaker.borrow_mut().success(Instant::now());
+                backend.breaker.borrow_mut().connected(Instant::now());
                 tracing::debug!(slot = conn.slot, "backend connection ready");
                 let healthy_since = Instant::now();
                 let upkeep = Upkeep {
