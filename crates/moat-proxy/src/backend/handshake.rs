@@ -32,6 +32,24 @@ impl Handshake<'_> {
         self.next_reply().await
     }
 
+    /// AUTH with moat's own backend credentials, when it has some.
+    async fn authenticate(&mut self, settings: &Settings) -> Result<(), BackendError> {
+        let Some(password) = &settings.password else {
+            return Ok(());
+        };
+        let reply = match &settings.username {
+            Some(user) => {
+                self.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                    .await?
+            }
+            None => self.call(&[b"AUTH", password.as_bytes()]).await?,
+        };
+        match reply {
+            Value::Error(e) => Err(BackendError::Auth(e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn next_reply(&mut self) -> Result<Value, BackendError> {
         loop {
             if let Some((value, used)) = Value::decode(&self.buf, self.max_depth)? {
@@ -63,18 +81,7 @@ pub(crate) async fn open(
             buf: BytesMut::new(),
             max_depth: settings.max_reply_depth,
         };
-        if let Some(password) = &settings.password {
-            let reply = match &settings.username {
-                Some(user) => {
-                    hs.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
-                        .await?
-                }
-                None => hs.call(&[b"AUTH", password.as_bytes()]).await?,
-            };
-            if let Value::Error(e) = reply {
-                return Err(BackendError::Auth(e));
-            }
-        }
+        hs.authenticate(settings).await?;
         // Named so operators can tell moat's connections apart in CLIENT LIST.
         let reply = hs
             .call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
@@ -120,18 +127,7 @@ pub(crate) async fn reset(stream: &mut TcpStream, settings: &Settings) -> Result
         }
         reply = hs.next_reply().await?;
     }
-    if let Some(password) = &settings.password {
-        let reply = match &settings.username {
-            Some(user) => {
-                hs.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
-                    .await?
-            }
-            None => hs.call(&[b"AUTH", password.as_bytes()]).await?,
-        };
-        if let Value::Error(e) = reply {
-            return Err(BackendError::Auth(e));
-        }
-    }
+    hs.authenticate(settings).await?;
     hs.call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
         .await?;
     Ok(())

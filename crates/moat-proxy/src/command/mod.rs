@@ -117,17 +117,7 @@ impl CommandTable {
     /// The fallback used before (or without) the backend's own table.
     pub(crate) fn builtin() -> Self {
         let mut map = FxHashMap::default();
-        for &(name, arity, route) in builtin::ROUTES {
-            map.insert(
-                name.as_bytes().into(),
-                CommandInfo {
-                    arity,
-                    flags: Flags::default(),
-                    has_subcommands: builtin::HAS_SUBCOMMANDS.contains(&name),
-                    route,
-                },
-            );
-        }
+        add_builtin_routes(&mut map);
         Self {
             map,
             authoritative: false,
@@ -154,14 +144,7 @@ impl CommandTable {
         }
         // Commands moat emulates stay routed locally even if the server lacks them
         // (CLIENT SETINFO on Redis < 7.2 is handled inside CLIENT).
-        for &(name, arity, route) in builtin::ROUTES {
-            map.entry(name.as_bytes().into()).or_insert(CommandInfo {
-                arity,
-                flags: Flags::default(),
-                has_subcommands: builtin::HAS_SUBCOMMANDS.contains(&name),
-                route,
-            });
-        }
+        add_builtin_routes(&mut map);
         Self {
             map,
             authoritative: true,
@@ -200,6 +183,18 @@ impl CommandTable {
     /// Number of commands known.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// Adds moat's built-in routes for the names the map does not have yet.
+fn add_builtin_routes(map: &mut FxHashMap<Box<[u8]>, CommandInfo>) {
+    for &(name, arity, route) in builtin::ROUTES {
+        map.entry(name.as_bytes().into()).or_insert(CommandInfo {
+            arity,
+            flags: Flags::default(),
+            has_subcommands: builtin::HAS_SUBCOMMANDS.contains(&name),
+            route,
+        });
     }
 }
 

@@ -70,6 +70,21 @@ pub(super) fn tag_of(request: &Request<'_>) -> PinTag {
     }
 }
 
+/// Refuses a command moat cannot follow inside MULTI, once earlier replies are out, and
+/// marks the transaction failed so its EXEC returns EXECABORT, as Redis does.
+fn refuse_in_multi(pin: &mut Pin, link: &ClientLink, request: &Request<'_>, settled: bool) -> Step {
+    if !settled {
+        return Step::Blocked;
+    }
+    pin.state.mark_dirty();
+    let name = String::from_utf8_lossy(request.arg(0).unwrap_or_default()).to_ascii_uppercase();
+    encode::error(
+        &mut link.out(),
+        format!("ERR moat: {name} inside MULTI is not supported"),
+    );
+    Step::Done
+}
+
 /// A leased dedicated connection in use by one session.
 #[derive(Debug)]
 pub(crate) struct Pin {
@@ -222,23 +237,11 @@ impl Core {
         let settled = pin.state.outstanding() == 0;
         let multi = pin.state.multi_open();
         let resp2_pubsub = pin.state.subscribed() && !self.state.resp3;
-        let refuse_in_multi = |what: &[u8]| {
-            format!(
-                "ERR moat: {} inside MULTI is not supported",
-                String::from_utf8_lossy(what).to_ascii_uppercase()
-            )
-        };
         match action {
             Action::Forward | Action::Dedicated => {
                 let tag = tag_of(request);
                 if multi && tag.unfollowable_in_multi() {
-                    if !settled {
-                        return Step::Blocked;
-                    }
-                    pin.state.mark_dirty();
-                    let line = refuse_in_multi(request.arg(0).unwrap_or_default());
-                    encode::error(&mut self.link.out(), line);
-                    return Step::Done;
+                    return refuse_in_multi(pin, &self.link, request, settled);
                 }
                 pin.forward(request, self.state.db, self.state.resp3, tag);
                 Step::Done
@@ -288,13 +291,7 @@ impl Core {
             }
             Action::Local(cmd) => {
                 if multi {
-                    if !settled {
-                        return Step::Blocked;
-                    }
-                    pin.state.mark_dirty();
-                    let line = refuse_in_multi(request.arg(0).unwrap_or_default());
-                    encode::error(&mut self.link.out(), line);
-                    return Step::Done;
+                    return refuse_in_multi(pin, &self.link, request, settled);
                 }
                 if resp2_pubsub {
                     // Redis answers with its own "only (P|S)SUBSCRIBE ... allowed" error.
