@@ -187,6 +187,10 @@ pub struct LimitsConfig {
     /// Requests a client may have forwarded and unanswered; moat stops reading from the client
     /// past this (backpressure) until replies drain.
     pub max_inflight: usize,
+    /// Bytes of a client's requests moat may hold for the backend (queued or unanswered)
+    /// before it stops reading more from that client: bounds a client pipelining large
+    /// requests to a stalled Redis.
+    pub max_inflight_bytes: usize,
     /// Reply bytes waiting for a slow client before moat stops reading its requests; a
     /// subscriber with more unread messages than this is disconnected.
     pub max_output_bytes: usize,
@@ -208,6 +212,7 @@ impl Default for LimitsConfig {
             max_request_bytes: 64 << 20,
             max_inline_len: 64 << 10,
             max_inflight: 1024,
+            max_inflight_bytes: 16 << 20,
             max_output_bytes: 8 << 20,
             max_reply_depth: 128,
             max_output_bytes_hard: 64 << 20,
@@ -367,6 +372,7 @@ impl Config {
             ("limits.max_bulk_len", l.max_bulk_len),
             ("limits.max_request_bytes", l.max_request_bytes),
             ("limits.max_inflight", l.max_inflight),
+            ("limits.max_inflight_bytes", l.max_inflight_bytes),
             ("limits.max_output_bytes", l.max_output_bytes),
             ("limits.max_reply_depth", l.max_reply_depth),
             ("limits.memory_budget", l.memory_budget),

@@ -16,6 +16,9 @@ pub(crate) struct ClientLink {
     out: RefCell<BytesMut>,
     /// Requests forwarded and not yet answered.
     inflight: Cell<usize>,
+    /// Their size in bytes (queued on a backend connection or on the wire), so a client
+    /// pipelining large requests to a stalled Redis is bounded by bytes, not only by count.
+    inflight_bytes: Cell<usize>,
     /// Set when the session ended: late replies are dropped.
     closed: Cell<bool>,
     /// Set when something was delivered since the session last looked.
@@ -30,23 +33,35 @@ pub(crate) struct ClientLink {
 }
 
 impl ClientLink {
-    /// Counts a request queued on a backend connection.
-    pub(crate) fn request_queued(&self) {
+    /// Counts a request of `bytes` queued on a backend connection.
+    pub(crate) fn request_queued(&self, bytes: usize) {
         self.inflight.set(self.inflight.get() + 1);
+        self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
     }
 
-    /// Delivers the reply to this client's oldest unanswered request.
-    pub(crate) fn deliver(&self, reply: &[u8]) {
+    fn answered(&self, bytes: usize) {
         self.inflight.set(self.inflight.get().saturating_sub(1));
+        self.inflight_bytes
+            .set(self.inflight_bytes.get().saturating_sub(bytes));
+    }
+
+    /// Bytes of requests forwarded and not yet answered.
+    pub(crate) fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes.get()
+    }
+
+    /// Delivers the reply to this client's oldest unanswered request (of `bytes`).
+    pub(crate) fn deliver(&self, reply: &[u8], bytes: usize) {
+        self.answered(bytes);
         if !self.closed.get() {
             self.out.borrow_mut().extend_from_slice(reply);
         }
         self.wake();
     }
 
-    /// Answers the oldest unanswered request with a moat error line.
-    pub(crate) fn deliver_error(&self, line: &str) {
-        self.inflight.set(self.inflight.get().saturating_sub(1));
+    /// Answers the oldest unanswered request (of `bytes`) with a moat error line.
+    pub(crate) fn deliver_error(&self, line: &str, bytes: usize) {
+        self.answered(bytes);
         if !self.closed.get() {
             moat_protocol::encode::error(&mut self.out.borrow_mut(), line);
         }
@@ -122,11 +137,13 @@ mod tests {
     #[test]
     fn replies_accumulate_in_order_and_count_down() {
         let link = ClientLink::default();
-        link.request_queued();
-        link.request_queued();
-        link.deliver(b"+OK\r\n");
-        link.deliver_error("ERR moat: backend connection lost");
+        link.request_queued(10);
+        link.request_queued(20);
+        assert_eq!(link.inflight_bytes(), 30);
+        link.deliver(b"+OK\r\n", 10);
+        link.deliver_error("ERR moat: backend connection lost", 20);
         assert_eq!(link.inflight(), 0);
+        assert_eq!(link.inflight_bytes(), 0);
         assert_eq!(
             &link.out()[..],
             b"+OK\r\n-ERR moat: backend connection lost\r\n"
@@ -136,9 +153,9 @@ mod tests {
     #[test]
     fn closed_links_drop_late_replies() {
         let link = ClientLink::default();
-        link.request_queued();
+        link.request_queued(5);
         link.close();
-        link.deliver(b"$1\r\nx\r\n");
+        link.deliver(b"$1\r\nx\r\n", 5);
         assert_eq!(link.out_len(), 0);
         assert_eq!(link.inflight(), 0);
     }

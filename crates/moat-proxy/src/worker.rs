@@ -26,6 +26,7 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_inflight: usize,
     pub(crate) max_output_bytes: usize,
     pub(crate) max_output_bytes_hard: usize,
+    pub(crate) max_inflight_bytes: usize,
     /// This worker's share of `limits.memory_budget`.
     pub(crate) budget: crate::budget::Budget,
     pub(crate) max_queue: usize,
@@ -151,6 +152,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             max_inflight: l.max_inflight,
             max_output_bytes: l.max_output_bytes,
             max_output_bytes_hard: l.max_output_bytes_hard,
+            max_inflight_bytes: l.max_inflight_bytes,
             budget: crate::budget::Budget::new(l.memory_budget / config.proxy.workers.max(1)),
             max_queue: config.backend.max_queue,
             max_reply_depth: l.max_reply_depth,

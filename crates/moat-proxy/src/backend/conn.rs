@@ -29,8 +29,8 @@ pub(crate) enum ConnState {
 /// Who is waiting for the next reply on the connection.
 #[derive(Debug)]
 enum Pending {
-    /// A client's request.
-    Client(Rc<ClientLink>),
+    /// A client's request, and its size in bytes.
+    Client(Rc<ClientLink>, usize),
     /// A `SELECT` or `HELLO` moat inserted to move the connection to the database or
     /// protocol of the next request.
     Internal,
@@ -146,9 +146,11 @@ impl BackendConn {
             pending.push_back(Pending::Internal);
             self.resp3.set(resp3);
         }
+        let before = wbuf.len();
         request.write_resp(&mut wbuf);
-        pending.push_back(Pending::Client(link.clone()));
-        link.request_queued();
+        let bytes = wbuf.len() - before;
+        pending.push_back(Pending::Client(link.clone(), bytes));
+        link.request_queued(bytes);
         drop((wbuf, pending));
         if !self.writer_woken.replace(true) {
             self.wake_writer.notify_one();
@@ -163,8 +165,8 @@ impl BackendConn {
         self.db.set(0);
         self.resp3.set(false);
         for p in owed {
-            if let Pending::Client(link) = p {
-                link.deliver_error(line);
+            if let Pending::Client(link, bytes) = p {
+                link.deliver_error(line, bytes);
             }
         }
     }
@@ -327,8 +329,8 @@ impl BackendConn {
         }
         let next = self.pending.borrow_mut().pop_front();
         match next {
-            Some(Pending::Client(link)) => {
-                link.deliver(reply);
+            Some(Pending::Client(link, bytes)) => {
+                link.deliver(reply, bytes);
                 Ok(())
             }
             Some(Pending::Internal) if kind == FrameKind::Error => {

@@ -15,6 +15,10 @@ pub(super) const ROUTES: &[(&str, i32, Route)] = &[
     ("reset", 1, Route::Local(Local::Reset)),
     ("client", -2, Route::Local(Local::Client)),
     ("acl", -2, Route::Local(Local::Acl)),
+    // HTTP sent to the RESP port: closed at moat, never forwarded (Redis would close the
+    // shared connection it came on, failing other clients' requests).
+    ("post", -1, Route::Local(Local::CrossProtocol)),
+    ("host:", -1, Route::Local(Local::CrossProtocol)),
     // Emulated for every server version (Redis < 7.2 lacks it).
     ("client|setinfo", 4, Route::Local(Local::Client)),
     // A session outside MULTI/WATCH answers these without the server, exactly as Redis does.

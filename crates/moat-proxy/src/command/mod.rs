@@ -45,6 +45,9 @@ pub(crate) enum Local {
     Exec,
     Discard,
     Unwatch,
+    /// `POST` / `Host:`: an HTTP request sent to the RESP port (a cross-protocol attack);
+    /// Redis closes such a connection without a word, and so does moat.
+    CrossProtocol,
 }
 
 /// Flags from `COMMAND` that moat's routing uses.

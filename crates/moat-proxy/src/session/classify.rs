@@ -82,9 +82,10 @@ fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> A
     let route = info.map_or(Route::Forward, |i| i.route);
     let Some(user) = &state.user else {
         return match route {
-            Route::Local(l @ (Local::Auth | Local::Hello | Local::Quit | Local::Reset)) => {
-                Action::Local(l)
-            }
+            Route::Local(
+                l
+                @ (Local::Auth | Local::Hello | Local::Quit | Local::Reset | Local::CrossProtocol),
+            ) => Action::Local(l),
             _ => error("NOAUTH Authentication required.".into()),
         };
     };

@@ -76,6 +76,14 @@ impl Core {
             Local::Exec => self.error("ERR EXEC without MULTI"),
             Local::Discard => self.error("ERR DISCARD without MULTI"),
             Local::Unwatch => encode::simple(&mut self.link.out(), "OK"),
+            Local::CrossProtocol => {
+                tracing::debug!(
+                    client = self.state.id,
+                    "HTTP sent to the RESP port; closing"
+                );
+                self.report(moat_guard::Event::ProtocolError);
+                return Step::Close;
+            }
         }
         Step::Done
     }

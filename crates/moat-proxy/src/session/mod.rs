@@ -256,7 +256,7 @@ impl Session {
             core.flush(stream)?;
             // Memory bounds: a client far past its output limit, or over its share while the
             // worker is over budget, is disconnected (like Redis's client-output-buffer-limit).
-            let held = core.link.out_len() + self.inbuf.len();
+            let held = core.link.out_len() + self.inbuf.len() + core.request_bytes_held();
             core.worker.budget.update(core.budgeted, held);
             core.budgeted = held;
             if core.link.out_len() > core.worker.max_output_bytes_hard
@@ -596,9 +596,16 @@ impl Core {
                 .is_some_and(|p| p.state.streams_unsolicited())
     }
 
+    /// Bytes of this client's requests moat holds for the backend: queued or in flight on
+    /// shared connections, and not yet written to its dedicated one.
+    fn request_bytes_held(&self) -> usize {
+        self.link.inflight_bytes() + self.pin.as_deref().map_or(0, pinned::Pin::unwritten)
+    }
+
     /// True while the client has as much in flight or unread as it may.
     fn backpressured(&self) -> bool {
         self.owed() >= self.worker.max_inflight
+            || self.request_bytes_held() >= self.worker.max_inflight_bytes
             || self.link.out_len() >= self.worker.max_output_bytes
     }
 
@@ -713,6 +720,7 @@ mod tests {
                 max_inflight: 1,
                 max_output_bytes: 1,
                 max_output_bytes_hard: 1,
+                max_inflight_bytes: 1,
                 budget: crate::budget::Budget::new(1),
                 max_queue: 1,
                 max_reply_depth: 8,

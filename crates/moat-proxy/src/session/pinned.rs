@@ -159,6 +159,11 @@ impl Pin {
         !self.wbuf.is_empty()
     }
 
+    /// Request bytes queued and not yet written to the connection.
+    pub(super) fn unwritten(&self) -> usize {
+        self.wbuf.len()
+    }
+
     pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.conn.stream.poll_read_ready(cx)
     }
@@ -274,11 +279,11 @@ impl Core {
                 self.reset();
                 Step::Done
             }
-            Action::Local(Local::Quit) => {
+            Action::Local(cmd @ (Local::Quit | Local::CrossProtocol)) => {
                 if !settled && !pin.state.monitor() {
                     return Step::Blocked;
                 }
-                self.local(Local::Quit, request, facts)
+                self.local(cmd, request, facts)
             }
             Action::Local(Local::Client)
                 if request.arg(1).is_some_and(|s| {
