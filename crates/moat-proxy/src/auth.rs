@@ -94,6 +94,14 @@ impl Users {
                 }),
             );
         }
+        // As in Redis: a `default` user without a password (nopass) signs every client in
+        // as `default` from the start, whatever other users exist.
+        if by_name
+            .get("default")
+            .is_some_and(|u| u.digest.is_none() && !u.disabled)
+        {
+            required = false;
+        }
         Self { by_name, required }
     }
 
@@ -217,6 +225,21 @@ mod tests {
             AuthOutcome::WrongPass
         );
         assert_eq!(users.authenticate(None, b"").0, AuthOutcome::WrongPass);
+    }
+
+    #[test]
+    fn a_nopass_default_user_signs_everyone_in_even_beside_users_with_passwords() {
+        let users = Users::from_config(&[
+            user("default", None, &["FLUSHALL"]),
+            user("bob", Some("b"), &[]),
+        ]);
+        assert!(!users.auth_required());
+        assert!(users.default_user().is_some());
+        assert_eq!(users.authenticate(Some(b"bob"), b"b").0, AuthOutcome::Ok);
+        assert_eq!(
+            users.authenticate(Some(b"bob"), b"x").0,
+            AuthOutcome::WrongPass
+        );
     }
 
     #[test]
