@@ -45,6 +45,13 @@ impl LeaseError {
     }
 }
 
+/// What a look at the pool found for a lease already counted against its caps.
+enum Acquired {
+    Idle(PinnedConn, LeaseTicket),
+    /// No idle connection, but room to open one.
+    Room(LeaseTicket),
+}
+
 /// An open dedicated connection and what moat knows of its state.
 #[derive(Debug)]
 pub(crate) struct PinnedConn {
@@ -112,10 +119,8 @@ impl PinnedPool {
             released.as_mut().enable();
             available.as_mut().enable();
             let refused = match self.try_acquire(ip, user) {
-                Ok(Some(leased)) => return Ok(leased),
-                Ok(None) => {
-                    return self.connect(ip, user).await;
-                }
+                Ok(Acquired::Idle(conn, ticket)) => return Ok((conn, ticket)),
+                Ok(Acquired::Room(ticket)) => return self.connect(ticket).await,
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
@@ -129,13 +134,8 @@ impl PinnedPool {
         }
     }
 
-    /// An idle connection with a lease (`Some`), room to open one (`None`), or why not.
-    #[allow(clippy::type_complexity)]
-    fn try_acquire(
-        self: &Rc<Self>,
-        ip: IpAddr,
-        user: &Arc<str>,
-    ) -> Result<Option<(PinnedConn, LeaseTicket)>, LeaseError> {
+    /// An idle connection or room to open one, with the lease counted; or why not.
+    fn try_acquire(&self, ip: IpAddr, user: &Arc<str>) -> Result<Acquired, LeaseError> {
         // Pool room first: taking a ticket and giving it back would wake every waiter.
         self.drop_dead_idle();
         let has_idle = !self.idle.borrow().is_empty();
@@ -146,26 +146,17 @@ impl PinnedPool {
             LimitHit::PerIp(n) => LeaseError::PerIp(n),
             LimitHit::PerUser(n) => LeaseError::PerUser(n),
         })?;
-        match self.idle.borrow_mut().pop() {
-            Some(conn) => Ok(Some((conn, ticket))),
-            None => {
-                // Reserve the slot now; `connect` takes the ticket again.
-                drop(ticket);
-                Ok(None)
-            }
-        }
+        Ok(match self.idle.borrow_mut().pop() {
+            Some(conn) => Acquired::Idle(conn, ticket),
+            None => Acquired::Room(ticket),
+        })
     }
 
-    /// Opens a new dedicated connection (the pool had room).
+    /// Opens a new dedicated connection for a lease already counted (the pool had room).
     async fn connect(
         self: &Rc<Self>,
-        ip: IpAddr,
-        user: &Arc<str>,
+        ticket: LeaseTicket,
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
-        let ticket = self.limits.try_take(ip, user).map_err(|hit| match hit {
-            LimitHit::PerIp(n) => LeaseError::PerIp(n),
-            LimitHit::PerUser(n) => LeaseError::PerUser(n),
-        })?;
         self.open.set(self.open.get() + 1);
         let slot = Slot(self.clone());
         match handshake::open(&self.settings, false).await {
