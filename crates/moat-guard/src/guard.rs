@@ -167,6 +167,7 @@ pub struct Ticket {
     ip: IpAddr,
     subnet: IpNet,
     trusted: bool,
+    over_high_water: bool,
 }
 
 impl Ticket {
@@ -178,6 +179,12 @@ impl Ticket {
     /// Whether the client is on a trusted network.
     pub fn trusted(&self) -> bool {
         self.trusted
+    }
+
+    /// Whether this admission took moat above the high-water mark, so the oldest
+    /// connection that never sent a command should be closed to make room.
+    pub fn over_high_water(&self) -> bool {
+        self.over_high_water
     }
 
     /// The guard that issued this ticket.
@@ -277,12 +284,14 @@ impl Guard {
                 *st.active_ip.entry(ip).or_default() += 1;
                 *st.active_subnet.entry(subnet).or_default() += 1;
                 st.admitted += 1;
+                let over_high_water = st.active_total > self.config.high_water;
                 drop(st);
                 Ok(Ticket {
                     guard: self.clone(),
                     ip,
                     subnet,
                     trusted,
+                    over_high_water,
                 })
             }
             Err(reject) => {

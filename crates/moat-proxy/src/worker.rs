@@ -85,7 +85,7 @@ fn admit(
     let _ = stream.set_nodelay(true);
     // Above the high-water mark, the oldest connections that never sent a command make
     // room first.
-    if guard.over_high_water() && unhandshaken.shed_oldest() {
+    if ticket.over_high_water() && unhandshaken.shed_oldest() {
         crate::Metrics::bump(&ctx.metrics.shed_clients);
     }
     let link = Rc::new(crate::link::ClientLink::default());
