@@ -143,6 +143,42 @@ fn bad(key: &'static str, reason: impl Into<String>) -> GuardConfigError {
 impl GuardConfig {
     /// Checks ranges and the relations between keys.
     pub fn validate(&self) -> Result<(), GuardConfigError> {
+        // Bounds that keep every `now + duration` the guard computes far from overflow.
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        for (key, d) in [
+            ("recent_success", self.recent_success),
+            ("handshake_timeout", self.handshake_timeout),
+            ("auth_timeout", self.auth_timeout),
+            (
+                "idle_timeout_unauthenticated",
+                self.idle_timeout_unauthenticated,
+            ),
+            (
+                "idle_timeout_authenticated",
+                self.idle_timeout_authenticated,
+            ),
+            ("idle_timeout_trusted", self.idle_timeout_trusted),
+            ("strike_window", self.strike_window),
+            ("ban_time", self.ban_time),
+            ("ban_max", self.ban_max),
+        ] {
+            if d > YEAR {
+                return Err(bad(key, "must be at most a year"));
+            }
+        }
+        for (key, rate) in [("ip_rate", self.ip_rate), ("subnet_rate", self.subnet_rate)] {
+            if rate < 0.001 {
+                return Err(bad(key, "must be at least 0.001 connections per second"));
+            }
+        }
+        for (key, burst) in [
+            ("ip_burst", self.ip_burst),
+            ("subnet_burst", self.subnet_burst),
+        ] {
+            if burst > 1_000_000 {
+                return Err(bad(key, "must be at most 1000000"));
+            }
+        }
         if self.subnet_prefix_v4 > 32 {
             return Err(bad("subnet_prefix_v4", "must be at most 32"));
         }

@@ -321,6 +321,21 @@ impl Config {
         if b.databases == Some(0) {
             return Err(invalid("backend.databases", "must be at least 1"));
         }
+        // Bounds that keep every `now + duration` moat computes far from overflow.
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        for (key, d) in [
+            ("backend.connect_timeout", b.connect_timeout),
+            ("backend.request_timeout", b.request_timeout),
+            ("backend.max_lifetime", b.max_lifetime),
+            ("backend.health_check_interval", b.health_check_interval),
+            ("backend.breaker.window", b.breaker.window),
+            ("backend.breaker.open_for", b.breaker.open_for),
+            ("pinned.wait", self.pinned.wait),
+        ] {
+            if d > YEAR {
+                return Err(invalid(key, "must be at most a year"));
+            }
+        }
         let br = &b.breaker;
         if br.consecutive_failures == 0 || br.probes == 0 || br.min_requests == 0 {
             return Err(invalid(
@@ -490,6 +505,11 @@ mod tests {
             ("[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
             ("[pinned]\nmax_per_ip = 0\n", "pinned.max_per_ip"),
             ("[guard]\nhigh_water = 99999\n", "guard.high_water"),
+            ("[guard]\nban_max = \"1000years\"\n", "guard.ban_max"),
+            (
+                "[backend]\nrequest_timeout = \"1000years\"\n",
+                "backend.request_timeout",
+            ),
             ("[guard]\ntrusted = [\"not-a-net\"]\n", "trusted"),
             (
                 "[proxy]\nworkers = 2\n[backend]\nshared_connections = 2\n[pinned]\nmax_connections = 1\n",
