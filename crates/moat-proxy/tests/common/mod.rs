@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use moat_proxy::{Config, RunningProxy};
+
+pub mod rss;
 use moat_testkit::RedisServer;
 
 /// A redis-server and a moat proxy in front of it; both stop on drop.
