@@ -11,11 +11,13 @@ mod backend;
 mod budget;
 mod command;
 pub mod config;
+#[cfg(feature = "harness")]
+pub mod harness;
 mod link;
 mod listener;
 mod metrics;
+mod net;
 mod pinned;
-mod readiness;
 mod session;
 mod shed;
 mod worker;

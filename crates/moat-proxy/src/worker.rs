@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::Users;
 use crate::backend::{Backend, Settings};
 use crate::config::Config;
+use crate::net::Connector;
 use crate::pinned::{LeaseLimits, PinnedPool};
 use moat_guard::Guard;
 
@@ -34,6 +35,63 @@ pub(crate) struct WorkerCtx {
     pub(crate) listen: SocketAddr,
     pub(crate) pinned: Rc<PinnedPool>,
     pub(crate) metrics: Arc<crate::Metrics>,
+}
+
+/// A worker's share of the pools: backend connections, dedicated ones, and the lease caps
+/// all workers share.
+#[derive(Debug)]
+pub(crate) struct Shares {
+    pub(crate) backend_cap: usize,
+    pub(crate) pinned_cap: usize,
+    pub(crate) leases: Arc<LeaseLimits>,
+}
+
+impl WorkerCtx {
+    /// Builds a worker's context and opens its first backend connections (waiting for the
+    /// first attempt to end, so early clients do not all find the pool connecting).
+    pub(crate) async fn build(
+        config: &Config,
+        index: usize,
+        listen: SocketAddr,
+        connector: Connector,
+        users: Arc<Users>,
+        shares: Shares,
+        metrics: Arc<crate::Metrics>,
+    ) -> Rc<Self> {
+        let mut settings = Settings::from_config(config, index);
+        settings.connector = connector.clone();
+        let backend = Backend::new(settings, shares.backend_cap, metrics.clone());
+        backend.start().await;
+        let mut settings = Settings::named(config, format!("moat-pinned-w{index}"));
+        settings.connector = connector;
+        let pinned = PinnedPool::new(
+            settings,
+            shares.pinned_cap,
+            shares.leases,
+            config.pinned.wait,
+        );
+        let l = &config.limits;
+        Rc::new(WorkerCtx {
+            backend,
+            users,
+            limits: Limits {
+                max_args: l.max_args,
+                max_bulk_len: l.max_bulk_len,
+                max_request_bytes: l.max_request_bytes,
+                max_inline_len: l.max_inline_len,
+            },
+            max_inflight: l.max_inflight,
+            max_output_bytes: l.max_output_bytes,
+            max_output_bytes_hard: l.max_output_bytes_hard,
+            max_inflight_bytes: l.max_inflight_bytes,
+            budget: crate::budget::Budget::new(l.memory_budget / config.proxy.workers.max(1)),
+            max_queue: config.backend.max_queue,
+            max_reply_depth: l.max_reply_depth,
+            listen,
+            pinned,
+            metrics,
+        })
+    }
 }
 
 /// What one worker thread is started with.
@@ -91,7 +149,7 @@ fn admit(
     let link = Rc::new(crate::link::ClientLink::default());
     unhandshaken.push(&link);
     tokio::task::spawn_local(crate::session::serve(
-        stream,
+        stream.into(),
         peer,
         ctx.clone(),
         ticket,
@@ -127,39 +185,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let listener = AsyncFd::new(listener)?;
-        let backend = Backend::new(
-            Settings::from_config(&config, index),
-            backend_cap,
-            metrics.clone(),
-        );
-        backend.start().await;
-        let pinned = PinnedPool::new(
-            Settings::named(&config, format!("moat-pinned-w{index}")),
-            pinned_cap,
-            leases,
-            config.pinned.wait,
-        );
-        let l = &config.limits;
-        let ctx = Rc::new(WorkerCtx {
-            backend,
-            users,
-            limits: Limits {
-                max_args: l.max_args,
-                max_bulk_len: l.max_bulk_len,
-                max_request_bytes: l.max_request_bytes,
-                max_inline_len: l.max_inline_len,
-            },
-            max_inflight: l.max_inflight,
-            max_output_bytes: l.max_output_bytes,
-            max_output_bytes_hard: l.max_output_bytes_hard,
-            max_inflight_bytes: l.max_inflight_bytes,
-            budget: crate::budget::Budget::new(l.memory_budget / config.proxy.workers.max(1)),
-            max_queue: config.backend.max_queue,
-            max_reply_depth: l.max_reply_depth,
-            listen,
-            pinned,
-            metrics,
-        });
+        let connector = Connector::Tcp(config.backend.address);
+        let ctx = WorkerCtx::build(&config, index, listen, connector, users, Shares { backend_cap, pinned_cap, leases }, metrics).await;
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();
         loop {

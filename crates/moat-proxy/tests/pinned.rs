@@ -337,6 +337,25 @@ fn pipelined_transaction_between_shared_commands_answers_in_order() {
     assert_eq!(client.call(&["GET", "a"]), b"$1\r\n2\r\n");
 }
 
+/// Stopping moat closes every connection it opened, dedicated ones idle in the pool
+/// included (they once held the pool alive through a reference cycle and stayed open).
+#[test]
+fn stopping_moat_closes_its_idle_dedicated_connections() {
+    let Stack { moat, redis } = with_config(|_| {});
+    let mut client = Conn::to(moat.local_addr());
+    client.send(&[command(&[b"MULTI"]), command(&[b"EXEC"])].concat());
+    assert_eq!(client.replies(2), [b"+OK\r\n".to_vec(), b"*0\r\n".to_vec()]);
+    drop(client);
+    let idle = wait_pinned_idle(&redis);
+    assert_eq!(idle.len(), 1, "one dedicated connection, back in the pool");
+    moat.shutdown();
+    wait_until("moat's connections to close", SETTLE, || {
+        client_list(&redis)
+            .iter()
+            .all(|l| !field(l, "name").is_some_and(|n| n.starts_with("moat-")))
+    });
+}
+
 /// WATCH then EXEC, and WATCH broken by another client: the same transcript as Redis.
 fn watch_transcript(a: &mut Conn, b: &mut Conn) -> Vec<Vec<u8>> {
     vec![

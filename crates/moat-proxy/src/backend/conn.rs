@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use moat_protocol::{FrameKind, ReplyFramer, Request, encode};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::BackendError;
 use super::breaker::Breaker;
 use crate::link::ClientLink;
+use crate::net::Stream;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +174,7 @@ impl BackendConn {
     /// Serves the connection until it fails; returns why.
     pub(crate) async fn run(
         &self,
-        stream: TcpStream,
+        stream: Stream,
         upkeep: &Upkeep,
         breaker: &RefCell<Breaker>,
     ) -> BackendError {
@@ -246,7 +246,7 @@ impl BackendConn {
 
     /// Writes whatever sessions queued, in one write per wake-up: requests of every client
     /// that ran since the last write go out together, which is what saves Redis work.
-    async fn write_loop(&self, stream: &TcpStream) -> BackendError {
+    async fn write_loop(&self, stream: &Stream) -> BackendError {
         let mut spare = BytesMut::with_capacity(BUF_SIZE);
         loop {
             // Cleared before waiting and before taking the buffer, so any request queued
@@ -257,7 +257,7 @@ impl BackendConn {
                 continue;
             }
             std::mem::swap(&mut *self.wbuf.borrow_mut(), &mut spare);
-            if let Err(e) = write_all(stream, &spare).await {
+            if let Err(e) = stream.write_all(&spare).await {
                 return e.into();
             }
             spare.clear();
@@ -269,7 +269,7 @@ impl BackendConn {
 
     async fn read_loop(
         &self,
-        stream: &TcpStream,
+        stream: &Stream,
         max_depth: usize,
         breaker: &RefCell<Breaker>,
     ) -> BackendError {
@@ -288,7 +288,7 @@ impl BackendConn {
             let room = buf.capacity() - buf.len();
             match stream.try_read_buf(&mut buf) {
                 Ok(0) => return BackendError::Closed,
-                Ok(n) => crate::readiness::after_read(stream, n, room),
+                Ok(n) => stream.after_read(n, room),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return e.into(),
             }
@@ -347,17 +347,4 @@ impl BackendConn {
             )),
         }
     }
-}
-
-/// Writes all of `data`, waiting for the socket when it is full.
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -3,11 +3,10 @@
 
 use bytes::BytesMut;
 use moat_protocol::{Value, encode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{BackendError, BackendFacts, Settings};
 use crate::command::{CommandTable, parse_command_reply};
+use crate::net::Stream;
 
 /// Replies larger than this during the handshake mean something is wrong (COMMAND on
 /// Redis 7 is about 200 KB).
@@ -19,7 +18,7 @@ const MAX_SKIPPED_BEFORE_RESET: usize = 100_000;
 
 /// A connection during its handshake: one request, one reply, nothing pipelined.
 struct Handshake<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a Stream,
     buf: BytesMut,
     max_depth: usize,
 }
@@ -72,12 +71,11 @@ impl Handshake<'_> {
 pub(crate) async fn open(
     settings: &Settings,
     fetch_facts: bool,
-) -> Result<(TcpStream, Option<BackendFacts>), BackendError> {
+) -> Result<(Stream, Option<BackendFacts>), BackendError> {
     let work = async {
-        let mut stream = TcpStream::connect(settings.address).await?;
-        stream.set_nodelay(true)?;
+        let stream = settings.connector.connect().await?;
         let mut hs = Handshake {
-            stream: &mut stream,
+            stream: &stream,
             buf: BytesMut::new(),
             max_depth: settings.max_reply_depth,
         };
@@ -107,7 +105,7 @@ pub(crate) async fn open(
 
 /// Clears a dedicated connection's state before the next lease: RESET (Redis >= 6.2), which
 /// also signs the connection out, then moat's own AUTH and name again.
-pub(crate) async fn reset(stream: &mut TcpStream, settings: &Settings) -> Result<(), BackendError> {
+pub(crate) async fn reset(stream: &Stream, settings: &Settings) -> Result<(), BackendError> {
     let mut hs = Handshake {
         stream,
         buf: BytesMut::new(),

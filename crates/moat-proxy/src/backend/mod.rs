@@ -8,7 +8,6 @@ mod conn;
 pub(crate) mod handshake;
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +62,7 @@ impl From<moat_protocol::FrameError> for BackendError {
 /// How to reach the backend, from the config.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) address: SocketAddr,
+    pub(crate) connector: crate::net::Connector,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) connect_timeout: Duration,
@@ -90,7 +89,7 @@ impl Settings {
     pub(crate) fn named(config: &Config, connection_name: String) -> Self {
         let b = &config.backend;
         Self {
-            address: b.address,
+            connector: crate::net::Connector::Tcp(b.address),
             username: b.username.clone(),
             password: b.password.clone(),
             connect_timeout: b.connect_timeout,
@@ -334,7 +333,7 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 backend.attempted.notify_waiters();
                 backend.failure();
                 crate::Metrics::bump(&backend.metrics.backend_connect_failures);
-                tracing::warn!(slot = conn.slot, error = %e, address = %backend.settings.address, "cannot connect to backend");
+                tracing::warn!(slot = conn.slot, error = %e, backend = %backend.settings.connector, "cannot connect to backend");
                 "ERR moat: backend unavailable"
             }
         };

@@ -3,16 +3,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::limits::{LeaseLimits, LeaseTicket, LimitHit};
 use crate::backend::{Settings, handshake};
+use crate::net::Stream;
 
 /// Why a session got no dedicated connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ enum Acquired {
 /// An open dedicated connection and what moat knows of its state.
 #[derive(Debug)]
 pub(crate) struct PinnedConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// Database and protocol the connection is in (moat adjusts them per lease).
     pub(crate) db: u32,
     pub(crate) resp3: bool,
@@ -63,13 +63,17 @@ pub(crate) struct PinnedConn {
 }
 
 /// Counts one open connection against the pool; closing the connection frees the slot.
+/// Weak: the pool holds its idle connections, so a strong reference back would be a cycle
+/// that keeps the pool and those connections open after the worker has stopped.
 #[derive(Debug)]
-struct Slot(Rc<PinnedPool>);
+struct Slot(Weak<PinnedPool>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-        self.0.available.notify_waiters();
+        if let Some(pool) = self.0.upgrade() {
+            pool.open.set(pool.open.get() - 1);
+            pool.available.notify_waiters();
+        }
     }
 }
 
@@ -158,7 +162,7 @@ impl PinnedPool {
         ticket: LeaseTicket,
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
         self.open.set(self.open.get() + 1);
-        let slot = Slot(self.clone());
+        let slot = Slot(Rc::downgrade(self));
         match handshake::open(&self.settings, false).await {
             Ok((stream, _)) => Ok((
                 PinnedConn {
@@ -181,6 +185,12 @@ impl PinnedPool {
         });
     }
 
+    /// True when no connection is leased or being reset: every open one is idle.
+    #[cfg(feature = "harness")]
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.idle.borrow().len() == self.open.get()
+    }
+
     /// Takes back a connection whose lease ended with its state cleared. With `reset`, it is
     /// RESET (and re-authenticated) first, in the background; a connection that fails that
     /// is closed.
@@ -192,7 +202,7 @@ impl PinnedPool {
         }
         let pool = self.clone();
         tokio::task::spawn_local(async move {
-            let work = handshake::reset(&mut conn.stream, &pool.settings);
+            let work = handshake::reset(&conn.stream, &pool.settings);
             match tokio::time::timeout(pool.settings.connect_timeout, work).await {
                 Ok(Ok(())) => {
                     conn.db = 0;

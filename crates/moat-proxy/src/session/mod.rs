@@ -20,13 +20,13 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use moat_protocol::{Limits, RequestParser, encode};
-use tokio::net::TcpStream;
 
 use moat_guard::{Event as GuardEvent, Ticket};
 use tokio::time::Sleep;
 
 use crate::backend::BackendConn;
 use crate::link::ClientLink;
+use crate::net::Stream;
 use crate::worker::WorkerCtx;
 use classify::Action;
 
@@ -167,7 +167,7 @@ pub(crate) struct Session {
 
 /// Serves one accepted client connection until it closes.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     worker: Rc<WorkerCtx>,
     ticket: Ticket,
@@ -226,7 +226,7 @@ pub(crate) async fn serve(
 }
 
 impl Session {
-    async fn run(&mut self, stream: &TcpStream) -> io::Result<()> {
+    async fn run(&mut self, stream: &Stream) -> io::Result<()> {
         loop {
             self.process_inbuf();
             if self.core.lease == LeaseWait::Wanted {
@@ -345,7 +345,7 @@ impl Session {
 
     /// Waits for a dedicated connection for the request at the front of the input; on
     /// failure that request is answered with the reason.
-    async fn lease(&mut self, stream: &TcpStream) -> io::Result<()> {
+    async fn lease(&mut self, stream: &Stream) -> io::Result<()> {
         let core = &mut self.core;
         core.lease = LeaseWait::None;
         // Replies already produced go out before the wait.
@@ -376,7 +376,7 @@ impl Session {
         self.core.blocked_inbuf && !self.inbuf.is_empty()
     }
 
-    fn read(&mut self, stream: &TcpStream) -> io::Result<()> {
+    fn read(&mut self, stream: &Stream) -> io::Result<()> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             match stream.try_read(&mut scratch[..]) {
@@ -391,7 +391,7 @@ impl Session {
                     Ok(())
                 }
                 Ok(n) => {
-                    crate::readiness::after_read(stream, n, scratch.len());
+                    stream.after_read(n, scratch.len());
                     let data = &scratch[..n];
                     if self.inbuf.is_empty() {
                         let used = self.process(data);
@@ -610,7 +610,7 @@ impl Core {
     }
 
     /// Writes as much pending output as the socket takes now.
-    fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+    fn flush(&mut self, stream: &Stream) -> io::Result<()> {
         let mut out = self.link.out();
         while !out.is_empty() {
             match stream.try_write(&out) {
@@ -736,7 +736,7 @@ mod tests {
             let guard = moat_guard::Guard::new(moat_guard::GuardConfig::default());
             let ticket = guard.admit(addr.ip(), std::time::Instant::now()).unwrap();
             let link = Rc::new(crate::link::ClientLink::default());
-            let session = super::serve(stream, addr, ctx, ticket, link);
+            let session = super::serve(stream.into(), addr, ctx, ticket, link);
             let size = std::mem::size_of_val(&session);
             assert!(size <= 800, "a session's future grew to {size} bytes");
         });

@@ -180,7 +180,7 @@ impl Pin {
         let room = self.rbuf.capacity() - self.rbuf.len();
         match self.conn.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => return Err(PinLost("backend closed the connection".into())),
-            Ok(n) => crate::readiness::after_read(&self.conn.stream, n, room),
+            Ok(n) => self.conn.stream.after_read(n, room),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(PinLost(e.to_string())),
         }
