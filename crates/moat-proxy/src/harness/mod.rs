@@ -178,7 +178,7 @@ async fn run_client(client: &Pipe, writes: &[&[u8]], output: &mut Vec<u8>) {
     let mut pending = writes.iter().copied().filter(|w| !w.is_empty());
     let mut current = pending.next();
     let mut shut = false;
-    let mut buf = vec![0u8; 16 << 10];
+    let mut buf = [0u8; 4 << 10];
     loop {
         loop {
             match client.try_read(&mut buf) {

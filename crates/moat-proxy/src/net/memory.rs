@@ -7,17 +7,16 @@
 //! path polls readiness and then reads or writes without waiting (`try_read`/`try_write`).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 /// One direction of a pipe.
 #[derive(Debug)]
 struct Direction {
-    bytes: VecDeque<u8>,
+    bytes: BytesMut,
     capacity: usize,
     /// The writing end shut down or was dropped: the reader sees the end of the stream.
     write_closed: bool,
@@ -30,7 +29,7 @@ struct Direction {
 impl Direction {
     fn new(capacity: usize) -> Rc<RefCell<Self>> {
         Rc::new(RefCell::new(Self {
-            bytes: VecDeque::new(),
+            bytes: BytesMut::new(),
             capacity: capacity.max(1),
             write_closed: false,
             read_closed: false,
@@ -114,9 +113,8 @@ impl Pipe {
             };
         }
         let n = buf.len().min(rx.bytes.len());
-        for (dst, src) in buf.iter_mut().zip(rx.bytes.drain(..n)) {
-            *dst = src;
-        }
+        buf[..n].copy_from_slice(&rx.bytes[..n]);
+        rx.bytes.advance(n);
         rx.wake_writer();
         Ok(n)
     }
@@ -132,11 +130,8 @@ impl Pipe {
             };
         }
         let n = (buf.capacity() - buf.len()).min(rx.bytes.len());
-        let (front, back) = rx.bytes.as_slices();
-        let from_front = n.min(front.len());
-        buf.extend_from_slice(&front[..from_front]);
-        buf.extend_from_slice(&back[..n - from_front]);
-        rx.bytes.drain(..n);
+        buf.extend_from_slice(&rx.bytes[..n]);
+        rx.bytes.advance(n);
         rx.wake_writer();
         Ok(n)
     }
@@ -157,7 +152,7 @@ impl Pipe {
         if n == 0 && !data.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        tx.bytes.extend(&data[..n]);
+        tx.bytes.extend_from_slice(&data[..n]);
         tx.wake_reader();
         Ok(n)
     }
