@@ -38,6 +38,12 @@ impl Budget {
             .set((self.used.get() + now).saturating_sub(before));
     }
 
+    /// Bytes counted and sessions joined: both zero once every session has ended.
+    #[cfg(feature = "harness")]
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.used.get(), self.sessions.get())
+    }
+
     /// Whether a session holding `held` bytes should be shed: the worker is over its
     /// budget and this session holds more than an equal share of it.
     pub(crate) fn should_shed(&self, held: usize) -> bool {

@@ -191,8 +191,6 @@ impl Backend {
         })
     }
 
-    /// Opens the first connection and waits for its first attempt to end (either way), so
-    /// the first clients are routed with the server's own command table.
     /// Opens `min_idle` connections (at least one) and waits for the first attempt to end
     /// (either way), so the first clients are routed with the server's own command table.
     pub(crate) async fn start(self: &Rc<Self>) {
@@ -204,6 +202,12 @@ impl Backend {
     }
 
     /// The server's facts as last learned.
+    /// Replies the pool's connections still owe.
+    #[cfg(feature = "harness")]
+    pub(crate) fn owed(&self) -> usize {
+        self.conns.borrow().iter().map(|c| c.pending_len()).sum()
+    }
+
     pub(crate) fn facts(&self) -> Rc<BackendFacts> {
         self.facts.borrow().clone()
     }

@@ -62,7 +62,9 @@ pub fn fuzz_config() -> Config {
 
 /// Runs `data` as one session on `harness` (built from [`fuzz_config`]) and checks that
 /// moat closed the connection after the client's EOF, that everything it wrote frames as
-/// complete replies, and that it still serves a fresh client. `Err` says what went wrong.
+/// complete replies, that the session left nothing counted behind
+/// ([`Harness::leftovers`]), and that it still serves a fresh client. `Err` says what went
+/// wrong.
 pub fn check_input(harness: &Harness, data: &[u8]) -> Result<(), String> {
     let n = data.first().map_or(0, |b| usize::from(b % 9));
     let sizes = data.get(1..).unwrap_or_default();
@@ -112,6 +114,10 @@ pub fn check_input(harness: &Harness, data: &[u8]) -> Result<(), String> {
                 ));
             }
         }
+    }
+    let leftovers = harness.leftovers();
+    if !leftovers.is_empty() {
+        return Err(format!("after the session ended: {}", leftovers.join("; ")));
     }
     let ping: &[u8] = b"AUTH fuzz pw\r\n*1\r\n$4\r\nPING\r\n";
     let after = harness.session(peer, &[ping], CLIENT_WINDOW, CLOSE_LIMIT);

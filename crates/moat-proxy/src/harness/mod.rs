@@ -158,17 +158,43 @@ impl Harness {
         outcome
     }
 
-    /// Lets work a session left behind finish (dedicated connections being RESET before
-    /// they go back to the pool), so the next session starts from a quiet worker.
+    /// Lets work a session left behind finish (replies still owed to it, dedicated
+    /// connections being RESET before they go back to the pool), so the next session starts
+    /// from a quiet worker.
     fn settle(&self) {
         self.local.block_on(&self.runtime, async {
             for _ in 0..10_000 {
-                if self.ctx.pinned.is_quiet() {
+                if self.ctx.pinned.is_quiet() && self.ctx.backend.owed() == 0 {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
         });
+    }
+
+    /// What sessions that have all ended still hold: memory counted against the worker's
+    /// budget, guard admissions, replies owed, dedicated connections not back in the pool.
+    /// Empty when every count went back to zero; anything else would build up over time.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let (bytes, sessions) = self.ctx.budget.counts();
+        if bytes != 0 || sessions != 0 {
+            found.push(format!(
+                "memory budget still counts {bytes} bytes of {sessions} sessions"
+            ));
+        }
+        let clients = self.guard.stats().clients;
+        if clients != 0 {
+            found.push(format!("the guard still counts {clients} clients"));
+        }
+        let owed = self.ctx.backend.owed();
+        if owed != 0 {
+            found.push(format!("shared connections still owe {owed} replies"));
+        }
+        if !self.ctx.pinned.is_quiet() {
+            found.push("a dedicated connection is still leased or resetting".into());
+        }
+        found
     }
 }
 
