@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod encode;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod line;
 mod number;
 

@@ -1,19 +1,18 @@
-//! Helpers shared by the fuzz targets: reading a small header from the input
-//! and turning it into chunk boundaries.
-#![allow(dead_code)]
+//! Reading a small header from the front of a fuzz input, and turning it into chunk
+//! boundaries.
 
 /// Reads header bytes from the front of the fuzz input; past the end it
 /// yields zeros, so every input is usable.
-pub struct Header<'a> {
+pub(super) struct Header<'a> {
     data: &'a [u8],
 }
 
 impl<'a> Header<'a> {
-    pub fn new(data: &'a [u8]) -> Self {
+    pub(super) fn new(data: &'a [u8]) -> Self {
         Self { data }
     }
 
-    pub fn byte(&mut self) -> u8 {
+    pub(super) fn byte(&mut self) -> u8 {
         match self.data.split_first() {
             Some((&b, rest)) => {
                 self.data = rest;
@@ -25,19 +24,19 @@ impl<'a> Header<'a> {
 
     /// Up to 8 chunk sizes (0..=255 each; 0 means "call again with no new
     /// bytes", which the resume contract allows).
-    pub fn chunk_sizes(&mut self) -> Vec<usize> {
+    pub(super) fn chunk_sizes(&mut self) -> Vec<usize> {
         let n = self.byte() % 9;
         (0..n).map(|_| usize::from(self.byte())).collect()
     }
 
     /// What is left: the payload.
-    pub fn rest(self) -> &'a [u8] {
+    pub(super) fn rest(self) -> &'a [u8] {
         self.data
     }
 }
 
 /// Cumulative ends of the chunks over `total` bytes; the last is `total`.
-pub fn boundaries(sizes: &[usize], total: usize) -> Vec<usize> {
+pub(super) fn boundaries(sizes: &[usize], total: usize) -> Vec<usize> {
     let mut ends = Vec::with_capacity(sizes.len() + 1);
     let mut at = 0usize;
     for &s in sizes {
