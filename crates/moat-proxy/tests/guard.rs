@@ -12,19 +12,20 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::conn::Conn;
 use common::{Stack, bulk, command, shown};
 use moat_guard::IpNet;
 use moat_proxy::config::UserConfig;
 use moat_testkit::RedisServer;
-use socket2::{Domain, Protocol, Socket, Type};
 
-/// Longest wait for one reply or one close; a hang fails the test instead.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a close (or a refusal) checked directly in this file; [`Conn`]'s own
+/// waits use `common::conn::REPLY_TIMEOUT`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a condition polled on the guard or Redis.
 const SETTLE: Duration = Duration::from_secs(10);
 /// Longest a whole phase (a flood) may take.
@@ -46,173 +47,12 @@ const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is 
 /// The password of the moat user in the authentication tests.
 const PASSWORD: &str = "s3cret-pass";
 
-/// A blocking RESP client bound to a chosen source address.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Connects to `to` from `src` (any 127.x.y.z works on loopback).
-    fn from(src: [u8; 4], to: SocketAddr) -> Conn {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket.bind(&SocketAddr::from((src, 0)).into()).unwrap();
-        socket
-            .connect_timeout(&to.into(), REPLY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect from {src:?}: {e}"));
-        let stream: TcpStream = socket.into();
-        stream.set_nodelay(true).unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// Sends one command and reads its reply.
-    fn call(&mut self, args: &[&str]) -> Vec<u8> {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.send(&command(&args));
-        self.reply()
-    }
-
-    /// Reads one reply, failing the test if none arrives within [`REPLY_TIMEOUT`].
-    fn reply(&mut self) -> Vec<u8> {
-        match self.reply_within(REPLY_TIMEOUT) {
-            Some(r) => r,
-            None => panic!(
-                "no reply within {REPLY_TIMEOUT:?}; buffered {:?}",
-                shown(&self.buf)
-            ),
-        }
-    }
-
-    /// One reply if it arrives within `limit`, else `None` (nothing consumed).
-    fn reply_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some((_, used)) = moat_protocol::Value::decode(&self.buf, 64)
-                .unwrap_or_else(|e| panic!("malformed reply {}: {e}", shown(&self.buf)))
-            {
-                return Some(self.buf.drain(..used).collect());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!(
-                    "connection closed while waiting for a reply; buffered {:?}",
-                    shown(&self.buf)
-                ),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-
-    /// Reads until the peer closes, within `limit`; returns every byte received (buffered
-    /// ones included), or `None` if the connection is still open at the deadline.
-    fn read_to_eof(&mut self, limit: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + limit;
-        let mut chunk = [0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Some(std::mem::take(&mut self.buf)),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    return Some(std::mem::take(&mut self.buf));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-
-    /// Asserts that moat closes this connection without sending anything, within
-    /// [`REPLY_TIMEOUT`].
-    fn expect_silent_close(&mut self, what: &str) {
-        match self.read_to_eof(REPLY_TIMEOUT) {
-            Some(bytes) => assert!(
-                bytes.is_empty(),
-                "{what}: closed, but after sending {}",
-                shown(&bytes)
-            ),
-            None => panic!("{what}: still open after {REPLY_TIMEOUT:?}"),
-        }
-    }
-
-    /// Asserts that the connection stays open and silent for `d`.
-    fn expect_open(&mut self, d: Duration, what: &str) {
-        if let Some(bytes) = self.read_to_eof(d) {
-            panic!("{what}: closed by moat (after sending {:?})", shown(&bytes));
-        }
-        assert!(
-            self.buf.is_empty(),
-            "{what}: stray bytes {}",
-            shown(&self.buf)
-        );
-    }
-
-    /// True once the connection is closed: a PING gets no answer but EOF (or a reset).
-    /// Panics on any reply other than `expect`.
-    fn ping_until_closed(&mut self, expect: &[u8]) -> bool {
-        if self.stream.write_all(&command(&[b"PING"])).is_err() {
-            return true;
-        }
-        let mut chunk = [0u8; 4096];
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        loop {
-            if let Some((_, used)) = moat_protocol::Value::decode(&self.buf, 64).unwrap() {
-                let reply: Vec<u8> = self.buf.drain(..used).collect();
-                assert_eq!(shown(&reply), shown(expect), "reply to PING");
-                return false;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no reply to PING within {REPLY_TIMEOUT:?}");
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) =>
-                {
-                    return true;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-}
-
 /// Connects from `src` and returns whatever moat sends before closing; fails the test if
-/// the connection is still open after [`REPLY_TIMEOUT`] (it was admitted).
+/// the connection is still open after [`CLOSE_TIMEOUT`] (it was admitted).
 fn refusal(src: [u8; 4], to: SocketAddr) -> Vec<u8> {
     let mut conn = Conn::from(src, to);
-    conn.read_to_eof(REPLY_TIMEOUT).unwrap_or_else(|| {
-        panic!("{src:?} was admitted: still open after {REPLY_TIMEOUT:?}, expected a refusal")
+    conn.read_to_eof(CLOSE_TIMEOUT).unwrap_or_else(|| {
+        panic!("{src:?} was admitted: still open after {CLOSE_TIMEOUT:?}, expected a refusal")
     })
 }
 
@@ -339,7 +179,7 @@ fn flood(src: [u8; 4], to: SocketAddr, n: u64) -> FloodCounts {
         let mut conn = Conn::from(src, to);
         conn.stream.shutdown(Shutdown::Write).unwrap();
         let got = conn
-            .read_to_eof(REPLY_TIMEOUT)
+            .read_to_eof(CLOSE_TIMEOUT)
             .unwrap_or_else(|| panic!("flood attempt {i}: moat kept a closed client open"));
         if got.is_empty() {
             counts.admitted += 1;
@@ -491,7 +331,7 @@ fn a_subnet_opening_connections_too_fast_is_rate_limited() {
     for host in 1..=40u8 {
         let mut conn = Conn::from([127, 1, 7, host], addr);
         conn.stream.shutdown(Shutdown::Write).unwrap();
-        let got = conn.read_to_eof(REPLY_TIMEOUT).unwrap();
+        let got = conn.read_to_eof(CLOSE_TIMEOUT).unwrap();
         if got.is_empty() {
             ok += 1;
         } else {
@@ -621,8 +461,8 @@ fn a_slowloris_trickling_an_incomplete_request_is_closed_at_the_handshake_deadli
     let mut sent = 0;
     let bytes = loop {
         assert!(
-            started.elapsed() < REPLY_TIMEOUT,
-            "still open after {REPLY_TIMEOUT:?} of trickling"
+            started.elapsed() < CLOSE_TIMEOUT,
+            "still open after {CLOSE_TIMEOUT:?} of trickling"
         );
         let byte = [partial.get(sent).copied().unwrap_or(b'x')];
         if slow.stream.write_all(&byte).is_err() {
@@ -785,8 +625,8 @@ fn a_client_that_never_authenticates_is_closed_at_the_auth_deadline() {
     while !pinger.ping_until_closed(NOAUTH) {
         pings += 1;
         assert!(
-            started.elapsed() < REPLY_TIMEOUT,
-            "still open after {pings} PINGs and {REPLY_TIMEOUT:?}"
+            started.elapsed() < CLOSE_TIMEOUT,
+            "still open after {pings} PINGs and {CLOSE_TIMEOUT:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

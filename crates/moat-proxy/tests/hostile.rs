@@ -20,25 +20,19 @@ mod common;
 use common::rss::{Peak, mib, rss};
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::conn::{Conn, ECHO_SENTINEL, REPLY_TIMEOUT, SENTINEL};
 use common::{Stack, bulk, command, shown};
 use moat_proxy::config::UserConfig;
 use moat_testkit::RedisServer;
-use socket2::{Domain, Protocol, Socket, Type};
 
-/// Longest wait for one reply or one close.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for a condition polled on moat or Redis.
 const SETTLE: Duration = Duration::from_secs(10);
 /// The password moat's users need in the authentication cases (Redis itself needs none).
 const PASSWORD: &str = "hostile-secret";
-/// The reply to `ECHO sentinel`, sent after a case to show the connection still works.
-const SENTINEL: &[u8] = b"$8\r\nsentinel\r\n";
-const ECHO_SENTINEL: &[u8] = b"ECHO sentinel\r\n";
 
-const TRUSTED: [u8; 4] = [127, 0, 0, 1];
 const MIB: u64 = 1 << 20;
 
 // Error lines moat and Redis send.
@@ -66,151 +60,6 @@ fn expected_bulk(c: u8) -> Vec<u8> {
 // Clients
 // ---------------------------------------------------------------------------------------
 
-/// A blocking raw client with bounded reads and writes.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Connects from 127.0.0.1 (trusted by the guard).
-    fn connect(to: SocketAddr) -> Conn {
-        Self::from(TRUSTED, to)
-    }
-
-    /// Connects to `to` from `src` (any 127.x.y.z works on loopback).
-    fn from(src: [u8; 4], to: SocketAddr) -> Conn {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket.bind(&SocketAddr::from((src, 0)).into()).unwrap();
-        socket
-            .connect_timeout(&to.into(), REPLY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect from {src:?} to {to}: {e}"));
-        let stream: TcpStream = socket.into();
-        stream.set_nodelay(true).unwrap();
-        stream.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("write of {}: {e}", shown(bytes)));
-    }
-
-    fn call(&mut self, args: &[&[u8]]) -> Vec<u8> {
-        self.send(&command(args));
-        self.reply()
-    }
-
-    /// Reads one reply; fails the test if none comes within [`REPLY_TIMEOUT`].
-    fn reply(&mut self) -> Vec<u8> {
-        match self.reply_within(REPLY_TIMEOUT) {
-            Some(r) => r,
-            None => panic!(
-                "no reply within {REPLY_TIMEOUT:?}; buffered {}",
-                shown(&self.buf)
-            ),
-        }
-    }
-
-    /// One reply if it arrives within `limit`, else `None`. Panics if the connection closes.
-    fn reply_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some((_, used)) = moat_protocol::Value::decode(&self.buf, 64)
-                .unwrap_or_else(|e| panic!("malformed reply {}: {e}", shown(&self.buf)))
-            {
-                return Some(self.buf.drain(..used).collect());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!(
-                    "connection closed while waiting for a reply; buffered {}",
-                    shown(&self.buf)
-                ),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(e) => panic!("read: {e}; buffered {}", shown(&self.buf)),
-            }
-        }
-    }
-
-    /// Reads until the peer closes, within `limit`: every byte received (buffered ones
-    /// included), or `None` if the connection is still open at the deadline.
-    fn read_to_eof(&mut self, limit: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + limit;
-        let mut chunk = [0u8; 65536];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Some(std::mem::take(&mut self.buf)),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    return Some(std::mem::take(&mut self.buf));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-
-    /// Asserts the peer sends exactly `want` and then closes.
-    fn expect_close(&mut self, want: &[u8], what: &str) {
-        match self.read_to_eof(REPLY_TIMEOUT) {
-            Some(got) => assert_eq!(shown(&got), shown(want), "{what}: bytes before the close"),
-            None => panic!(
-                "{what}: still open after {REPLY_TIMEOUT:?} (received {})",
-                shown(&self.buf)
-            ),
-        }
-    }
-
-    /// Asserts the connection still works and nothing unexpected is pending: an `ECHO`
-    /// gets its answer as the very next reply.
-    fn expect_working(&mut self, what: &str) {
-        self.expect_working_with((ECHO_SENTINEL, SENTINEL), what);
-    }
-
-    /// [`Conn::expect_working`] with another request and its reply (`AUTH` before the
-    /// client authenticated).
-    fn expect_working_with(&mut self, (request, reply): (&[u8], &[u8]), what: &str) {
-        if let Err(e) = self.stream.write_all(request) {
-            panic!("{what}: connection no longer writable: {e}");
-        }
-        let r = self.reply();
-        assert_eq!(shown(&r), shown(reply), "{what}: next reply after the case");
-    }
-
-    /// Resets the connection (RST, not FIN) when dropped.
-    fn reset(self) {
-        let socket = Socket::from(self.stream);
-        socket.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(socket);
-    }
-}
-
 /// A well-behaved client connected before the cases; checked after each.
 struct Bystander {
     conn: Conn,
@@ -225,7 +74,7 @@ impl Bystander {
     fn connect_with(stack: &Stack, password: Option<&str>) -> Bystander {
         let mut conn = Conn::connect(stack.addr());
         if let Some(p) = password {
-            assert_eq!(shown(&conn.call(&[b"AUTH", p.as_bytes()])), shown(OK));
+            assert_eq!(shown(&conn.call(&["AUTH", p])), shown(OK));
         }
         let mut b = Bystander { conn, round: 0 };
         b.check("before the cases");
@@ -238,17 +87,17 @@ impl Bystander {
         let key = format!("bystander:{}", self.round);
         let value = format!("value-{}", self.round);
         assert_eq!(
-            shown(&self.conn.call(&[b"SET", key.as_bytes(), value.as_bytes()])),
+            shown(&self.conn.call(&["SET", &key, &value])),
             shown(OK),
             "bystander SET after {after}"
         );
         assert_eq!(
-            shown(&self.conn.call(&[b"GET", key.as_bytes()])),
+            shown(&self.conn.call(&["GET", &key])),
             shown(&bulk(value.as_bytes())),
             "bystander GET after {after}"
         );
         assert_eq!(
-            shown(&self.conn.call(&[b"PING"])),
+            shown(&self.conn.call(&["PING"])),
             shown(PONG),
             "bystander PING after {after}"
         );
@@ -494,7 +343,7 @@ fn millions_of_elements() {
         big.extend_from_slice(&bulk(&[b'a' + (i % 26) as u8]));
     }
     let mut c = Conn::connect(stack.addr());
-    assert_eq!(shown(&c.call(&[b"AUTH", PASSWORD.as_bytes()])), shown(OK));
+    assert_eq!(shown(&c.call(&["AUTH", PASSWORD])), shown(OK));
 
     // Before AUTH: the 10-argument limit, whatever is declared.
     let mut anon = Conn::connect(stack.addr());
@@ -505,23 +354,17 @@ fn millions_of_elements() {
     anon.expect_close(TOO_MANY_ARGS_UNAUTH, "*1048576 before AUTH");
     by.check("*5000000 before AUTH");
 
-    assert_eq!(shown(&c.call(&[b"PING"])), shown(PONG));
+    assert_eq!(shown(&c.call(&["PING"])), shown(PONG));
     std::thread::sleep(Duration::from_millis(200));
     let baseline = rss();
     let peak = Peak::start();
     // Over the limit after AUTH: refused from the header.
     let mut over = Conn::connect(stack.addr());
-    assert_eq!(
-        shown(&over.call(&[b"AUTH", PASSWORD.as_bytes()])),
-        shown(OK)
-    );
+    assert_eq!(shown(&over.call(&["AUTH", PASSWORD])), shown(OK));
     over.send(b"*5000000\r\n$5\r\nRPUSH\r\n$7\r\nmillion\r\n");
     over.expect_close(TOO_MANY_ARGS, "*5000000 after AUTH");
     let mut over = Conn::connect(stack.addr());
-    assert_eq!(
-        shown(&over.call(&[b"AUTH", PASSWORD.as_bytes()])),
-        shown(OK)
-    );
+    assert_eq!(shown(&over.call(&["AUTH", PASSWORD])), shown(OK));
     over.send(b"*1048577\r\n$5\r\nRPUSH\r\n$7\r\nmillion\r\n");
     over.expect_close(TOO_MANY_ARGS, "*1048577 after AUTH");
     by.check("*5000000 after AUTH");
@@ -1198,7 +1041,7 @@ fn one_request_split_across_10000_writes() {
     }
     assert!(writes >= 10_000, "{writes} writes");
     assert_eq!(shown(&c.reply()), shown(OK));
-    assert!(c.call(&[b"GET", b"split"]) == bulk(&value), "value changed");
+    assert!(c.call(&["GET", "split"]) == bulk(&value), "value changed");
     c.expect_working("after the split request");
     by.check("the request split across 10,000 writes");
 }
@@ -1225,7 +1068,7 @@ fn gigabyte_pipeline() {
     let value: Vec<u8> = (0..VALUE).map(|i| b'a' + (i % 26) as u8).collect();
     let request = command(&[b"SET", b"hog", &value]);
     let mut hog = Conn::connect(stack.addr());
-    assert_eq!(shown(&hog.call(&[b"SET", b"hog", b"small"])), shown(OK));
+    assert_eq!(shown(&hog.call(&["SET", "hog", "small"])), shown(OK));
     hog.stream
         .set_write_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -1331,7 +1174,7 @@ fn pipeline_while_stopped() {
     let request = command(&[b"SET", b"stopped:hog", &value]);
     let len = request.len();
     let mut hog = Conn::connect(stack.addr());
-    assert_eq!(shown(&hog.call(&[b"PING"])), shown(PONG));
+    assert_eq!(shown(&hog.call(&["PING"])), shown(PONG));
     hog.stream.set_write_timeout(Some(BLOCKED)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let baseline = rss();
@@ -1444,7 +1287,7 @@ fn half_closed_sockets() {
         stack.redis.info_u64("blocked_clients").unwrap() == 0
     });
     assert_eq!(
-        shown(&by.conn.call(&[b"LPUSH", b"hc:list", b"x"])),
+        shown(&by.conn.call(&["LPUSH", "hc:list", "x"])),
         shown(b":1\r\n")
     );
     assert_eq!(redis_cmd(&stack, &["LLEN", "hc:list"]), b":1\r\n");
@@ -1462,7 +1305,7 @@ fn resets_mid_request() {
     // RST in the middle of a request's value.
     let mut c = Conn::connect(stack.addr());
     c.send(b"*3\r\n$3\r\nSET\r\n$6\r\nrst:mid\r\n$100\r\nabc");
-    c.reset();
+    c.abort();
     wait_until("moat to drop the reset client", SETTLE, || {
         stack.moat.guard().clients() == 1
     });
@@ -1472,13 +1315,13 @@ fn resets_mid_request() {
     // RST with a thousand requests in flight.
     let mut c = Conn::connect(stack.addr());
     c.send(&b"INCR rst:count\r\n".repeat(1000));
-    c.reset();
+    c.abort();
     wait_until("moat to drop the reset client", SETTLE, || {
         stack.moat.guard().clients() == 1
     });
     by.check("RST with 1000 requests in flight");
     let mut fresh = Conn::connect(stack.addr());
-    let n = fresh.call(&[b"INCR", b"rst:count"]);
+    let n = fresh.call(&["INCR", "rst:count"]);
     let n: u64 = std::str::from_utf8(&n[1..n.len() - 2])
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1488,10 +1331,10 @@ fn resets_mid_request() {
     // RST while subscribed: the dedicated connection's subscription ends in Redis.
     let mut c = Conn::connect(stack.addr());
     assert_eq!(
-        shown(&c.call(&[b"SUBSCRIBE", b"rst:chan"])),
+        shown(&c.call(&["SUBSCRIBE", "rst:chan"])),
         shown(b"*3\r\n$9\r\nsubscribe\r\n$8\r\nrst:chan\r\n:1\r\n")
     );
-    c.reset();
+    c.abort();
     wait_until("the subscription to end in Redis", SETTLE, || {
         redis_cmd(&stack, &["PUBSUB", "NUMSUB", "rst:chan"]) == b"*2\r\n$8\r\nrst:chan\r\n:0\r\n"
     });
@@ -1625,7 +1468,7 @@ fn a_host_line_does_not_fail_other_clients_requests() {
     });
     let mut victim = Bystander::connect(&stack);
     let mut attacker = Conn::connect(stack.addr());
-    assert_eq!(shown(&attacker.call(&[b"PING"])), shown(PONG));
+    assert_eq!(shown(&attacker.call(&["PING"])), shown(PONG));
     // Both requests wait in the one shared connection while Redis is stopped.
     stack.redis.pause();
     attacker.send(b"Host: x\r\n");
@@ -1742,7 +1585,7 @@ fn a_hundred_partial_requests_are_closed_at_the_handshake_deadline() {
     by.check("100 partial requests closed");
     // The source itself may still connect and work (it did not reach strikes_to_ban).
     let mut again = Conn::from(src, stack.addr());
-    assert_eq!(shown(&again.call(&[b"PING"])), shown(PONG));
+    assert_eq!(shown(&again.call(&["PING"])), shown(PONG));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1838,7 +1681,7 @@ fn subscribe_to_10000_channels_and_the_lease_ends_after_unsubscribe() {
     );
     // Messages arrive.
     assert_eq!(
-        shown(&by.conn.call(&[b"PUBLISH", b"ch:9999", b"hello"])),
+        shown(&by.conn.call(&["PUBLISH", "ch:9999", "hello"])),
         shown(b":1\r\n")
     );
     assert_eq!(
@@ -1848,7 +1691,7 @@ fn subscribe_to_10000_channels_and_the_lease_ends_after_unsubscribe() {
     // The one dedicated connection is held.
     let mut other = Conn::connect(stack.addr());
     assert_eq!(
-        shown(&other.call(&[b"SUBSCRIBE", b"other"])),
+        shown(&other.call(&["SUBSCRIBE", "other"])),
         shown(b"-ERR moat: no dedicated connection available (limit 1)\r\n")
     );
     by.check("SUBSCRIBE to 10,000 channels");
@@ -1875,10 +1718,7 @@ fn subscribe_to_10000_channels_and_the_lease_ends_after_unsubscribe() {
     }
     assert_eq!(seen.len(), CHANNELS);
     // Out of subscriber mode: ordinary commands work again.
-    assert_eq!(
-        shown(&sub.call(&[b"SET", b"unsubscribed", b"1"])),
-        shown(OK)
-    );
+    assert_eq!(shown(&sub.call(&["SET", "unsubscribed", "1"])), shown(OK));
     assert_eq!(
         redis_cmd(&stack, &["PUBSUB", "NUMSUB", "ch:5000"]),
         b"*2\r\n$7\r\nch:5000\r\n:0\r\n"
@@ -1886,7 +1726,7 @@ fn subscribe_to_10000_channels_and_the_lease_ends_after_unsubscribe() {
     // The lease ended: the one dedicated connection is free for another client.
     let mut other = Conn::connect(stack.addr());
     assert_eq!(
-        shown(&other.call(&[b"SUBSCRIBE", b"other"])),
+        shown(&other.call(&["SUBSCRIBE", "other"])),
         shown(b"*3\r\n$9\r\nsubscribe\r\n$5\r\nother\r\n:1\r\n")
     );
     by.check("UNSUBSCRIBE from 10,000 channels");

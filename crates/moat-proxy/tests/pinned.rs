@@ -5,28 +5,20 @@
 //!
 //! Different client addresses are played by binding client sockets to 127.x.y.z before
 //! connecting: moat counts every address separately.
-//!
-//! Three tests fail against moat as of this commit, each on a moat bug it describes:
-//! `a_blocked_client_that_closes_gives_back_its_lease_and_values`,
-//! `exec_without_multi_keeps_the_watch_like_redis` and
-//! `no_subscriber_remains_once_reset_is_answered` (a race: fails in most runs).
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::conn::Conn;
 use common::{Raw, Stack, bulk, command, shown};
 use moat_proxy::config::UserConfig;
 use moat_testkit::RedisServer;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-/// Longest wait for one reply; a hang fails the test instead.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a condition polled on Redis (background RESET, blocked clients...).
 const SETTLE: Duration = Duration::from_secs(10);
 /// Rounding allowed when checking that a refusal came only after `pinned.wait` (timers
@@ -54,134 +46,6 @@ fn array(items: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(&bulk(item));
     }
     out
-}
-
-/// A blocking RESP client bound to a chosen source address.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Connects to `to` from `src` (any 127.x.y.z works on loopback).
-    fn from(src: [u8; 4], to: SocketAddr) -> Conn {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket.bind(&SocketAddr::from((src, 0)).into()).unwrap();
-        socket.connect_timeout(&to.into(), REPLY_TIMEOUT).unwrap();
-        let stream: TcpStream = socket.into();
-        stream.set_nodelay(true).unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Connects from 127.0.0.1.
-    fn to(to: SocketAddr) -> Conn {
-        Conn::from([127, 0, 0, 1], to)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// Sends one command and reads its reply.
-    fn call(&mut self, args: &[&str]) -> Vec<u8> {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.send(&command(&args));
-        self.reply()
-    }
-
-    /// Reads one reply, failing the test if none arrives within [`REPLY_TIMEOUT`].
-    fn reply(&mut self) -> Vec<u8> {
-        match self.reply_within(REPLY_TIMEOUT) {
-            Some(r) => r,
-            None => panic!(
-                "no reply within {REPLY_TIMEOUT:?}; buffered {:?}",
-                shown(&self.buf)
-            ),
-        }
-    }
-
-    /// Reads `n` replies.
-    fn replies(&mut self, n: usize) -> Vec<Vec<u8>> {
-        (0..n).map(|_| self.reply()).collect()
-    }
-
-    /// One reply if it arrives within `limit`, else `None` (nothing consumed).
-    fn reply_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some((_, used)) = moat_protocol::Value::decode(&self.buf, 64)
-                .unwrap_or_else(|e| panic!("malformed reply {}: {e}", shown(&self.buf)))
-            {
-                return Some(self.buf.drain(..used).collect());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!(
-                    "connection closed while waiting for a reply; buffered {:?}",
-                    shown(&self.buf)
-                ),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-
-    /// Asserts that nothing at all arrives for `d` (no stray frame leaked to this client).
-    fn assert_quiet(&mut self, d: Duration, what: &str) {
-        if let Some(r) = self.reply_within(d) {
-            panic!("{what}: unexpected frame {}", shown(&r));
-        }
-        assert!(
-            self.buf.is_empty(),
-            "{what}: stray bytes {}",
-            shown(&self.buf)
-        );
-    }
-
-    /// Reads until the peer closes, within `limit`; returns the bytes read (buffered
-    /// ones included), or `None` if the connection is still open at the deadline.
-    fn read_until_closed(&mut self, limit: Duration) -> Option<usize> {
-        let deadline = Instant::now() + limit;
-        let mut total = std::mem::take(&mut self.buf).len();
-        let mut chunk = vec![0u8; 1 << 20];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Some(total),
-                Ok(n) => total += n,
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(total),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-
-    /// Drops the connection with a RST, as a crashed client would.
-    fn abort(self) {
-        SockRef::from(&self.stream)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(self.stream);
-    }
 }
 
 /// Polls `check` every 10 ms until it holds; fails the test with `what` after `limit`.
@@ -308,7 +172,7 @@ fn pipelined_transaction_between_shared_commands_answers_in_order() {
         command(&[b"GET", b"a"]),
     ]
     .concat();
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     direct.send(&script);
     let expected = direct.replies(5);
     assert_eq!(
@@ -323,7 +187,7 @@ fn pipelined_transaction_between_shared_commands_answers_in_order() {
     );
     stack.redis.command(&["FLUSHALL"]).unwrap();
 
-    let mut client = Conn::to(stack.addr());
+    let mut client = Conn::connect(stack.addr());
     client.send(&script);
     let got = client.replies(5);
     assert_eq!(
@@ -342,7 +206,7 @@ fn pipelined_transaction_between_shared_commands_answers_in_order() {
 #[test]
 fn stopping_moat_closes_its_idle_dedicated_connections() {
     let Stack { moat, redis } = with_config(|_| {});
-    let mut client = Conn::to(moat.local_addr());
+    let mut client = Conn::connect(moat.local_addr());
     client.send(&[command(&[b"MULTI"]), command(&[b"EXEC"])].concat());
     assert_eq!(client.replies(2), [b"+OK\r\n".to_vec(), b"*0\r\n".to_vec()]);
     drop(client);
@@ -376,8 +240,8 @@ fn watch_transcript(a: &mut Conn, b: &mut Conn) -> Vec<Vec<u8>> {
 fn watch_multi_exec_and_an_aborted_watch_match_redis() {
     let stack = with_config(|_| {});
     let expected = watch_transcript(
-        &mut Conn::to(stack.redis.addr()),
-        &mut Conn::to(stack.redis.addr()),
+        &mut Conn::connect(stack.redis.addr()),
+        &mut Conn::connect(stack.redis.addr()),
     );
     assert_eq!(expected[3], b"*1\r\n:1\r\n");
     assert_eq!(expected[8], b"*-1\r\n", "Redis aborts the watched EXEC");
@@ -443,13 +307,13 @@ fn arity_error_transcript(c: &mut Conn) -> Vec<Vec<u8>> {
 #[test]
 fn arity_error_inside_multi_aborts_exec_like_redis() {
     let stack = with_config(|_| {});
-    let expected = arity_error_transcript(&mut Conn::to(stack.redis.addr()));
+    let expected = arity_error_transcript(&mut Conn::connect(stack.redis.addr()));
     assert_eq!(
         expected[4],
         b"-EXECABORT Transaction discarded because of previous errors.\r\n"
     );
     assert_eq!(expected[5], b":0\r\n");
-    let got = arity_error_transcript(&mut Conn::to(stack.addr()));
+    let got = arity_error_transcript(&mut Conn::connect(stack.addr()));
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(g, e, "reply {i}: moat {} vs redis {}", shown(g), shown(e));
     }
@@ -459,7 +323,7 @@ fn arity_error_inside_multi_aborts_exec_like_redis() {
 #[test]
 fn select_inside_multi_is_refused_and_the_transaction_discarded() {
     let stack = with_config(|_| {});
-    let mut c = Conn::to(stack.addr());
+    let mut c = Conn::connect(stack.addr());
     // Pipelined in one write: moat must hold SELECT until the queued replies are in.
     let script = [
         command(&[b"MULTI"]),
@@ -484,7 +348,7 @@ fn select_inside_multi_is_refused_and_the_transaction_discarded() {
         assert_eq!(g, w, "reply {i}: {}", shown(g));
     }
     // Nothing ran, in either database.
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     assert_eq!(direct.call(&["DBSIZE"]), b":0\r\n");
     assert_eq!(direct.call(&["SELECT", "1"]), b"+OK\r\n");
     assert_eq!(direct.call(&["DBSIZE"]), b":0\r\n");
@@ -515,7 +379,7 @@ fn blocking_calls_wait_as_long_as_redis_and_end_their_lease() {
     assert_eq!(a.call(&["GET", "bk"]), b"$-1\r\n");
 
     // A timed BLPOP times out with Redis's nil.
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     let expected = direct.call(&["BLPOP", "bk", "0.2"]);
     assert_eq!(expected, b"*-1\r\n");
     assert_eq!(a.call(&["BLPOP", "bk", "0.2"]), expected);
@@ -1038,8 +902,8 @@ fn subscriptions_deliver_in_order_and_end_the_lease() {
         c.pinned.wait = Duration::from_millis(300);
     });
     let expected = pubsub_transcript(
-        &mut Conn::to(stack.redis.addr()),
-        &mut Conn::to(stack.redis.addr()),
+        &mut Conn::connect(stack.redis.addr()),
+        &mut Conn::connect(stack.redis.addr()),
     );
     assert_eq!(
         expected[6],
@@ -1151,7 +1015,7 @@ fn watch_and_database_of_a_vanished_client_do_not_leak() {
     assert_eq!(pinned_lines(&stack.redis).len(), 1);
     a.abort();
     // The watched key changes: a leaked WATCH would abort B's transaction.
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     assert_eq!(direct.call(&["SELECT", "5"]), b"+OK\r\n");
     assert_eq!(direct.call(&["SET", "k", "changed"]), b"+OK\r\n");
 
@@ -1191,7 +1055,7 @@ fn subscriptions_of_a_vanished_client_do_not_leak() {
             .iter()
             .any(|l| field(l, "sub") != Some("0"))
     });
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     assert_eq!(
         direct.call(&["PUBLISH", "c", "hi"]),
         b":0\r\n",
@@ -1218,7 +1082,7 @@ fn a_busy_subscription_does_not_leak_into_the_next_lease() {
         let redis = stack.redis.addr();
         let stop = &stop;
         s.spawn(move || {
-            let mut publisher = Conn::to(redis);
+            let mut publisher = Conn::connect(redis);
             let one = command(&[b"PUBLISH", b"busy", b"payload"]);
             let batch = one.repeat(50);
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -1279,7 +1143,7 @@ fn reset_inside_a_pinned_session_returns_to_db0_unauthenticated() {
     );
     assert_eq!(c.call(&["AUTH", "pw"]), b"+OK\r\n");
     assert_eq!(c.call(&["SET", "rk", "1"]), b"+OK\r\n");
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     assert_eq!(
         direct.call(&["EXISTS", "rk"]),
         b":1\r\n",
@@ -1398,7 +1262,7 @@ fn client_tracking_holds_a_lease_until_turned_off() {
         c.pinned.max_connections = 1;
         c.pinned.wait = Duration::from_millis(300);
     });
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     let expected_on = direct.call(&["CLIENT", "TRACKING", "on"]);
     assert_eq!(expected_on, b"+OK\r\n");
     let expected_off = direct.call(&["CLIENT", "TRACKING", "off"]);
@@ -1450,7 +1314,7 @@ fn transcript(c: &mut Conn, script: &[&[&str]]) -> Vec<Vec<u8>> {
 }
 
 fn assert_same_as_redis(stack: &Stack, src: [u8; 4], script: &[&[&str]]) {
-    let expected = transcript(&mut Conn::to(stack.redis.addr()), script);
+    let expected = transcript(&mut Conn::connect(stack.redis.addr()), script);
     stack.redis.command(&["FLUSHALL"]).unwrap();
     let got = transcript(&mut Conn::from(src, stack.addr()), script);
     stack.redis.command(&["FLUSHALL"]).unwrap();
@@ -1516,8 +1380,8 @@ fn exec_without_multi_transcript(a: &mut Conn, b: &mut Conn) -> Vec<Vec<u8>> {
 fn exec_without_multi_keeps_the_watch_like_redis() {
     let stack = with_config(|_| {});
     let expected = exec_without_multi_transcript(
-        &mut Conn::to(stack.redis.addr()),
-        &mut Conn::to(stack.redis.addr()),
+        &mut Conn::connect(stack.redis.addr()),
+        &mut Conn::connect(stack.redis.addr()),
     );
     assert_eq!(expected[1], b"-ERR EXEC without MULTI\r\n");
     assert_eq!(expected[5], b"*-1\r\n", "Redis still honours the WATCH");
@@ -1541,12 +1405,12 @@ fn a_blocked_client_that_closes_gives_back_its_lease_and_values() {
         c.pinned.wait = Duration::from_millis(500);
     });
     // Redis directly: the closed client's BLPOP takes nothing.
-    let mut gone = Conn::to(stack.redis.addr());
+    let mut gone = Conn::connect(stack.redis.addr());
     gone.send(&command(&[b"BLPOP", b"gk", b"0"]));
     wait_blocked(&stack.redis, 1);
     drop(gone);
     wait_blocked(&stack.redis, 0);
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     assert_eq!(direct.call(&["LPUSH", "gk", "v"]), b":1\r\n");
     assert_eq!(direct.call(&["LLEN", "gk"]), b":1\r\n");
     assert_eq!(direct.call(&["DEL", "gk"]), b":1\r\n");
@@ -1596,7 +1460,7 @@ fn client_tracking_off_without_a_lease_matches_redis() {
 fn no_subscriber_remains_once_reset_is_answered() {
     const ROUNDS: usize = 100;
     let stack = with_config(|_| {});
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     let mut c = Conn::from([127, 9, 1, 1], stack.addr());
     let mut phantom = Vec::new();
     for round in 0..ROUNDS {
@@ -1641,7 +1505,7 @@ fn reset_under_a_message_flood_hands_over_a_clean_connection() {
         let redis = stack.redis.addr();
         let stop = &stop;
         s.spawn(move || {
-            let mut publisher = Conn::to(redis);
+            let mut publisher = Conn::connect(redis);
             let batch = command(&[b"PUBLISH", b"pour", b"payload"]).repeat(20);
             let deadline = Instant::now() + Duration::from_secs(120);
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -1701,7 +1565,7 @@ fn a_message_racing_the_reset_does_not_shift_the_next_leases_replies() {
         c.pinned.max_connections = 1;
         c.pinned.wait = Duration::from_secs(5);
     });
-    let mut direct = Conn::to(stack.redis.addr());
+    let mut direct = Conn::connect(stack.redis.addr());
     let mut a = Conn::from([127, 9, 3, 1], stack.addr());
     let mut bad = Vec::new();
     let mut raced = 0;

@@ -1,5 +1,5 @@
 //! Shared helpers for moat-proxy's integration tests: a real redis-server with moat in
-//! front of it, and a raw RESP client for byte-exact checks.
+//! front of it, and raw RESP clients for byte-exact checks.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use moat_proxy::{Config, RunningProxy};
 
+pub mod conn;
 pub mod rss;
 use moat_testkit::RedisServer;
 
