@@ -53,6 +53,14 @@ pub struct GuardConfig {
     /// Time a connection has to authenticate when authentication is required.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// Time a client has to finish a request it has started sending, extended by a second
+    /// for every `request_min_rate` bytes of it received (0: no limit). Cuts off a slowloris
+    /// that trickles a request byte by byte, whatever it sent before; trusted networks are
+    /// exempt.
+    #[serde(with = "humantime_serde")]
+    pub request_read_timeout: Duration,
+    /// Bytes per second a request being received must average, past `request_read_timeout`.
+    pub request_min_rate: u32,
     /// Idle time after which an unauthenticated connection is closed (0: never).
     #[serde(with = "humantime_serde")]
     pub idle_timeout_unauthenticated: Duration,
@@ -108,6 +116,8 @@ impl Default for GuardConfig {
             recent_success: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(10),
+            request_read_timeout: Duration::from_secs(10),
+            request_min_rate: 500,
             idle_timeout_unauthenticated: Duration::from_secs(30),
             idle_timeout_authenticated: Duration::ZERO,
             idle_timeout_trusted: Duration::ZERO,
@@ -149,6 +159,7 @@ impl GuardConfig {
             ("recent_success", self.recent_success),
             ("handshake_timeout", self.handshake_timeout),
             ("auth_timeout", self.auth_timeout),
+            ("request_read_timeout", self.request_read_timeout),
             (
                 "idle_timeout_unauthenticated",
                 self.idle_timeout_unauthenticated,
@@ -228,6 +239,9 @@ impl GuardConfig {
         }
         if self.auth_timeout.is_zero() {
             return Err(bad("auth_timeout", "must be positive"));
+        }
+        if self.request_min_rate == 0 {
+            return Err(bad("request_min_rate", "must be positive"));
         }
         if self.table_capacity < 16 {
             return Err(bad("table_capacity", "must be at least 16"));

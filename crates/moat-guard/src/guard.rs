@@ -91,6 +91,8 @@ pub enum Event {
     AuthFailed,
     /// The client sent something that is not RESP.
     ProtocolError,
+    /// A request the client started was not finished in time (a slowloris).
+    SlowRequest,
     /// The connection ended (closed or timed out) after this many commands.
     Closed {
         /// Commands the connection ran.
@@ -358,7 +360,10 @@ impl Guard {
                     .get_or_insert_mut(ip, Source::default)
                     .last_success = Some(now);
             }
-            Event::AuthFailed | Event::ProtocolError | Event::Closed { commands: 0 } => {
+            Event::AuthFailed
+            | Event::ProtocolError
+            | Event::SlowRequest
+            | Event::Closed { commands: 0 } => {
                 self.strike(&mut st, ip, now);
             }
             Event::Closed { .. } => {}

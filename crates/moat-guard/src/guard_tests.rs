@@ -183,9 +183,16 @@ fn strikes_ban_and_bans_escalate() {
     let after = 61_000;
     let ticket = g.admit(src, t.at(after)).expect("ban over");
     drop(ticket);
-    // A second offence bans for twice as long.
-    for i in 0..3 {
-        g.record(src, Event::ProtocolError, t.at(after + 1 + i));
+    // A second offence bans for twice as long; requests left unfinished are offences too.
+    for (i, event) in [
+        Event::ProtocolError,
+        Event::SlowRequest,
+        Event::ProtocolError,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        g.record(src, event, t.at(after + 1 + i as u64));
     }
     match g.admit(src, t.at(after + 10)) {
         Err(Reject::Banned(left)) => assert!(left >= Duration::from_secs(119), "{left:?}"),

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub shed_clients: AtomicU64,
     /// Connections closed at a handshake, auth or idle deadline.
     pub deadline_closes: AtomicU64,
+    /// Of those, connections closed for not finishing a request in time (slowloris).
+    pub slow_requests: AtomicU64,
     /// Lease requests that got no dedicated connection.
     pub leases_refused: AtomicU64,
     /// Subscribers (or monitors) disconnected for not reading their messages.
@@ -49,6 +51,7 @@ impl Metrics {
             ("requests_refused", get(&self.requests_refused)),
             ("shed_clients", get(&self.shed_clients)),
             ("deadline_closes", get(&self.deadline_closes)),
+            ("slow_requests", get(&self.slow_requests)),
             ("leases_refused", get(&self.leases_refused)),
             ("slow_subscribers", get(&self.slow_subscribers)),
         ]

@@ -482,6 +482,112 @@ fn a_slowloris_trickling_an_incomplete_request_is_closed_at_the_handshake_deadli
     assert!(sent >= 2, "closed before trickling ({sent} bytes sent)");
 }
 
+/// Trickles `partial` (then filler) a byte every `every` from `conn` until moat closes it or
+/// `limit` passes; returns what moat sent before closing, or `None` if still open.
+fn trickle(conn: &mut Conn, partial: &[u8], every: Duration, limit: Duration) -> Option<Vec<u8>> {
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < limit {
+        let byte = [partial.get(sent).copied().unwrap_or(b'x')];
+        if conn.stream.write_all(&byte).is_err() {
+            return Some(Vec::new());
+        }
+        sent += 1;
+        if let Some(bytes) = conn.read_to_eof(every) {
+            return Some(bytes);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_slowloris_after_a_valid_command_is_closed_at_the_request_deadline_and_struck() {
+    const REQUEST: Duration = Duration::from_millis(400);
+    let stack = with_config(|c| {
+        c.guard.request_read_timeout = REQUEST;
+        c.guard.strikes_to_ban = 1;
+    });
+    let addr = stack.addr();
+    let src = [127, 1, 0, 2];
+    let mut slow = Conn::from(src, addr);
+    // A valid command first: the handshake deadline no longer applies, and with no password
+    // configured the client is "authenticated", so no idle timeout applies either.
+    assert_eq!(slow.call(&["PING"]), PONG);
+    let started = Instant::now();
+    let bytes = trickle(
+        &mut slow,
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10000\r\n",
+        Duration::from_millis(50),
+        CLOSE_TIMEOUT,
+    )
+    .unwrap_or_else(|| panic!("still open after {CLOSE_TIMEOUT:?} of trickling"));
+    let lived = started.elapsed();
+    assert!(bytes.is_empty(), "closed after sending {}", shown(&bytes));
+    assert!(
+        lived >= REQUEST,
+        "closed after {lived:?}, before the request deadline"
+    );
+    assert_eq!(stack.moat.metrics().get("slow_requests"), Some(1));
+    // The unfinished request was a strike: with strikes_to_ban = 1 the address is banned.
+    wait_until("the slowloris's ban", SETTLE, || is_banned(&stack, src));
+    let mut other = Conn::from([127, 1, 0, 3], addr);
+    set_get(&mut other, "after-slowloris");
+}
+
+#[test]
+fn steady_uploads_split_pipelines_and_trusted_clients_are_not_cut_as_slow() {
+    const REQUEST: Duration = Duration::from_millis(1000);
+    let stack = with_config(|c| {
+        c.guard.request_read_timeout = REQUEST;
+        c.guard.request_min_rate = 1000;
+    });
+    let addr = stack.addr();
+    let pause = Duration::from_millis(20);
+
+    // An 8,000-byte value at about 5,000 bytes/s: 1.6 s in all, longer than the deadline,
+    // but every byte received extends it (a second per 1,000 bytes).
+    let mut upload = Conn::from([127, 1, 0, 4], addr);
+    let value = vec![b'v'; 8000];
+    let request = command(&[b"SET", b"big", &value]);
+    for piece in request.chunks(100) {
+        upload.send(piece);
+        std::thread::sleep(pause);
+    }
+    assert_eq!(upload.reply(), OK);
+    assert_eq!(upload.call(&["STRLEN", "big"]), b":8000\r\n");
+
+    // A pipeline cut mid-request on every write, for longer than the deadline: each write
+    // completes an earlier request, which restarts the clock.
+    let mut pipeline = Conn::from([127, 1, 0, 5], addr);
+    let stream: Vec<u8> = (0..60)
+        .flat_map(|i| command(&[b"SET", format!("p{i}").as_bytes(), b"value-of-some-length"]))
+        .collect();
+    let started = Instant::now();
+    for piece in stream.chunks(37) {
+        pipeline.send(piece);
+        std::thread::sleep(pause);
+    }
+    assert!(
+        started.elapsed() > REQUEST,
+        "the pipeline must outlast the deadline"
+    );
+    for i in 0..60 {
+        assert_eq!(pipeline.reply(), OK, "reply {i}");
+    }
+
+    // Trusted networks are exempt: 127.0.0.1 trickles past the deadline and stays open.
+    let mut trusted = Conn::connect(addr);
+    assert_eq!(trusted.call(&["PING"]), PONG);
+    let closed = trickle(
+        &mut trusted,
+        b"*2\r\n$4\r\nECHO\r\n$1000\r\n",
+        Duration::from_millis(50),
+        REQUEST * 2,
+    );
+    assert_eq!(closed, None, "a trusted client was cut as slow");
+    assert_eq!(stack.moat.metrics().get("slow_requests"), Some(0));
+}
+
 #[test]
 fn fewer_silent_connections_than_strikes_to_ban_do_not_ban() {
     let stack = with_config(|c| {

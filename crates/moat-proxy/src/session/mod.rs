@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use moat_protocol::{Limits, RequestParser, encode};
@@ -151,6 +151,9 @@ struct Core {
     reported_success: bool,
     /// When the client last sent anything (idle deadline).
     last_activity: Instant,
+    /// The request the client is part way through sending: since when (its start, or the
+    /// completion of the request before it) and its bytes so far (slow-request deadline).
+    partial: Option<(Instant, u32)>,
     /// Fires at the next deadline (handshake, auth, idle); boxed and created only while a
     /// deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
@@ -187,6 +190,7 @@ pub(crate) async fn serve(
             commands: 0,
             reported_success: false,
             last_activity: Instant::now(),
+            partial: None,
             timer: None,
             budgeted: 0,
             state: ClientState {
@@ -469,6 +473,7 @@ impl Session {
                 }
             }
         }
+        self.core.track_partial(buf.len() - pos, pos > 0);
         pos
     }
 }
@@ -494,7 +499,35 @@ impl Core {
         }
     }
 
-    /// The earliest deadline that applies now: the first command, authentication, idle.
+    /// Notes what a pass over the input left: `leftover` bytes not yet a request, after
+    /// completing some (`progressed`) or not. The slow-request clock runs from the end of
+    /// the last complete request, and only while moat reads (not while the client's own
+    /// requests wait, which is not the client's fault).
+    fn track_partial(&mut self, leftover: usize, progressed: bool) {
+        if leftover == 0 || self.blocked_inbuf || self.closing {
+            self.partial = None;
+            return;
+        }
+        let bytes = u32::try_from(leftover).unwrap_or(u32::MAX);
+        match &mut self.partial {
+            Some((_, held)) if !progressed => *held = bytes,
+            _ => self.partial = Some((Instant::now(), bytes)),
+        }
+    }
+
+    /// When the request being received must be complete (none for trusted clients).
+    fn slow_request_deadline(&self) -> Option<Instant> {
+        let (since, bytes) = self.partial?;
+        let g = self.ticket.guard().config();
+        if g.request_read_timeout.is_zero() || self.ticket.trusted() {
+            return None;
+        }
+        let grace = u64::from(bytes) / u64::from(g.request_min_rate.max(1));
+        Some(since + g.request_read_timeout + Duration::from_secs(grace))
+    }
+
+    /// The earliest deadline that applies now: the first command, authentication, a request
+    /// being received, idle.
     fn deadline(&self) -> Option<Instant> {
         let g = self.ticket.guard().config();
         let auth_required = self.worker.users.auth_required();
@@ -508,6 +541,9 @@ impl Core {
         let authenticated = self.state.user.is_some();
         if auth_required && !authenticated {
             earliest(self.state.created + g.auth_timeout);
+        }
+        if let Some(at) = self.slow_request_deadline() {
+            earliest(at);
         }
         // Waiting on Redis (a blocking call, a subscription) is not idleness.
         if self.owed() == 0 && self.pin.is_none() {
@@ -548,6 +584,10 @@ impl Core {
         match self.deadline() {
             Some(at) if at <= Instant::now() => {
                 crate::Metrics::bump(&self.worker.metrics.deadline_closes);
+                if self.slow_request_deadline() == Some(at) {
+                    crate::Metrics::bump(&self.worker.metrics.slow_requests);
+                    self.report(GuardEvent::SlowRequest);
+                }
                 tracing::debug!(
                     client = self.state.id,
                     commands = self.commands,
