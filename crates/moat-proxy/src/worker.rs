@@ -186,7 +186,13 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         #[allow(deprecated)]
         let listener = AsyncFd::new(listener)?;
         let connector = Connector::Tcp(config.backend.address);
-        let ctx = WorkerCtx::build(&config, index, listen, connector, users, Shares { backend_cap, pinned_cap, leases }, metrics).await;
+        let shares = Shares {
+            backend_cap,
+            pinned_cap,
+            leases,
+        };
+        let ctx = WorkerCtx::build(&config, index, listen, connector, users, shares, metrics);
+        let ctx = ctx.await;
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();
         loop {

@@ -154,7 +154,7 @@ struct Core {
     /// The request the client is part way through sending: since when (its start, or the
     /// completion of the request before it) and its bytes so far (slow-request deadline).
     partial: Option<(Instant, u32)>,
-    /// Fires at the next deadline (handshake, auth, idle); boxed and created only while a
+    /// Fires at the next deadline (handshake, auth, slow request, idle); boxed and created only while a
     /// deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes this session last reported to the worker's memory budget.
