@@ -1211,6 +1211,38 @@ fn monitor_streams_other_clients_and_holds_its_lease_until_it_leaves() {
     wait_pinned_idle(&stack.redis);
 }
 
+/// RESET and a command pipelined by a monitoring client: the command waits for RESET's reply
+/// without spinning (found by the session fuzz target: a monitoring session blocked behind
+/// its RESET looped without ever reading the reply it waited for), then runs on a shared
+/// connection, and another client is served meanwhile.
+#[test]
+fn a_command_pipelined_after_monitor_and_reset_waits_for_reset_then_runs() {
+    let stack = with_config(|_| {});
+    let mut m = Conn::from([127, 10, 1, 1], stack.addr());
+    assert_eq!(m.call(&["MONITOR"]), b"+OK\r\n");
+    // Once monitoring, RESET and PING in one write: PING must wait for RESET's reply.
+    m.send(&[command(&[b"RESET"]), command(&[b"PING"])].concat());
+    // Monitor lines (moat's own commands on other connections) may come before `+RESET`.
+    let mut reset = false;
+    for _ in 0..100 {
+        let line = m.reply();
+        if line == b"+RESET\r\n" {
+            reset = true;
+            break;
+        }
+        assert!(
+            line.starts_with(b"+"),
+            "not a monitor line: {}",
+            shown(&line)
+        );
+    }
+    assert!(reset, "no +RESET among 100 replies");
+    assert_eq!(m.reply(), b"+PONG\r\n");
+    let mut other = Conn::from([127, 10, 1, 2], stack.addr());
+    assert_eq!(other.call(&["PING"]), b"+PONG\r\n");
+    assert_eq!(m.call(&["ECHO", "still-here"]), b"$10\r\nstill-here\r\n");
+}
+
 /// A monitor leaves while other clients keep Redis busy: the next leases of the same
 /// dedicated connection get their own replies, never a leftover monitor line.
 #[test]

@@ -278,7 +278,7 @@ impl Session {
             if core.closing && !owed {
                 return Ok(());
             }
-            if core.blocked_inbuf && !owed && !core.backpressured() {
+            if core.blocked_inbuf && !owed && !core.backpressured() && !core.pin_pending() {
                 // Held back only by output that has just been written out: nothing else
                 // will wake the session, so go on with the buffered requests now.
                 continue;
@@ -625,6 +625,15 @@ impl Core {
             .filter(|p| !p.state.monitor())
             .map_or(0, |p| p.state.outstanding());
         self.link.inflight() + pinned
+    }
+
+    /// The dedicated connection owes something that a request may be waiting for: a reply,
+    /// or (while monitoring, when replies are not counted) the `+RESET` that ends it. Such
+    /// a wait ends when the connection is read, never by going round the loop again.
+    fn pin_pending(&self) -> bool {
+        self.pin
+            .as_deref()
+            .is_some_and(|p| p.state.outstanding() > 0 || p.state.reset_pending())
     }
 
     /// A subscriber, monitor or tracking client has more unread output than it may.
