@@ -746,7 +746,8 @@ mod tests {
 
     /// Every idle client costs its session's task; this keeps that cost from creeping up
     /// unnoticed (1,056 bytes before sessions waited through a hand-written poll, 584 after;
-    /// 760 with the guard's ticket, deadlines and the pinned-lease state).
+    /// 760 with the guard's ticket, deadlines and the pinned-lease state; 792 with the
+    /// slow-request clock).
     #[test]
     fn an_idle_session_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
