@@ -61,3 +61,27 @@ fn the_session_fuzz_corpus_replays_cleanly() {
         dir.display()
     );
 }
+
+/// The backend drops a dedicated connection mid-transaction: the client gets an error for
+/// each reply owed and is disconnected, nothing stays counted, and the next transaction
+/// runs on a fresh connection.
+#[test]
+fn a_dedicated_connection_lost_mid_transaction_fails_the_client_cleanly() {
+    let harness = Harness::new(fuzz_config()).unwrap();
+    // The backend drops the dedicated connection instead of answering the INCR.
+    harness.drop_dedicated_at(Some(1));
+    let input: &[&[u8]] = &[b"AUTH fuzz pw\r\nMULTI\r\nINCR a\r\nEXEC\r\nPING\r\n"];
+    let outcome = harness.session(peer(), input, 4096, LIMIT);
+    harness.drop_dedicated_at(None);
+    // MULTI's reply came before the drop; everything after it is answered with an error,
+    // and the client, whose transaction lived on that connection, is disconnected.
+    assert!(outcome.closed);
+    let lost = "-ERR moat: dedicated backend connection lost\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.output),
+        format!("+OK\r\n+OK\r\n{lost}{lost}{lost}")
+    );
+    assert!(harness.leftovers().is_empty(), "{:?}", harness.leftovers());
+    let after = harness.session(peer(), &[b"AUTH fuzz pw\r\nMULTI\r\nEXEC\r\n"], 64, LIMIT);
+    assert_eq!(after.output, b"+OK\r\n+OK\r\n*0\r\n");
+}

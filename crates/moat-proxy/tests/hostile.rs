@@ -1261,6 +1261,32 @@ fn half_closed_sockets() {
     c.expect_close(&want, "1000 INCRs then FIN");
     by.check("1000 INCRs then FIN");
 
+    // Stateful commands, then FIN: Redis writes the replies of what it read before it sees
+    // the EOF, so a transaction's and a subscription's replies come, then the close; moat
+    // gives the same bytes though they run on a dedicated connection.
+    for (what, script) in [
+        (
+            "MULTI/INCR/EXEC then FIN",
+            &b"MULTI\r\nINCR hc:tx\r\nINCR hc:tx\r\nEXEC\r\nGET hc:tx\r\n"[..],
+        ),
+        ("SUBSCRIBE then FIN", &b"SUBSCRIBE hc:ch1 hc:ch2\r\n"[..]),
+        ("WATCH/GET then FIN", &b"WATCH hc:w\r\nGET hc:w\r\n"[..]),
+    ] {
+        let mut direct = Conn::connect(stack.redis.addr());
+        direct.send(script);
+        direct.stream.shutdown(Shutdown::Write).unwrap();
+        let want = direct
+            .read_to_eof(common::conn::REPLY_TIMEOUT)
+            .unwrap_or_else(|| panic!("{what}: Redis did not close"));
+        assert!(!want.is_empty(), "{what}: Redis sent nothing");
+        redis_cmd(&stack, &["DEL", "hc:tx"]);
+        let mut c = Conn::connect(stack.addr());
+        c.send(script);
+        c.stream.shutdown(Shutdown::Write).unwrap();
+        c.expect_close(&want, what);
+        by.check(what);
+    }
+
     // A partial request, then FIN: nothing runs, nothing is answered.
     let mut c = Conn::connect(stack.addr());
     c.send(b"*3\r\n$3\r\nSET\r\n$7\r\nhc:part\r\n$5\r\nab");

@@ -2,7 +2,8 @@
 //! with it is checked. Kept here so the fuzzer and the corpus replay test run the same code.
 //!
 //! Input layout: `[n][n write sizes][payload]`, `n % 9` sizes of 0..=255 bytes (0: no write);
-//! the payload is cut at those sizes and the rest is one last write.
+//! the payload is cut at those sizes and the rest is one last write. `n / 9`, when not 0,
+//! arms a fault: the backend drops a dedicated connection at its `n / 9 - 1`-th request.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -81,8 +82,11 @@ pub fn check_input(harness: &Harness, data: &[u8]) -> Result<(), String> {
     }
     writes.push(&payload[at..]);
 
+    let fault = data.first().map_or(0, |b| u32::from(b / 9));
+    harness.drop_dedicated_at(fault.checked_sub(1));
     let peer = SocketAddr::from(([127, 0, 0, 1], 50000));
     let outcome = harness.session(peer, &writes, CLIENT_WINDOW, CLOSE_LIMIT);
+    harness.drop_dedicated_at(None);
     let shown = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned();
     if let Some(line) = outcome.refused {
         return Err(format!("the guard refused a trusted client: {line}"));

@@ -7,6 +7,9 @@
 //! lists the commands it knows, so moat routes with an authoritative table, as against a
 //! real server.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use bytes::BytesMut;
 use moat_protocol::{Limits, RequestParser, encode};
 
@@ -80,6 +83,39 @@ const COMMANDS: &[CommandDoc] = &[
     ("acl", -2, &[], &[("acl|whoami", 2), ("acl|list", 2)]),
 ];
 
+/// A fault the double injects: it drops a dedicated connection (one moat named
+/// `moat-pinned-*`) when it is about to answer its next `n`-th request, as a server that
+/// crashed or a network that failed would. Dedicated connections only: a lost shared
+/// connection is reconnected after a real backoff delay, which would stall the fuzzer.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    drop_dedicated_at: Cell<Option<u32>>,
+}
+
+impl Faults {
+    /// Arms the fault (`None` disarms it): the `n`-th request answered on a dedicated
+    /// connection from now on (0: the next one) finds it dropped instead.
+    pub(crate) fn drop_dedicated_at(&self, n: Option<u32>) {
+        self.drop_dedicated_at.set(n);
+    }
+
+    /// Counts one request about to be answered on a dedicated connection; true if the
+    /// connection must be dropped instead (the fault then disarms).
+    fn strikes(&self) -> bool {
+        match self.drop_dedicated_at.get() {
+            Some(0) => {
+                self.drop_dedicated_at.set(None);
+                true
+            }
+            Some(n) => {
+                self.drop_dedicated_at.set(Some(n - 1));
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// One connection's state, as Redis keeps it.
 #[derive(Debug, Default)]
 struct Client {
@@ -89,10 +125,12 @@ struct Client {
     /// A command in the transaction was refused: EXEC aborts.
     multi_dirty: bool,
     subs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Moat named the connection as a dedicated one.
+    dedicated: bool,
 }
 
 /// Serves one connection until moat closes its end (or sends what Redis would not parse).
-pub(crate) async fn serve(pipe: Pipe) {
+pub(crate) async fn serve(pipe: Pipe, faults: Rc<Faults>) {
     let stream = Stream::Memory(pipe);
     let mut parser = RequestParser::new(Limits::default());
     let mut client = Client::default();
@@ -112,9 +150,16 @@ pub(crate) async fn serve(pipe: Pipe) {
                 Ok(Some(req)) => {
                     pos += req.len();
                     let args: Vec<&[u8]> = req.args().collect();
-                    if !args.is_empty() {
-                        answer(&mut client, &args, &mut out);
+                    if args.is_empty() {
+                        continue;
                     }
+                    if client.dedicated && faults.strikes() {
+                        // Replies already produced go out first, as from a server that
+                        // died between two requests.
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
+                    answer(&mut client, &args, &mut out);
                 }
                 Ok(None) => break,
                 // Redis answers a protocol error and closes; moat never sends one.
@@ -161,6 +206,14 @@ fn command_reply(out: &mut BytesMut) {
 
 fn answer(c: &mut Client, args: &[&[u8]], out: &mut BytesMut) {
     let name = args[0].to_ascii_lowercase();
+    if name == b"client"
+        && args
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"setname"))
+        && args.get(2).is_some_and(|n| n.starts_with(b"moat-pinned"))
+    {
+        c.dedicated = true;
+    }
     if let Some(queued) = c.multi.as_mut() {
         match &name[..] {
             b"exec" => {

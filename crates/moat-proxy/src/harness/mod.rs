@@ -56,6 +56,7 @@ pub struct Harness {
     local: tokio::task::LocalSet,
     ctx: Rc<WorkerCtx>,
     guard: Arc<moat_guard::Guard>,
+    faults: Rc<fake_redis::Faults>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -75,9 +76,11 @@ impl Harness {
         let local = tokio::task::LocalSet::new();
         let users = Arc::new(Users::from_config(&config.users));
         let guard = moat_guard::Guard::new(config.guard.clone());
-        let connector = Connector::Memory(Rc::new(|| {
+        let faults = Rc::new(fake_redis::Faults::default());
+        let for_connector = faults.clone();
+        let connector = Connector::Memory(Rc::new(move || {
             let (moat, redis) = pair(BACKEND_PIPE);
-            tokio::task::spawn_local(fake_redis::serve(redis));
+            tokio::task::spawn_local(fake_redis::serve(redis, for_connector.clone()));
             moat
         }));
         let shares = Shares {
@@ -101,7 +104,15 @@ impl Harness {
             local,
             ctx,
             guard,
+            faults,
         })
+    }
+
+    /// Makes the backend drop a dedicated connection when it is about to answer the `n`-th
+    /// request on one from now on (0: the next), as a crashed server would; `None` disarms.
+    /// Shared connections are never dropped: their reconnect waits a real backoff delay.
+    pub fn drop_dedicated_at(&self, n: Option<u32>) {
+        self.faults.drop_dedicated_at(n);
     }
 
     /// The worker's event counters.

@@ -13,6 +13,8 @@ use rustc_hash::FxHashSet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tag {
     Other,
+    /// A call that may block (BLPOP, WAIT, XREAD BLOCK...): its reply may never come.
+    Blocking,
     Multi,
     Exec,
     /// The client's EXEC, sent as DISCARD because moat refused a command inside the
@@ -180,6 +182,11 @@ impl PinState {
         self.fifo.len()
     }
 
+    /// A blocking call is waiting for its reply.
+    pub(crate) fn blocking_outstanding(&self) -> bool {
+        self.fifo.contains(&Expect::Reply(Tag::Blocking))
+    }
+
     pub(crate) fn multi_open(&self) -> bool {
         self.multi_open
     }
@@ -275,7 +282,7 @@ impl PinState {
 
     fn apply(&mut self, tag: Tag, is_error: bool) -> Disposition {
         match tag {
-            Tag::Other | Tag::Multi => {}
+            Tag::Other | Tag::Blocking | Tag::Multi => {}
             Tag::Exec => {
                 self.watching = false;
                 self.multi_dirty = false;

@@ -385,11 +385,17 @@ impl Session {
             let mut scratch = scratch.borrow_mut();
             match stream.try_read(&mut scratch[..]) {
                 Ok(0) => {
-                    // Half-closed: answer what was sent on shared connections, then close. A
-                    // dedicated connection ends at once: a blocked call or subscription of a
-                    // client that left must not live on (Redis drops such a client too).
+                    // Half-closed: answer what was sent, then close, as Redis does (it writes
+                    // the replies of what it read before it sees the EOF). A blocking call
+                    // ends at once instead: Redis frees a blocked client at its EOF, and a
+                    // call of a client that left must not live on.
                     self.core.closing = true;
-                    if self.core.pin.is_some() {
+                    if self
+                        .core
+                        .pin
+                        .as_deref()
+                        .is_some_and(|p| p.state.blocking_outstanding())
+                    {
                         self.core.end_pin();
                     }
                     Ok(())

@@ -244,7 +244,13 @@ impl Core {
         let resp2_pubsub = pin.state.subscribed() && !self.state.resp3;
         match action {
             Action::Forward | Action::Dedicated => {
-                let tag = tag_of(request);
+                let mut tag = tag_of(request);
+                if matches!(action, Action::Dedicated) && tag == PinTag::Reply(Tag::Other) && !multi
+                {
+                    // Dedicated for no state of its own: a call that blocks (inside MULTI
+                    // it would only be queued).
+                    tag = PinTag::Reply(Tag::Blocking);
+                }
                 if multi && tag.unfollowable_in_multi() {
                     return refuse_in_multi(pin, &self.link, request, settled);
                 }
