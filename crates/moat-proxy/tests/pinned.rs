@@ -1001,6 +1001,37 @@ fn a_subscriber_that_never_reads_is_cut_by_redis_not_buffered_by_moat() {
     );
 }
 
+/// A RESP2 client pipelines HELLO 3 behind an unsubscribe that leaves it in no pub/sub
+/// mode: Redis runs the HELLO, so moat must too, and the session goes on in RESP3 (found by
+/// the session fuzz target: moat sent the HELLO on as one Redis would refuse, and the
+/// connection switched protocol behind its back).
+#[test]
+fn hello_3_pipelined_behind_an_unsubscribe_switches_the_session_like_redis() {
+    let stack = with_config(|_| {});
+    let script = [
+        command(&[b"PUNSUBSCRIBE"]),
+        command(&[b"HELLO", b"3"]),
+        command(&[b"PING"]),
+        command(&[b"SUBSCRIBE", b"hello-ch"]),
+        command(&[b"PING"]),
+    ]
+    .concat();
+    let mut direct = Conn::connect(stack.redis.addr());
+    direct.send(&script);
+    let want = direct.replies(5);
+    let mut client = Conn::connect(stack.addr());
+    client.send(&script);
+    let got = client.replies(5);
+    // HELLO's map names the connection id and may list modules: only its shape is Redis's.
+    assert!(got[1].starts_with(b"%7\r\n"), "HELLO 3: {}", shown(&got[1]));
+    assert!(want[1].starts_with(b"%7\r\n"));
+    for i in [0, 2, 3, 4] {
+        assert_eq!(shown(&got[i]), shown(&want[i]), "reply {i}");
+    }
+    assert_eq!(got[3], b">3\r\n$9\r\nsubscribe\r\n$8\r\nhello-ch\r\n:1\r\n");
+    client.assert_quiet(Duration::from_millis(100), "after the pipeline");
+}
+
 // 6. No state leaks between leases.
 
 #[test]

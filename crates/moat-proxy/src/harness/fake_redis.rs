@@ -260,6 +260,26 @@ fn answer(c: &mut Client, args: &[&[u8]], out: &mut BytesMut) {
             }
         }
     }
+    let pubsub_allowed = matches!(
+        &name[..],
+        b"ping"
+            | b"subscribe"
+            | b"psubscribe"
+            | b"ssubscribe"
+            | b"unsubscribe"
+            | b"punsubscribe"
+            | b"sunsubscribe"
+            | b"quit"
+            | b"reset"
+    );
+    if !c.subs.is_empty() && !c.resp3 && !pubsub_allowed {
+        // Checked before anything runs, as in Redis: HELLO too is refused here.
+        encode::error(
+            out,
+            "ERR Can't execute 'x': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+        );
+        return;
+    }
     match &name[..] {
         b"command" => command_reply(out),
         b"config" => encode::array_header(out, 0),
@@ -328,10 +348,6 @@ fn answer(c: &mut Client, args: &[&[u8]], out: &mut BytesMut) {
             encode::bulk(out, args.get(1).copied().unwrap_or_default());
         }
         b"ping" => encode::simple(out, "PONG"),
-        _ if !c.subs.is_empty() && !c.resp3 => encode::error(
-            out,
-            "ERR Can't execute 'x': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-        ),
         _ => encode::simple(out, "OK"),
     }
 }

@@ -42,8 +42,11 @@ pub(crate) enum SubKind {
 enum Expect {
     /// One reply frame.
     Reply(Tag),
-    /// One reply frame to a command moat inserted (SELECT, HELLO): not the client's.
+    /// One reply frame to a command moat inserted (SELECT): not the client's.
     Swallow,
+    /// The reply to a HELLO moat inserted: the connection speaks RESP3 (or RESP2) from that
+    /// reply on, not before, so frames still in flight are read in the old protocol.
+    Hello(bool),
     /// Confirmation frames of a (un)subscribe command: one per name, or for an
     /// unsubscribe-all, one per current subscription of that family (at least one).
     Sub {
@@ -71,6 +74,10 @@ pub(crate) enum StateError {
     Unexpected,
     #[error("backend refused moat's own command: {0}")]
     Refused(String),
+    /// RESP2 connections never send push frames: the connection is not in the protocol
+    /// moat believes, and nothing after this frame can be matched safely.
+    #[error("push frame on a connection followed as RESP2")]
+    PushOnResp2,
 }
 
 /// The EXECABORT Redis sends for a transaction with a refused command.
@@ -106,9 +113,14 @@ impl PinState {
         }
     }
 
-    /// The session switched protocol (HELLO) on this connection.
-    pub(crate) fn set_resp3(&mut self, resp3: bool) {
-        self.resp3 = resp3;
+    /// Records a HELLO moat inserted to switch the connection to RESP3 (or back).
+    pub(crate) fn expect_hello(&mut self, resp3: bool) {
+        if self.monitor {
+            // Nothing is matched while monitoring; the stream is read as the new protocol.
+            self.resp3 = resp3;
+        } else {
+            self.fifo.push_back(Expect::Hello(resp3));
+        }
     }
 
     /// Records a forwarded request.
@@ -173,7 +185,7 @@ impl PinState {
     pub(crate) fn owed_to_client(&self) -> usize {
         self.fifo
             .iter()
-            .filter(|e| !matches!(e, Expect::Swallow))
+            .filter(|e| !matches!(e, Expect::Swallow | Expect::Hello(_)))
             .count()
     }
 
@@ -241,6 +253,9 @@ impl PinState {
             }
             return Ok(Disposition::Deliver);
         }
+        if kind == FrameKind::Push && !self.resp3 {
+            return Err(StateError::PushOnResp2);
+        }
         let pubsub_shaped = if self.resp3 {
             kind == FrameKind::Push
         } else {
@@ -271,6 +286,13 @@ impl PinState {
                 String::from_utf8_lossy(frame).trim_end().to_string(),
             )),
             Some(Expect::Swallow) => Ok(Disposition::Swallow),
+            Some(Expect::Hello(_)) if is_error => Err(StateError::Refused(
+                String::from_utf8_lossy(frame).trim_end().to_string(),
+            )),
+            Some(Expect::Hello(resp3)) => {
+                self.resp3 = resp3;
+                Ok(Disposition::Swallow)
+            }
             Some(Expect::Sub { .. }) => {
                 // A (un)subscribe command answered with an ordinary reply (an error).
                 self.subs_pending -= 1;
@@ -589,6 +611,26 @@ mod tests {
         let lookalike = arr(&[Some("message"), Some("x")], 1);
         assert_eq!(s.on_frame(&lookalike, Array), Ok(Disposition::Deliver));
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn the_protocol_switches_at_hellos_reply_not_before() {
+        // A RESP3 subscriber switching back to RESP2: a message pushed before HELLO 2 ran
+        // is still a push; after the reply, messages are arrays again.
+        let mut s = PinState::new(true);
+        s.expect_sub(SubKind::Channel, false, 1);
+        let confirm = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        assert_eq!(s.on_frame(confirm, Push), Ok(Disposition::Deliver));
+        s.expect_hello(false);
+        let pushed = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n";
+        assert_eq!(s.on_frame(pushed, Push), Ok(Disposition::Deliver));
+        let hello = b"*2\r\n$5\r\nproto\r\n:2\r\n";
+        assert_eq!(s.on_frame(hello, Array), Ok(Disposition::Swallow));
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\ny\r\n";
+        assert_eq!(s.on_frame(message, Array), Ok(Disposition::Deliver));
+        assert_eq!(s.outstanding(), 0);
+        // A push on a connection followed as RESP2 means moat lost track of it.
+        assert_eq!(s.on_frame(pushed, Push), Err(StateError::PushOnResp2));
     }
 
     #[test]

@@ -125,9 +125,8 @@ impl Pin {
         if self.conn.resp3 != resp3 {
             let proto: &[u8] = if resp3 { b"3" } else { b"2" };
             encode::command(&mut self.wbuf, &[&b"HELLO"[..], proto]);
-            self.state.expect_swallow();
+            self.state.expect_hello(resp3);
             self.conn.resp3 = resp3;
-            self.state.set_resp3(resp3);
         }
         match tag {
             PinTag::Reply(Tag::Exec) if self.state.multi_dirty() => {
@@ -305,6 +304,13 @@ impl Core {
                     return refuse_in_multi(pin, &self.link, request, settled);
                 }
                 if resp2_pubsub {
+                    if !settled {
+                        // Whether Redis is in pub/sub mode when this arrives depends on
+                        // confirmations still to come (an unsubscribe may end it, a
+                        // subscribe may be refused): wait for them, so a HELLO that Redis
+                        // would run is not sent on as one it would refuse.
+                        return Step::Blocked;
+                    }
                     // Redis answers with its own "only (P|S)SUBSCRIBE ... allowed" error.
                     pin.forward(
                         request,
