@@ -1001,6 +1001,74 @@ fn a_subscriber_that_never_reads_is_cut_by_redis_not_buffered_by_moat() {
     );
 }
 
+/// With Redis's own pub/sub output limit off, a subscriber that never reads is cut by moat
+/// once the messages it did not read pass `limits.max_output_bytes`; moat does not buffer
+/// the flood for it, and others are served.
+#[test]
+fn a_subscriber_that_never_reads_is_cut_by_moat_when_redis_does_not() {
+    const LIMIT: usize = 256 << 10;
+    const MESSAGE: usize = 16 << 10;
+    const MESSAGES: usize = 1024; // 16 MiB in all
+    let stack = stack_with(
+        RedisServer::builder().config("client-output-buffer-limit pubsub 0 0 0"),
+        |c| c.limits.max_output_bytes = LIMIT,
+    );
+    let mut slow = Conn::from([127, 7, 2, 1], stack.addr());
+    assert_eq!(
+        slow.call(&["SUBSCRIBE", "flood"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$5\r\nflood\r\n:1\r\n"
+    );
+    let mut publisher = Conn::from([127, 7, 2, 2], stack.addr());
+    let one = command(&[b"PUBLISH", b"flood", &vec![b'p'; MESSAGE]]);
+    for _ in 0..MESSAGES / 16 {
+        publisher.send(&one.repeat(16));
+        publisher.replies(16);
+        if stack.moat.metrics().get("slow_subscribers") == Some(1) {
+            break;
+        }
+    }
+    wait_until("moat to cut the slow subscriber", SETTLE, || {
+        stack.moat.metrics().get("slow_subscribers") == Some(1)
+    });
+    assert_eq!(publisher.call(&["SET", "k", "v"]), b"+OK\r\n");
+    let read = slow
+        .read_until_closed(Duration::from_secs(30))
+        .expect("the slow subscriber is disconnected");
+    assert!(
+        read < MESSAGE * MESSAGES / 2,
+        "it still received {read} bytes"
+    );
+}
+
+/// A RESP3 subscriber that asks for a reply bigger than `limits.max_output_bytes` gets it:
+/// only messages it did not ask for count toward the slow-subscriber limit (found by the
+/// session fuzz target: a monitoring client's own pipelined replies got it disconnected).
+#[test]
+fn a_subscriber_asking_for_a_big_reply_is_not_taken_for_a_slow_one() {
+    const LIMIT: usize = 64 << 10;
+    let stack = with_config(|c| c.limits.max_output_bytes = LIMIT);
+    let big = vec![b'b'; 4 * LIMIT];
+    let mut other = Conn::from([127, 7, 1, 2], stack.addr());
+    assert_eq!(other.call_bytes(&[b"SET", b"big", &big]), b"+OK\r\n");
+    let mut sub = Conn::from([127, 7, 1, 1], stack.addr());
+    assert!(sub.call(&["HELLO", "3"]).starts_with(b"%7\r\n"));
+    assert_eq!(
+        sub.call(&["SUBSCRIBE", "big-ch"]),
+        b">3\r\n$9\r\nsubscribe\r\n$6\r\nbig-ch\r\n:1\r\n"
+    );
+    for round in 0..3 {
+        let reply = sub.call(&["GET", "big"]);
+        assert_eq!(reply.len(), big.len() + 11, "round {round}");
+        assert!(reply.starts_with(b"$262144\r\nbbb"), "round {round}");
+    }
+    assert_eq!(other.call(&["PUBLISH", "big-ch", "still-here"]), b":1\r\n");
+    assert_eq!(
+        sub.reply(),
+        b">3\r\n$7\r\nmessage\r\n$6\r\nbig-ch\r\n$10\r\nstill-here\r\n"
+    );
+    assert_eq!(stack.moat.metrics().get("slow_subscribers"), Some(0));
+}
+
 /// A RESP2 client pipelines HELLO 3 behind an unsubscribe that leaves it in no pub/sub
 /// mode: Redis runs the HELLO, so moat must too, and the session goes on in RESP3 (found by
 /// the session fuzz target: moat sent the HELLO on as one Redis would refuse, and the

@@ -59,8 +59,11 @@ enum Expect {
 /// What to do with a frame read from the dedicated connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Disposition {
-    /// Pass it to the client.
+    /// Pass it to the client: a reply.
     Deliver,
+    /// Pass it to the client: a frame that answers no request (a message, a push, a
+    /// monitor line), which counts toward the slow-subscriber limit.
+    Unsolicited,
     /// Send the client this instead.
     Replace(&'static [u8]),
     /// Moat's own; drop it.
@@ -250,8 +253,10 @@ impl PinState {
         if self.monitor {
             if self.resetting && frame == b"+RESET\r\n" {
                 self.clear();
+                return Ok(Disposition::Deliver);
             }
-            return Ok(Disposition::Deliver);
+            // Replies and monitor lines interleave and cannot be told apart.
+            return Ok(Disposition::Unsolicited);
         }
         if kind == FrameKind::Push && !self.resp3 {
             return Err(StateError::PushOnResp2);
@@ -264,7 +269,9 @@ impl PinState {
         if pubsub_shaped {
             if let Some((verb, name)) = first_two_bulks(frame) {
                 match verb {
-                    b"message" | b"pmessage" | b"smessage" => return Ok(Disposition::Deliver),
+                    b"message" | b"pmessage" | b"smessage" => {
+                        return Ok(Disposition::Unsolicited);
+                    }
                     _ => {
                         if let Some((family, unsubscribe)) = sub_verb(verb)
                             && self.confirm_sub(family, unsubscribe, name)
@@ -276,7 +283,7 @@ impl PinState {
             }
             if kind == FrameKind::Push {
                 // Other pushes (invalidations) belong to the client, matching no request.
-                return Ok(Disposition::Deliver);
+                return Ok(Disposition::Unsolicited);
             }
         }
         let is_error = matches!(kind, FrameKind::Error | FrameKind::BlobError);
@@ -509,7 +516,7 @@ mod tests {
         s.expect(Tag::Reset);
         assert!(!s.is_idle(), "subscribed until +RESET arrives");
         let msg = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n";
-        assert_eq!(s.on_frame(msg, Array), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(msg, Array), Ok(Disposition::Unsolicited));
         s.on_frame(b"+RESET\r\n", Simple).unwrap();
         assert!(s.is_idle());
 
@@ -561,7 +568,7 @@ mod tests {
         assert_eq!(s.subscriptions(), 2);
         // Messages match no request.
         let msg = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n";
-        assert_eq!(s.on_frame(msg, Array), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(msg, Array), Ok(Disposition::Unsolicited));
         // PING in RESP2 pub/sub mode answers with an array: it is the PING's reply.
         s.expect(Tag::Other);
         s.on_frame(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", Array)
@@ -600,7 +607,7 @@ mod tests {
         assert_eq!(s.on_frame(&lookalike, Array), Ok(Disposition::Deliver));
         assert_eq!(s.outstanding(), 0);
         let pmessage = b">4\r\n$8\r\npmessage\r\n$6\r\nnews.*\r\n$6\r\nnews.a\r\n$1\r\nx\r\n";
-        assert_eq!(s.on_frame(pmessage, Push), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(pmessage, Push), Ok(Disposition::Unsolicited));
         assert!(!s.is_idle());
     }
 
@@ -623,11 +630,11 @@ mod tests {
         assert_eq!(s.on_frame(confirm, Push), Ok(Disposition::Deliver));
         s.expect_hello(false);
         let pushed = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n";
-        assert_eq!(s.on_frame(pushed, Push), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(pushed, Push), Ok(Disposition::Unsolicited));
         let hello = b"*2\r\n$5\r\nproto\r\n:2\r\n";
         assert_eq!(s.on_frame(hello, Array), Ok(Disposition::Swallow));
         let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\ny\r\n";
-        assert_eq!(s.on_frame(message, Array), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(message, Array), Ok(Disposition::Unsolicited));
         assert_eq!(s.outstanding(), 0);
         // A push on a connection followed as RESP2 means moat lost track of it.
         assert_eq!(s.on_frame(pushed, Push), Err(StateError::PushOnResp2));
@@ -652,10 +659,13 @@ mod tests {
         s.expect(Tag::Monitor);
         s.on_frame(b"+OK\r\n", Simple).unwrap();
         s.expect(Tag::Other);
-        assert_eq!(s.on_frame(b"+PONG\r\n", Simple), Ok(Disposition::Deliver));
+        assert_eq!(
+            s.on_frame(b"+PONG\r\n", Simple),
+            Ok(Disposition::Unsolicited)
+        );
         assert_eq!(
             s.on_frame(b"+1 [0 x] \"PING\"\r\n", Simple),
-            Ok(Disposition::Deliver)
+            Ok(Disposition::Unsolicited)
         );
         assert!(s.holds_state() && !s.is_idle());
     }
@@ -667,7 +677,7 @@ mod tests {
         s.on_frame(b"+OK\r\n", Simple).unwrap();
         assert!(!s.is_idle());
         let invalidate = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
-        assert_eq!(s.on_frame(invalidate, Push), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(invalidate, Push), Ok(Disposition::Unsolicited));
         s.expect(Tag::TrackingOff);
         s.on_frame(b"+OK\r\n", Simple).unwrap();
         assert!(s.is_idle());

@@ -644,11 +644,11 @@ impl Core {
 
     /// A subscriber, monitor or tracking client has more unread output than it may.
     fn unsolicited_overflow(&self) -> bool {
-        self.link.out_len() > self.worker.max_output_bytes
-            && self
-                .pin
-                .as_deref()
-                .is_some_and(|p| p.state.streams_unsolicited())
+        // Unsolicited bytes only: a subscriber's own pipelined requests stop being read at
+        // the output limit instead, and a big reply it asked for is not falling behind.
+        self.pin
+            .as_deref()
+            .is_some_and(|p| p.unsolicited() > self.worker.max_output_bytes)
     }
 
     /// Bytes of this client's requests moat holds for the backend: queued or in flight on
@@ -666,6 +666,15 @@ impl Core {
 
     /// Writes as much pending output as the socket takes now.
     fn flush(&mut self, stream: &Stream) -> io::Result<()> {
+        let written = self.write_out(stream);
+        let unread = self.link.out_len();
+        if let Some(pin) = self.pin.as_deref_mut() {
+            pin.output_left(unread);
+        }
+        written
+    }
+
+    fn write_out(&mut self, stream: &Stream) -> io::Result<()> {
         let mut out = self.link.out();
         while !out.is_empty() {
             match stream.try_write(&out) {

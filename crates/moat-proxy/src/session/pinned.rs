@@ -94,6 +94,10 @@ pub(crate) struct Pin {
     wbuf: BytesMut,
     rbuf: BytesMut,
     framer: ReplyFramer,
+    /// Bytes of frames that answer no request (messages, pushes, monitor lines) delivered
+    /// since the client's output was last empty, at most what is still unread: what a slow
+    /// subscriber is disconnected for, as opposed to replies it asked for.
+    unsolicited: usize,
 }
 
 /// The dedicated connection is gone or out of step.
@@ -110,6 +114,7 @@ impl Pin {
             wbuf: BytesMut::new(),
             rbuf: BytesMut::new(),
             framer: ReplyFramer::new(max_depth),
+            unsolicited: 0,
         }
     }
 
@@ -154,6 +159,16 @@ impl Pin {
         Ok(())
     }
 
+    /// Unread output that answers no request (see the field).
+    pub(super) fn unsolicited(&self) -> usize {
+        self.unsolicited
+    }
+
+    /// The client's output is down to `unread` bytes: no more of it can be unsolicited.
+    pub(super) fn output_left(&mut self, unread: usize) {
+        self.unsolicited = self.unsolicited.min(unread);
+    }
+
     pub(super) fn has_unwritten(&self) -> bool {
         !self.wbuf.is_empty()
     }
@@ -195,6 +210,10 @@ impl Pin {
             pos += frame.len;
             match self.state.on_frame(bytes, frame.kind) {
                 Ok(Disposition::Deliver) => out.extend_from_slice(bytes),
+                Ok(Disposition::Unsolicited) => {
+                    out.extend_from_slice(bytes);
+                    self.unsolicited += bytes.len();
+                }
                 Ok(Disposition::Replace(with)) => out.extend_from_slice(with),
                 Ok(Disposition::Swallow) => {}
                 Err(e) => return Err(PinLost(e.to_string())),
