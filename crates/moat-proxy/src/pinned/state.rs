@@ -100,6 +100,9 @@ pub(crate) struct PinState {
     multi_dirty: bool,
     watching: bool,
     monitor: bool,
+    /// Replies owed for commands sent while monitoring: they cannot be told from monitor
+    /// lines, but this many frames are counted as replies, not as unasked-for output.
+    monitor_replies: usize,
     /// A RESET was sent while in MONITOR mode; its `+RESET` ends the mode.
     resetting: bool,
     tracking: bool,
@@ -132,6 +135,7 @@ impl PinState {
             // Replies interleave with the monitor stream; nothing is matched any more, but
             // RESET's exact `+RESET` is recognised to end it.
             self.resetting |= tag == Tag::Reset;
+            self.monitor_replies += 1;
             return;
         }
         let tag = match tag {
@@ -255,7 +259,12 @@ impl PinState {
                 self.clear();
                 return Ok(Disposition::Deliver);
             }
-            // Replies and monitor lines interleave and cannot be told apart.
+            // Replies and monitor lines interleave and cannot be told apart: as many frames
+            // as replies are owed count as replies.
+            if self.monitor_replies > 0 {
+                self.monitor_replies -= 1;
+                return Ok(Disposition::Deliver);
+            }
             return Ok(Disposition::Unsolicited);
         }
         if kind == FrameKind::Push && !self.resp3 {
@@ -350,6 +359,7 @@ impl PinState {
         self.multi_dirty = false;
         self.watching = false;
         self.monitor = false;
+        self.monitor_replies = 0;
         self.resetting = false;
         self.tracking = false;
         self.channels.clear();
@@ -659,10 +669,9 @@ mod tests {
         s.expect(Tag::Monitor);
         s.on_frame(b"+OK\r\n", Simple).unwrap();
         s.expect(Tag::Other);
-        assert_eq!(
-            s.on_frame(b"+PONG\r\n", Simple),
-            Ok(Disposition::Unsolicited)
-        );
+        // As many frames as replies are owed count as replies (which ones cannot be told),
+        // the rest as monitor lines.
+        assert_eq!(s.on_frame(b"+PONG\r\n", Simple), Ok(Disposition::Deliver));
         assert_eq!(
             s.on_frame(b"+1 [0 x] \"PING\"\r\n", Simple),
             Ok(Disposition::Unsolicited)
