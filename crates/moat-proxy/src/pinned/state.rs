@@ -340,6 +340,8 @@ impl PinState {
             Tag::Unwatch => self.watching = false,
             Tag::Monitor if !is_error => {
                 self.monitor = true;
+                // Requests sent behind MONITOR are answered among monitor lines from now on.
+                self.monitor_replies = self.fifo.len();
                 self.fifo.clear();
                 self.subs_pending = 0;
             }
@@ -677,6 +679,17 @@ mod tests {
             Ok(Disposition::Unsolicited)
         );
         assert!(s.holds_state() && !s.is_idle());
+
+        // A request pipelined behind MONITOR, before its `+OK`, is counted the same way.
+        let mut s = PinState::new(false);
+        s.expect(Tag::Monitor);
+        s.expect(Tag::Other);
+        assert_eq!(s.on_frame(b"+OK\r\n", Simple), Ok(Disposition::Deliver));
+        assert_eq!(s.on_frame(b"+PONG\r\n", Simple), Ok(Disposition::Deliver));
+        assert_eq!(
+            s.on_frame(b"+1 [0 x] \"GET\" \"k\"\r\n", Simple),
+            Ok(Disposition::Unsolicited)
+        );
     }
 
     #[test]
