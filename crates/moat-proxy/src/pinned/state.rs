@@ -298,13 +298,10 @@ impl PinState {
         let is_error = matches!(kind, FrameKind::Error | FrameKind::BlobError);
         match self.fifo.pop_front() {
             Some(Expect::Reply(tag)) => Ok(self.apply(tag, is_error)),
-            Some(Expect::Swallow) if is_error => Err(StateError::Refused(
+            Some(Expect::Swallow | Expect::Hello(_)) if is_error => Err(StateError::Refused(
                 String::from_utf8_lossy(frame).trim_end().to_string(),
             )),
             Some(Expect::Swallow) => Ok(Disposition::Swallow),
-            Some(Expect::Hello(_)) if is_error => Err(StateError::Refused(
-                String::from_utf8_lossy(frame).trim_end().to_string(),
-            )),
             Some(Expect::Hello(resp3)) => {
                 self.resp3 = resp3;
                 Ok(Disposition::Swallow)
