@@ -6,5 +6,6 @@ mod header;
 mod reply_framer;
 mod request_parser;
 
+pub use header::{Header, boundaries};
 pub use reply_framer::check_reply_framer;
 pub use request_parser::check_request_parser;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use moat_protocol::ReplyFramer;
+use moat_protocol::fuzzing::{Header, boundaries};
 
 use super::Harness;
 use crate::config::{Config, UserConfig};
@@ -67,20 +68,19 @@ pub fn fuzz_config() -> Config {
 /// ([`Harness::leftovers`]), and that it still serves a fresh client. `Err` says what went
 /// wrong.
 pub fn check_input(harness: &Harness, data: &[u8]) -> Result<(), String> {
-    let n = data.first().map_or(0, |b| usize::from(b % 9));
-    let sizes = data.get(1..).unwrap_or_default();
-    let sizes: Vec<usize> = (0..n)
-        .map(|i| usize::from(sizes.get(i).copied().unwrap_or(0)))
+    // The same header as the protocol targets': `n % 9` write sizes, then the payload.
+    let mut header = Header::new(data);
+    let sizes = header.chunk_sizes();
+    let payload = header.rest();
+    let mut from = 0;
+    let writes: Vec<&[u8]> = boundaries(&sizes, payload.len())
+        .into_iter()
+        .map(|end| {
+            let write = &payload[from..end];
+            from = end;
+            write
+        })
         .collect();
-    let payload = data.get(1 + n..).unwrap_or_default();
-    let mut writes = Vec::with_capacity(n + 1);
-    let mut at = 0;
-    for size in sizes {
-        let end = (at + size).min(payload.len());
-        writes.push(&payload[at..end]);
-        at = end;
-    }
-    writes.push(&payload[at..]);
 
     let fault = data.first().map_or(0, |b| u32::from(b / 9));
     harness.drop_dedicated_at(fault.checked_sub(1));
