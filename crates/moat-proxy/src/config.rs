@@ -22,8 +22,32 @@ pub struct Config {
     pub pinned: PinnedConfig,
     /// Per-client bounds on what a client may send and leave unread.
     pub limits: LimitsConfig,
-    /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`); empty means no authentication.
+    /// Who checks clients' credentials: Redis itself (passthrough) or moat's own table.
+    pub auth: AuthConfig,
+    /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`), in table mode only.
     pub users: Vec<UserConfig>,
+}
+
+/// Who is the authority for users and passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Redis is the authority: moat checks `AUTH` against Redis and serves each client from
+    /// backend connections logged in as that client's Redis user, so Redis's ACLs apply.
+    Passthrough,
+    /// Moat holds the users (`[[users]]`) and reaches Redis with one credential of its own
+    /// (`backend.username`/`backend.password`).
+    Table,
+}
+
+/// The `[auth]` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `passthrough` or `table`. Unset: `table` when `[[users]]` or `backend.password` are
+    /// configured (moat then holds the credentials), `passthrough` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AuthMode>,
 }
 
 /// Client-facing listener and runtime.
@@ -405,6 +429,22 @@ impl Config {
         if l.max_inline_len < 64 {
             return Err(invalid("limits.max_inline_len", "must be at least 64"));
         }
+        if self.auth.mode == Some(AuthMode::Passthrough) {
+            if !self.users.is_empty() {
+                return Err(invalid(
+                    "users",
+                    "users are moat's own table; with auth.mode = \"passthrough\" Redis holds \
+                     the users (set auth.mode = \"table\" to use them)",
+                ));
+            }
+            if self.backend.password.is_some() || self.backend.username.is_some() {
+                return Err(invalid(
+                    "backend.password",
+                    "with auth.mode = \"passthrough\" every client brings its own credential; \
+                     moat's own backend credential is for auth.mode = \"table\"",
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
             let key = |field: &str| format!("users[{i}].{field}");
@@ -424,7 +464,7 @@ impl Config {
                         "set either password or password_sha256, not both",
                     ));
                 }
-                (None, Some(hex)) if crate::auth::decode_sha256_hex(hex).is_none() => {
+                (None, Some(hex)) if decode_sha256_hex(hex).is_none() => {
                     return Err(invalid(
                         key("password_sha256"),
                         "must be 64 hexadecimal digits",
@@ -451,6 +491,15 @@ impl Config {
         Ok(())
     }
 
+    /// The authentication mode in effect, with the default resolved.
+    pub fn auth_mode(&self) -> AuthMode {
+        match self.auth.mode {
+            Some(mode) => mode,
+            None if !self.users.is_empty() || self.backend.password.is_some() => AuthMode::Table,
+            None => AuthMode::Passthrough,
+        }
+    }
+
     /// The effective configuration as TOML, with passwords replaced by `<redacted>`.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
@@ -464,6 +513,21 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Decodes a 64-digit hex SHA-256 digest (`users[].password_sha256`).
+pub(crate) fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

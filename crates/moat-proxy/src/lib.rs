@@ -130,7 +130,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         .first()
         .and_then(|l| l.local_addr().ok())
         .unwrap_or(config.proxy.listen);
-    let users = Arc::new(auth::Users::from_config(&config.users));
+    let authority = Arc::new(auth::Authority::from_config(&config));
     let (tx, rx) = watch::channel(false);
     let total = config.backend.shared_connections;
     let pinned_total = config.pinned.max_connections;
@@ -142,7 +142,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         // Split the backend cap so the sum over workers never exceeds it.
         let cap = total / workers + usize::from(index < total % workers);
         let pinned_cap = pinned_total / workers + usize::from(index < pinned_total % workers);
-        let (config, users, rx) = (config.clone(), users.clone(), rx.clone());
+        let (config, authority, rx) = (config.clone(), authority.clone(), rx.clone());
         let leases = leases.clone();
         let guard = guard.clone();
         let metrics = metrics.clone();
@@ -153,7 +153,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     index,
                     listener,
                     config,
-                    users,
+                    authority,
                     backend_cap: cap,
                     pinned_cap,
                     leases,

@@ -68,6 +68,11 @@ impl ClientLink {
         self.wake();
     }
 
+    /// Wakes the session to look again at what it waits for (a free backend connection).
+    pub(crate) fn nudge(&self) {
+        self.wake();
+    }
+
     fn wake(&self) {
         self.woken.set(true);
         if let Some(waker) = self.waker.borrow_mut().take() {

@@ -11,7 +11,8 @@ use moat_protocol::Limits;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use crate::auth::Users;
+use crate::auth::Authority;
+use crate::backend::verify::Verifier;
 use crate::backend::{Backend, Settings};
 use crate::config::Config;
 use crate::net::Connector;
@@ -22,7 +23,10 @@ use moat_guard::Guard;
 #[derive(Debug)]
 pub(crate) struct WorkerCtx {
     pub(crate) backend: Rc<Backend>,
-    pub(crate) users: Arc<Users>,
+    /// Who checks credentials (moat's table, or Redis).
+    pub(crate) authority: Arc<Authority>,
+    /// Asks Redis about credentials in passthrough mode.
+    pub(crate) verifier: Verifier,
     pub(crate) limits: Limits,
     pub(crate) max_inflight: usize,
     pub(crate) max_output_bytes: usize,
@@ -54,14 +58,22 @@ impl WorkerCtx {
         index: usize,
         listen: SocketAddr,
         connector: Connector,
-        users: Arc<Users>,
+        authority: Arc<Authority>,
         shares: Shares,
         metrics: Arc<crate::Metrics>,
     ) -> Rc<Self> {
         let mut settings = Settings::from_config(config, index);
         settings.connector = connector.clone();
-        let backend = Backend::new(settings, shares.backend_cap, metrics.clone());
+        let backend = Backend::new(
+            settings,
+            shares.backend_cap,
+            metrics.clone(),
+            authority.clone(),
+        );
         backend.start().await;
+        let mut settings = Settings::named(config, format!("moat-auth-w{index}"));
+        settings.connector = connector.clone();
+        let verifier = Verifier::new(settings);
         let mut settings = Settings::named(config, format!("moat-pinned-w{index}"));
         settings.connector = connector;
         let pinned = PinnedPool::new(
@@ -71,9 +83,10 @@ impl WorkerCtx {
             config.pinned.wait,
         );
         let l = &config.limits;
-        Rc::new(WorkerCtx {
+        let ctx = Rc::new(WorkerCtx {
             backend,
-            users,
+            authority,
+            verifier,
             limits: Limits {
                 max_args: l.max_args,
                 max_bulk_len: l.max_bulk_len,
@@ -90,7 +103,32 @@ impl WorkerCtx {
             listen,
             pinned,
             metrics,
-        })
+        });
+        if index == 0 && ctx.authority.redis().is_some() {
+            tokio::task::spawn_local(watch_default_user(Rc::downgrade(&ctx)));
+        }
+        ctx
+    }
+}
+
+/// How often moat asks Redis whether new clients need a password, to follow changes made
+/// straight on Redis (those made through moat are followed at once). Each recheck may open
+/// a connection, which is closed again unless clients are signing in.
+const DEFAULT_USER_RECHECK: Duration = Duration::from_secs(30);
+
+/// Follows Redis's default user for the life of the worker (passthrough mode).
+async fn watch_default_user(ctx: std::rc::Weak<WorkerCtx>) {
+    loop {
+        tokio::time::sleep(DEFAULT_USER_RECHECK).await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        let Some(users) = ctx.authority.redis() else {
+            return;
+        };
+        match ctx.verifier.default_requires_auth().await {
+            Ok(required) => users.set_default_requires_auth(required),
+            Err(e) => tracing::debug!(error = %e, "cannot ask Redis about its default user"),
+        }
+        ctx.verifier.close_if_unused();
     }
 }
 
@@ -100,7 +138,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) index: usize,
     pub(crate) listener: std::net::TcpListener,
     pub(crate) config: Arc<Config>,
-    pub(crate) users: Arc<Users>,
+    pub(crate) authority: Arc<Authority>,
     /// This worker's share of the shared and pinned pools.
     pub(crate) backend_cap: usize,
     pub(crate) pinned_cap: usize,
@@ -163,7 +201,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         index,
         listener,
         config,
-        users,
+        authority,
         backend_cap,
         pinned_cap,
         leases,
@@ -191,7 +229,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             pinned_cap,
             leases,
         };
-        let ctx = WorkerCtx::build(&config, index, listen, connector, users, shares, metrics);
+        let ctx = WorkerCtx::build(&config, index, listen, connector, authority, shares, metrics);
         let ctx = ctx.await;
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();

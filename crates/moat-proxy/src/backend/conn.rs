@@ -3,7 +3,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -12,6 +13,7 @@ use tokio::sync::Notify;
 
 use super::BackendError;
 use super::breaker::Breaker;
+use crate::auth::Principal;
 use crate::link::ClientLink;
 use crate::net::Stream;
 
@@ -75,11 +77,33 @@ pub(crate) struct BackendConn {
     /// Past its lifetime: takes new work only when nothing else can, and is replaced at its
     /// first idle moment.
     retiring: Cell<bool>,
+    /// The Redis user the connection is logged in as (passthrough mode); none: moat's own
+    /// login. Fixed for a connection's life: a connection changes user only by reconnecting,
+    /// never by an AUTH pipelined among requests (had that AUTH failed, the requests behind
+    /// it would have run as the previous user).
+    principal: RefCell<Option<Arc<Principal>>>,
+    /// Taken over for another user: nothing more is written on the current connection, which
+    /// is replaced by one logged in as the new user.
+    rebinding: Cell<bool>,
+    rebind: Notify,
+    /// Asked to finish what it owes so another user can take it over: takes no new work.
+    draining: Cell<bool>,
+    /// Sessions waiting for a connection to become free, woken when this one owes nothing.
+    idle_waiters: Rc<RefCell<Vec<Weak<ClientLink>>>>,
 }
 
 impl BackendConn {
-    pub(crate) fn new(slot: usize) -> Self {
+    pub(crate) fn new(
+        slot: usize,
+        principal: Option<Arc<Principal>>,
+        idle_waiters: Rc<RefCell<Vec<Weak<ClientLink>>>>,
+    ) -> Self {
         Self {
+            principal: RefCell::new(principal),
+            rebinding: Cell::new(false),
+            rebind: Notify::new(),
+            draining: Cell::new(false),
+            idle_waiters,
             slot,
             state: Cell::new(ConnState::Connecting),
             wbuf: RefCell::new(BytesMut::new()),
@@ -107,6 +131,59 @@ impl BackendConn {
     /// Whether the connection is past its lifetime, waiting to be replaced.
     pub(crate) fn retiring(&self) -> bool {
         self.retiring.get()
+    }
+
+    /// Whether the connection is logged in as `who` (none: moat's own login).
+    pub(crate) fn serves(&self, who: Option<&Arc<Principal>>) -> bool {
+        match (self.principal.borrow().as_ref(), who) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The user the connection logs in as.
+    pub(crate) fn principal(&self) -> Option<Arc<Principal>> {
+        self.principal.borrow().clone()
+    }
+
+    /// Hands an idle connection to another user: it reconnects logged in as `who`, and
+    /// requests queued meanwhile go out on the new connection only.
+    pub(crate) fn rebind(&self, who: Option<Arc<Principal>>) {
+        debug_assert!(self.pending.borrow().is_empty());
+        *self.principal.borrow_mut() = who;
+        self.draining.set(false);
+        self.rebinding.set(true);
+        self.state.set(ConnState::Connecting);
+        // A fresh connection starts in database 0 and RESP2.
+        self.db.set(0);
+        self.resp3.set(false);
+        self.rebind.notify_one();
+    }
+
+    /// Clears the take-over mark when the replacement connection is opened.
+    pub(crate) fn take_rebinding(&self) -> bool {
+        self.rebinding.replace(false)
+    }
+
+    /// Whether a take-over was asked for since the replacement connection started opening.
+    pub(crate) fn rebinding(&self) -> bool {
+        self.rebinding.get()
+    }
+
+    /// Whether the connection finishes its work for another user and takes no more.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Asks the connection to finish what it owes and take no new work.
+    pub(crate) fn drain(&self) {
+        self.draining.set(true);
+    }
+
+    /// When the connection last made progress (the least recently used one is taken over).
+    pub(crate) fn last_progress(&self) -> std::time::Instant {
+        self.progress.get()
     }
 
     /// Replies the connection still owes.
@@ -179,11 +256,22 @@ impl BackendConn {
         breaker: &RefCell<Breaker>,
     ) -> BackendError {
         tokio::select! {
+            e = self.rebound() => e,
             e = self.write_loop(&stream) => e,
             e = self.read_loop(&stream, upkeep.max_depth, breaker) => e,
             e = self.watchdog(upkeep.request_timeout) => e,
             e = self.retire(upkeep.lifetime) => e,
             e = self.health_checks(upkeep.health_check) => e,
+        }
+    }
+
+    /// Ends the connection when another user takes it over.
+    async fn rebound(&self) -> BackendError {
+        loop {
+            if self.rebinding.get() {
+                return BackendError::Retired;
+            }
+            self.rebind.notified().await;
         }
     }
 
@@ -252,7 +340,8 @@ impl BackendConn {
             // Cleared before waiting and before taking the buffer, so any request queued
             // after this point wakes the writer again.
             self.writer_woken.set(false);
-            if self.wbuf.borrow().is_empty() {
+            // Requests queued for the user taking the connection over never go out on it.
+            if self.wbuf.borrow().is_empty() || self.rebinding.get() {
                 self.wake_writer.notified().await;
                 continue;
             }
@@ -315,6 +404,18 @@ impl BackendConn {
         }
     }
 
+    /// Owes nothing any more: it may be taken over, so waiting sessions look again.
+    fn became_idle(&self) {
+        self.draining.set(false);
+        if self.idle_waiters.borrow().is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
+        for link in waiters.iter().filter_map(Weak::upgrade) {
+            link.nudge();
+        }
+    }
+
     /// Hands one reply to whoever waits for it.
     fn route(&self, reply: &[u8], kind: FrameKind) -> Result<(), BackendError> {
         if kind == FrameKind::Push {
@@ -327,10 +428,24 @@ impl BackendConn {
             );
             return Ok(());
         }
-        let next = self.pending.borrow_mut().pop_front();
+        let (next, idle) = {
+            let mut pending = self.pending.borrow_mut();
+            let next = pending.pop_front();
+            (next, pending.is_empty())
+        };
+        if idle {
+            self.became_idle();
+        }
         match next {
             Some(Pending::Client(link, bytes)) => {
                 link.deliver(reply, bytes);
+                Ok(())
+            }
+            // A connection that never sent AUTH while the default user needs a password
+            // answers moat's own PING or SELECT with NOAUTH: its clients get the same.
+            Some(Pending::Internal)
+                if kind == FrameKind::Error && reply.starts_with(b"-NOAUTH") =>
+            {
                 Ok(())
             }
             Some(Pending::Internal) if kind == FrameKind::Error => {

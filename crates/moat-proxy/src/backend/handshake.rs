@@ -5,6 +5,7 @@ use bytes::BytesMut;
 use moat_protocol::{Value, encode};
 
 use super::{BackendError, BackendFacts, Settings};
+use crate::auth::Credential;
 use crate::command::{CommandTable, parse_command_reply};
 use crate::net::Stream;
 
@@ -16,32 +17,65 @@ const MAX_HANDSHAKE_REPLY: usize = 16 << 20;
 /// (messages, MONITOR lines) before moat gives up on it and closes it instead.
 const MAX_SKIPPED_BEFORE_RESET: usize = 100_000;
 
+/// Whom a backend connection logs in as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Login<'a> {
+    /// Moat's own credential from the config (`backend.username`/`password`), if any.
+    Moat,
+    /// A client's Redis user (passthrough mode); the anonymous credential sends no AUTH.
+    As(&'a Credential),
+}
+
 /// A connection during its handshake: one request, one reply, nothing pipelined.
-struct Handshake<'a> {
+pub(crate) struct Handshake<'a> {
     stream: &'a Stream,
     buf: BytesMut,
     max_depth: usize,
 }
 
-impl Handshake<'_> {
-    async fn call(&mut self, args: &[&[u8]]) -> Result<Value, BackendError> {
+impl<'a> Handshake<'a> {
+    /// Starts talking on a fresh (or idle) connection.
+    pub(crate) fn new(stream: &'a Stream, max_depth: usize) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            max_depth,
+        }
+    }
+
+    /// Sends one command and reads its reply.
+    pub(crate) async fn call(&mut self, args: &[&[u8]]) -> Result<Value, BackendError> {
         let mut req = BytesMut::new();
         encode::command(&mut req, args);
         self.stream.write_all(&req).await?;
         self.next_reply().await
     }
 
-    /// AUTH with moat's own backend credentials, when it has some.
-    async fn authenticate(&mut self, settings: &Settings) -> Result<(), BackendError> {
-        let Some(password) = &settings.password else {
-            return Ok(());
-        };
-        let reply = match &settings.username {
-            Some(user) => {
-                self.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
-                    .await?
+    /// AUTH as `login`, when it has a credential.
+    async fn authenticate(
+        &mut self,
+        settings: &Settings,
+        login: Login<'_>,
+    ) -> Result<(), BackendError> {
+        let reply = match login {
+            Login::Moat => {
+                let Some(password) = &settings.password else {
+                    return Ok(());
+                };
+                match &settings.username {
+                    Some(user) => {
+                        self.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                            .await?
+                    }
+                    None => self.call(&[b"AUTH", password.as_bytes()]).await?,
+                }
             }
-            None => self.call(&[b"AUTH", password.as_bytes()]).await?,
+            Login::As(credential) => {
+                let Some((user, password)) = credential.auth_args() else {
+                    return Ok(());
+                };
+                self.call(&[b"AUTH", user.as_bytes(), &password]).await?
+            }
         };
         match reply {
             Value::Error(e) => Err(BackendError::Auth(e)),
@@ -66,36 +100,54 @@ impl Handshake<'_> {
     }
 }
 
-/// Opens a connection and completes its handshake within the connect timeout. Returns the
-/// server's facts too when `fetch_facts` is set.
+/// A connection ready to serve, and what its handshake learned.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) stream: Stream,
+    /// The server's facts, when asked for and the connection was allowed to read them.
+    pub(crate) facts: Option<BackendFacts>,
+    /// For a connection that sent no AUTH: whether Redis wants one (its default user needs
+    /// a password). Such a connection still serves: its clients get Redis's own `NOAUTH`.
+    pub(crate) needs_auth: Option<bool>,
+}
+
+/// Opens a connection logged in as `login` and completes its handshake within the connect
+/// timeout. Learns the server's facts too when `fetch_facts` is set.
 pub(crate) async fn open(
     settings: &Settings,
+    login: Login<'_>,
     fetch_facts: bool,
-) -> Result<(Stream, Option<BackendFacts>), BackendError> {
+) -> Result<Opened, BackendError> {
     let work = async {
         let stream = settings.connector.connect().await?;
-        let mut hs = Handshake {
-            stream: &stream,
-            buf: BytesMut::new(),
-            max_depth: settings.max_reply_depth,
-        };
-        hs.authenticate(settings).await?;
+        let mut hs = Handshake::new(&stream, settings.max_reply_depth);
+        hs.authenticate(settings, login).await?;
+        let anonymous = matches!(login, Login::As(c) if c.auth_args().is_none());
         // Named so operators can tell moat's connections apart in CLIENT LIST.
         let reply = hs
             .call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
             .await?;
+        let mut needs_auth = anonymous.then_some(false);
         if let Value::Error(e) = reply {
             if e.starts_with("NOAUTH") {
-                return Err(BackendError::Auth(e));
+                if !anonymous {
+                    return Err(BackendError::Auth(e));
+                }
+                needs_auth = Some(true);
+            } else {
+                tracing::debug!(error = %e, "backend refused CLIENT SETNAME");
             }
-            tracing::debug!(error = %e, "backend refused CLIENT SETNAME");
         }
-        let facts = if fetch_facts {
-            Some(learn_facts(&mut hs, settings).await?)
+        let facts = if fetch_facts && needs_auth != Some(true) {
+            learn_facts(&mut hs, settings).await?
         } else {
             None
         };
-        Ok::<_, BackendError>((stream, facts))
+        Ok::<_, BackendError>(Opened {
+            stream,
+            facts,
+            needs_auth,
+        })
     };
     match tokio::time::timeout(settings.connect_timeout, work).await {
         Ok(result) => result,
@@ -104,13 +156,13 @@ pub(crate) async fn open(
 }
 
 /// Clears a dedicated connection's state before the next lease: RESET (Redis >= 6.2), which
-/// also signs the connection out, then moat's own AUTH and name again.
-pub(crate) async fn reset(stream: &Stream, settings: &Settings) -> Result<(), BackendError> {
-    let mut hs = Handshake {
-        stream,
-        buf: BytesMut::new(),
-        max_depth: settings.max_reply_depth,
-    };
+/// also signs the connection out, then AUTH as `login` and the name again.
+pub(crate) async fn reset(
+    stream: &Stream,
+    settings: &Settings,
+    login: Login<'_>,
+) -> Result<(), BackendError> {
+    let mut hs = Handshake::new(stream, settings.max_reply_depth);
     // Messages or MONITOR lines sent before RESET took effect may still be in the way:
     // skip frames up to RESET's own `+RESET`, so no stale frame is left for the next lease.
     let mut reply = hs.call(&[b"RESET"]).await?;
@@ -125,23 +177,31 @@ pub(crate) async fn reset(stream: &Stream, settings: &Settings) -> Result<(), Ba
         }
         reply = hs.next_reply().await?;
     }
-    hs.authenticate(settings).await?;
+    hs.authenticate(settings, login).await?;
     hs.call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
         .await?;
     Ok(())
 }
 
 /// Asks the server what the session needs to answer like it: version and role for HELLO,
-/// the number of databases for SELECT, and the command table for routing.
+/// the number of databases for SELECT, and the command table for routing. None when the
+/// connection's user may not ask (a later connection, of another user, will).
 async fn learn_facts(
     hs: &mut Handshake<'_>,
     settings: &Settings,
-) -> Result<BackendFacts, BackendError> {
+) -> Result<Option<BackendFacts>, BackendError> {
     let mut facts = BackendFacts::fallback(settings.databases);
-    if let Value::Bulk(info) = hs.call(&[b"INFO", b"server"]).await?
-        && let Some(v) = info_field(&info, "redis_version")
-    {
-        facts.version = v;
+    match hs.call(&[b"INFO", b"server"]).await? {
+        Value::Bulk(info) => {
+            if let Some(v) = info_field(&info, "redis_version") {
+                facts.version = v;
+            }
+        }
+        Value::Error(e) => {
+            tracing::debug!(error = %e, "this connection may not read the server's facts");
+            return Ok(None);
+        }
+        _ => {}
     }
     if let Value::Bulk(info) = hs.call(&[b"INFO", b"replication"]).await?
         && let Some(role) = info_field(&info, "role")
@@ -163,11 +223,12 @@ async fn learn_facts(
     let reply = hs.call(&[b"COMMAND"]).await?;
     match parse_command_reply(&reply) {
         Some(table) => facts.table = table,
+        None if matches!(reply, Value::Error(_)) => return Ok(None),
         None => tracing::warn!(
             "backend did not answer COMMAND; routing with moat's built-in command table"
         ),
     }
-    Ok(facts)
+    Ok(Some(facts))
 }
 
 /// One `key:value` line of an INFO reply.

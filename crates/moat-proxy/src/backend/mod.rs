@@ -6,9 +6,10 @@ mod backoff;
 mod breaker;
 mod conn;
 pub(crate) mod handshake;
+pub(crate) mod verify;
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,13 @@ use tokio::sync::Notify;
 use conn::Upkeep;
 pub(crate) use conn::{BackendConn, ConnState};
 
+use crate::auth::{Authority, Principal};
 use crate::command::CommandTable;
 use crate::config::Config;
+use crate::link::ClientLink;
 use backoff::Backoff;
 use breaker::{Breaker, BreakerSettings, Verdict};
+use handshake::Login;
 
 /// A connection with this many replies owed is busy enough to open another slot for the
 /// same database, when the pool has one free. Below it, concentrating clients on one
@@ -142,6 +146,11 @@ pub(crate) enum PickError {
     Unavailable,
     /// The circuit breaker is open: the backend failed repeatedly.
     CircuitOpen(Duration),
+    /// Every connection is busy serving other users; one was asked to finish and the
+    /// session waits for it.
+    Busy,
+    /// Redis no longer accepts the client's user (deleted, or its password refused).
+    UserGone,
 }
 
 impl PickError {
@@ -153,6 +162,10 @@ impl PickError {
                 "ERR moat: backend unavailable (circuit open, retry in {}s)",
                 retry_in.as_secs_f64().ceil().max(1.0)
             ),
+            PickError::Busy => "ERR moat: every backend connection is busy".into(),
+            PickError::UserGone => {
+                "ERR moat: Redis no longer accepts this connection's user".into()
+            }
         }
     }
 }
@@ -172,16 +185,27 @@ pub(crate) struct Backend {
     /// Fails requests at once while the backend keeps failing.
     pub(crate) breaker: RefCell<Breaker>,
     metrics: Arc<crate::Metrics>,
+    /// Who checks credentials; in passthrough mode, each connection logs in as a user.
+    authority: Arc<Authority>,
+    /// Sessions waiting for a connection to become free (every one busy with other users).
+    idle_waiters: Rc<RefCell<Vec<Weak<ClientLink>>>>,
 }
 
 impl Backend {
     /// A pool of at most `cap` connections; none is opened until [`Backend::start`].
-    pub(crate) fn new(settings: Settings, cap: usize, metrics: Arc<crate::Metrics>) -> Rc<Self> {
+    pub(crate) fn new(
+        settings: Settings,
+        cap: usize,
+        metrics: Arc<crate::Metrics>,
+        authority: Arc<Authority>,
+    ) -> Rc<Self> {
         let facts = BackendFacts::fallback(settings.databases);
         let breaker = RefCell::new(Breaker::new(settings.breaker));
         Rc::new(Self {
             breaker,
             metrics,
+            authority,
+            idle_waiters: Rc::default(),
             settings,
             cap: cap.max(1),
             conns: RefCell::new(Vec::new()),
@@ -195,8 +219,10 @@ impl Backend {
     /// (either way), so the first clients are routed with the server's own command table.
     pub(crate) async fn start(self: &Rc<Self>) {
         let waiting = self.attempted.notified();
+        // Until clients sign in, connections serve clients that never send AUTH.
+        let who = self.authority.initial_login();
         for _ in 0..self.settings.min_idle.clamp(1, self.cap) {
-            self.open_slot();
+            self.open_slot(who.clone());
         }
         waiting.await;
     }
@@ -212,48 +238,91 @@ impl Backend {
         self.facts.borrow().clone()
     }
 
-    /// Chooses the connection for a request in database `db` and protocol `resp3` from a
-    /// client with nothing in flight (a client with requests in flight stays on their
-    /// connection). Connections are grouped by (db, protocol): one already in the group is
-    /// preferred, a new slot is opened for a new group while the pool has room, and when it
-    /// is full the least busy connection moves to the group (moat inserts SELECT/HELLO).
+    /// Chooses the connection for a request of a client signed in as `who` (none in table
+    /// mode), in database `db` and protocol `resp3`, from a client with nothing in flight (a
+    /// client with requests in flight stays on their connection).
+    ///
+    /// Connections are grouped by (user, db, protocol): one already in the group is
+    /// preferred; a new slot is opened while the pool has room; when it is full, the
+    /// least busy connection of the user moves to the db and protocol (moat inserts
+    /// SELECT/HELLO); failing that, the least recently used idle connection of another
+    /// user is taken over (it reconnects as this user); and when every connection is busy
+    /// with other users, the least busy is asked to finish and the session waits.
     pub(crate) fn pick(
         self: &Rc<Self>,
+        who: Option<&Arc<Principal>>,
         db: u32,
         resp3: bool,
     ) -> Result<Rc<BackendConn>, PickError> {
+        if who
+            .and_then(|p| p.credential())
+            .is_some_and(|c| !c.is_valid())
+        {
+            return Err(PickError::UserGone);
+        }
         if let Verdict::Refuse { retry_in } = self.breaker.borrow_mut().check(Instant::now()) {
             crate::Metrics::bump(&self.metrics.requests_refused);
             return Err(PickError::CircuitOpen(retry_in));
         }
         let group = (db, resp3);
         let conns = self.conns.borrow();
-        let usable = || {
-            conns
-                .iter()
-                .filter(|c| c.state() != ConnState::Down && !c.retiring())
-        };
-        if let Some(c) = usable().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
+        let up = || conns.iter().filter(|c| c.state() != ConnState::Down);
+        let mine = || up().filter(|c| !c.retiring() && !c.draining() && c.serves(who));
+        if let Some(c) = mine().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
             return Ok(c.clone());
         }
         if conns.len() < self.cap {
             drop(conns);
-            return Ok(self.open_slot());
+            return Ok(self.open_slot(who.cloned()));
         }
         let least = |it: &mut dyn Iterator<Item = &Rc<BackendConn>>| {
             it.min_by_key(|c| c.pending_len()).cloned()
         };
-        least(&mut usable().filter(|c| c.group() == group))
-            .or_else(|| least(&mut usable()))
-            .or_else(|| {
-                // Only retiring connections are left: they still serve until replaced.
-                least(&mut conns.iter().filter(|c| c.state() == ConnState::Ready))
-            })
-            .ok_or_else(|| {
-                self.breaker.borrow_mut().unadmit();
+        let found =
+            least(&mut mine().filter(|c| c.group() == group))
+                .or_else(|| least(&mut mine()))
+                .or_else(|| {
+                    // Only retiring connections are left: they still serve until replaced.
+                    least(&mut conns.iter().filter(|c| {
+                        c.state() == ConnState::Ready && !c.draining() && c.serves(who)
+                    }))
+                });
+        if let Some(c) = found {
+            return Ok(c);
+        }
+        // No connection of this user: take over the least recently used idle one.
+        let idle = up()
+            .filter(|c| c.pending_len() == 0 && !c.serves(who))
+            .min_by_key(|c| c.last_progress())
+            .cloned();
+        if let Some(c) = idle {
+            tracing::debug!(
+                slot = c.slot,
+                "backend connection taken over for another user"
+            );
+            c.rebind(who.cloned());
+            return Ok(c);
+        }
+        let busiest_first = least(&mut up().filter(|c| !c.serves(who)));
+        self.breaker.borrow_mut().unadmit();
+        match busiest_first {
+            Some(c) => {
+                c.drain();
+                Err(PickError::Busy)
+            }
+            None => {
                 crate::Metrics::bump(&self.metrics.requests_refused);
-                PickError::Unavailable
-            })
+                Err(PickError::Unavailable)
+            }
+        }
+    }
+
+    /// Wakes `link` when a connection next owes nothing (after [`PickError::Busy`]).
+    pub(crate) fn wait_for_idle(&self, link: &Rc<ClientLink>) {
+        let mut waiters = self.idle_waiters.borrow_mut();
+        // Sessions that left are dropped here, so the list stays as long as the waiting.
+        waiters.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Rc::as_ptr(link)));
+        waiters.push(Rc::downgrade(link));
     }
 
     /// Feeds a failure to the breaker, counting the times it opens.
@@ -266,9 +335,13 @@ impl Backend {
         }
     }
 
-    fn open_slot(self: &Rc<Self>) -> Rc<BackendConn> {
+    fn open_slot(self: &Rc<Self>, who: Option<Arc<Principal>>) -> Rc<BackendConn> {
         let mut conns = self.conns.borrow_mut();
-        let conn = Rc::new(BackendConn::new(conns.len()));
+        let conn = Rc::new(BackendConn::new(
+            conns.len(),
+            who,
+            self.idle_waiters.clone(),
+        ));
         conns.push(conn.clone());
         tokio::task::spawn_local(drive(conn.clone(), self.clone()));
         conn
@@ -281,10 +354,19 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         conn.set_state(ConnState::Connecting);
+        conn.take_rebinding();
+        let who = conn.principal();
+        let credential = who.as_deref().and_then(Principal::credential);
+        let login = credential.map_or(Login::Moat, Login::As);
         let fetch = backend.facts_stale.get();
-        let lost = match handshake::open(&backend.settings, fetch).await {
-            Ok((stream, facts)) => {
-                if let Some(facts) = facts {
+        let lost = match handshake::open(&backend.settings, login, fetch).await {
+            Ok(_) if conn.rebinding() => continue,
+            Ok(opened) => {
+                let stream = opened.stream;
+                if let (Some(users), Some(needs)) = (backend.authority.redis(), opened.needs_auth) {
+                    users.set_default_requires_auth(needs);
+                }
+                if let Some(facts) = opened.facts {
                     tracing::info!(
                         version = %facts.version,
                         commands = facts.table.len(),
@@ -329,21 +411,49 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 tracing::warn!(slot = conn.slot, error = %e, "backend connection lost");
                 if matches!(e, BackendError::Stalled(_)) {
                     "ERR moat: backend timed out (no reply in time; the request was not retried)"
+                        .to_string()
                 } else {
-                    "ERR moat: backend connection lost before the reply"
+                    "ERR moat: backend connection lost before the reply".to_string()
                 }
+            }
+            Err(BackendError::Auth(e))
+                if let (Some(users), Some(c)) = (backend.authority.redis(), credential) =>
+            {
+                // Redis no longer accepts a client's user (deleted, password changed): not
+                // a backend failure. Its clients are signed out, as Redis disconnects them,
+                // and the slot goes back to serving clients without AUTH.
+                backend.attempted.notify_waiters();
+                tracing::info!(
+                    slot = conn.slot,
+                    user = c.name(),
+                    error = %e,
+                    "Redis refused a user's credential; signing its clients out"
+                );
+                users.refused(c);
+                conn.fail_all(&format!(
+                    "ERR moat: Redis no longer accepts user '{}' ({e})",
+                    c.name()
+                ));
+                conn.rebind(backend.authority.initial_login());
+                continue;
             }
             Err(e) => {
                 backend.attempted.notify_waiters();
                 backend.failure();
                 crate::Metrics::bump(&backend.metrics.backend_connect_failures);
                 tracing::warn!(slot = conn.slot, error = %e, backend = %backend.settings.connector, "cannot connect to backend");
-                "ERR moat: backend unavailable"
+                if matches!(e, BackendError::Auth(_)) {
+                    // Moat's own credential stopped working (a password changed under it):
+                    // say so, and keep retrying with backoff until it works again.
+                    format!("ERR moat: backend unavailable ({e})")
+                } else {
+                    "ERR moat: backend unavailable".into()
+                }
             }
         };
         conn.set_state(ConnState::Down);
         backend.facts_stale.set(true);
-        conn.fail_all(lost);
+        conn.fail_all(&lost);
         let delay = backoff.next_delay(&mut rand::rng());
         tokio::time::sleep(delay).await;
     }

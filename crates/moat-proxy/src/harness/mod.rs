@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub use crate::net::memory::{Pipe, pair};
 pub use case::{check_input, fuzz_config};
 
-use crate::auth::Users;
+use crate::auth::Authority;
 use crate::config::{Config, ConfigError};
 use crate::link::ClientLink;
 use crate::net::{Connector, Stream};
@@ -74,7 +74,7 @@ impl Harness {
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
-        let users = Arc::new(Users::from_config(&config.users));
+        let authority = Arc::new(Authority::from_config(&config));
         let guard = moat_guard::Guard::new(config.guard.clone());
         let faults = Rc::new(fake_redis::Faults::default());
         let for_connector = faults.clone();
@@ -94,7 +94,7 @@ impl Harness {
             0,
             config.proxy.listen,
             connector,
-            users,
+            authority,
             shares,
             metrics,
         );

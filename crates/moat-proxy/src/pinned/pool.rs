@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::limits::{LeaseLimits, LeaseTicket, LimitHit};
+use crate::auth::Principal;
+use crate::backend::handshake::Login;
 use crate::backend::{Settings, handshake};
 use crate::net::Stream;
 
@@ -59,7 +61,26 @@ pub(crate) struct PinnedConn {
     /// Database and protocol the connection is in (moat adjusts them per lease).
     pub(crate) db: u32,
     pub(crate) resp3: bool,
+    /// The Redis user it is logged in as (passthrough mode); none: moat's own login.
+    principal: Option<Arc<Principal>>,
     _slot: Slot,
+}
+
+impl PinnedConn {
+    /// Whether the connection is logged in as `who`.
+    fn serves(&self, who: Option<&Arc<Principal>>) -> bool {
+        match (&self.principal, who) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// How a connection logged in as `who` logs in again.
+fn login(who: Option<&Arc<Principal>>) -> Login<'_> {
+    who.and_then(|p| p.credential())
+        .map_or(Login::Moat, Login::As)
 }
 
 /// Counts one open connection against the pool; closing the connection frees the slot.
@@ -107,13 +128,22 @@ impl PinnedPool {
         })
     }
 
-    /// Leases a connection for a client at `ip` acting as `user`, waiting up to the
-    /// configured time for one to free up.
+    /// Leases a connection for a client at `ip` acting as `user` (logged in as `who`: its
+    /// Redis user in passthrough mode), waiting up to the configured time for one to free up.
     pub(crate) async fn acquire(
         self: &Rc<Self>,
         ip: IpAddr,
         user: &Arc<str>,
+        who: Option<&Arc<Principal>>,
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
+        if who
+            .and_then(|p| p.credential())
+            .is_some_and(|c| !c.is_valid())
+        {
+            return Err(LeaseError::Backend(
+                "Redis no longer accepts this connection's user".into(),
+            ));
+        }
         let deadline = Instant::now() + self.wait;
         loop {
             // Registered before looking, so a release between the look and the wait is seen.
@@ -122,9 +152,9 @@ impl PinnedPool {
             tokio::pin!(released, available);
             released.as_mut().enable();
             available.as_mut().enable();
-            let refused = match self.try_acquire(ip, user) {
+            let refused = match self.try_acquire(ip, user, who) {
                 Ok(Acquired::Idle(conn, ticket)) => return Ok((conn, ticket)),
-                Ok(Acquired::Room(ticket)) => return self.connect(ticket).await,
+                Ok(Acquired::Room(ticket)) => return self.connect(ticket, who).await,
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
@@ -139,7 +169,12 @@ impl PinnedPool {
     }
 
     /// An idle connection or room to open one, with the lease counted; or why not.
-    fn try_acquire(&self, ip: IpAddr, user: &Arc<str>) -> Result<Acquired, LeaseError> {
+    fn try_acquire(
+        &self,
+        ip: IpAddr,
+        user: &Arc<str>,
+        who: Option<&Arc<Principal>>,
+    ) -> Result<Acquired, LeaseError> {
         // Pool room first: taking a ticket and giving it back would wake every waiter.
         self.drop_dead_idle();
         let has_idle = !self.idle.borrow().is_empty();
@@ -150,25 +185,33 @@ impl PinnedPool {
             LimitHit::PerIp(n) => LeaseError::PerIp(n),
             LimitHit::PerUser(n) => LeaseError::PerUser(n),
         })?;
-        Ok(match self.idle.borrow_mut().pop() {
-            Some(conn) => Acquired::Idle(conn, ticket),
-            None => Acquired::Room(ticket),
-        })
+        let mut idle = self.idle.borrow_mut();
+        if let Some(at) = idle.iter().rposition(|c| c.serves(who)) {
+            return Ok(Acquired::Idle(idle.swap_remove(at), ticket));
+        }
+        if self.open.get() >= self.cap {
+            // Only other users' connections are idle: close the oldest to make room (its
+            // slot is freed when it drops, before the new one is counted).
+            drop(idle.remove(0));
+        }
+        Ok(Acquired::Room(ticket))
     }
 
     /// Opens a new dedicated connection for a lease already counted (the pool had room).
     async fn connect(
         self: &Rc<Self>,
         ticket: LeaseTicket,
+        who: Option<&Arc<Principal>>,
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
         self.open.set(self.open.get() + 1);
         let slot = Slot(Rc::downgrade(self));
-        match handshake::open(&self.settings, false).await {
-            Ok((stream, _)) => Ok((
+        match handshake::open(&self.settings, login(who), false).await {
+            Ok(opened) => Ok((
                 PinnedConn {
-                    stream,
+                    stream: opened.stream,
                     db: 0,
                     resp3: false,
+                    principal: who.cloned(),
                     _slot: slot,
                 },
                 ticket,
@@ -202,7 +245,8 @@ impl PinnedPool {
         }
         let pool = self.clone();
         tokio::task::spawn_local(async move {
-            let work = handshake::reset(&conn.stream, &pool.settings);
+            let work =
+                handshake::reset(&conn.stream, &pool.settings, login(conn.principal.as_ref()));
             match tokio::time::timeout(pool.settings.connect_timeout, work).await {
                 Ok(Ok(())) => {
                     conn.db = 0;

@@ -7,13 +7,11 @@ use moat_protocol::{Request, encode, parse_i64};
 
 use super::classify::{refused, wrong_arity};
 use super::{Core, Step};
-use crate::auth::AuthOutcome;
 use crate::backend::BackendFacts;
 use crate::command::Local;
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the \
-                           default user. Are you sure your configuration is correct?";
+pub(super) use super::login::{AuthAttempt, Recheck};
+
 const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, \
                             otherwise the HELLO AUTH <user> <pass> option can be used to \
                             authenticate the client and select the RESP protocol version at \
@@ -50,12 +48,19 @@ impl Core {
                     encode::simple(&mut self.link.out(), "OK");
                 }
             },
-            Local::Auth => match argc {
-                2 => self.auth(None, arg(1)),
-                3 => self.auth(Some(arg(1)), arg(2)),
-                _ => self.error("ERR syntax error"),
-            },
-            Local::Hello => self.hello(req, facts),
+            Local::Auth => {
+                let checked = match argc {
+                    2 => self.try_auth(None, arg(1)),
+                    3 => self.try_auth(Some(arg(1)), arg(2)),
+                    _ => Some(Err("ERR syntax error".to_string())),
+                };
+                match checked {
+                    None => return Step::Blocked,
+                    Some(Ok(())) => encode::simple(&mut self.link.out(), "OK"),
+                    Some(Err(line)) => self.error(&line),
+                }
+            }
+            Local::Hello => return self.hello(req, facts),
             Local::Reset => {
                 self.reset();
                 encode::simple(&mut self.link.out(), "RESET");
@@ -63,11 +68,7 @@ impl Core {
             Local::Client => return self.client(req),
             Local::Acl => {
                 if arg(1).eq_ignore_ascii_case(b"WHOAMI") && argc == 2 {
-                    let name = self
-                        .state
-                        .user
-                        .as_ref()
-                        .map_or("default", |u| u.name.as_str());
+                    let name = self.state.user_name().to_owned();
                     encode::bulk(&mut self.link.out(), name.as_bytes());
                 } else {
                     return self.forward(req);
@@ -92,43 +93,24 @@ impl Core {
         encode::error(&mut self.link.out(), line);
     }
 
-    /// Checks credentials; on success the session acts as that user from now on.
-    fn auth(&mut self, user: Option<&[u8]>, password: &[u8]) {
-        match self.try_auth(user, password) {
-            Ok(()) => encode::simple(&mut self.link.out(), "OK"),
-            Err(line) => self.error(line),
-        }
-    }
-
-    fn try_auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str> {
-        let users = self.worker.users.clone();
-        match users.authenticate(user, password) {
-            (AuthOutcome::Ok, Some(u)) => {
-                self.state.user = Some(u);
-                self.limits_changed = true;
-                Ok(())
-            }
-            (AuthOutcome::NoPasswordConfigured, _) => Err(NO_PASSWORD),
-            _ => {
-                self.report(moat_guard::Event::AuthFailed);
-                Err(WRONGPASS)
-            }
-        }
-    }
-
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`, checked in Redis's order.
-    fn hello(&mut self, req: &Request<'_>, facts: &BackendFacts) {
+    fn hello(&mut self, req: &Request<'_>, facts: &BackendFacts) -> Step {
+        self.hello_reply(req, facts).unwrap_or(Step::Done)
+    }
+
+    /// HELLO's checks and reply; `None` once an error was answered.
+    fn hello_reply(&mut self, req: &Request<'_>, facts: &BackendFacts) -> Option<Step> {
         let argc = req.argc();
         let arg = |i: usize| req.arg(i).unwrap_or_default();
         let mut resp3 = self.state.resp3;
         if argc >= 2 {
             match parse_i64(arg(1)) {
                 None => {
-                    return self.error("ERR Protocol version is not an integer or out of range");
+                    return self.fail("ERR Protocol version is not an integer or out of range");
                 }
                 Some(2) => resp3 = false,
                 Some(3) => resp3 = true,
-                Some(_) => return self.error("NOPROTO unsupported protocol version"),
+                Some(_) => return self.fail("NOPROTO unsupported protocol version"),
             }
         }
         let mut credentials = None;
@@ -142,24 +124,26 @@ impl Core {
                 j += 3;
             } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
                 if !valid_name(arg(j + 1)) {
-                    return self.error(BAD_NAME);
+                    return self.fail(BAD_NAME);
                 }
                 name = Some(arg(j + 1));
                 j += 2;
             } else {
-                return self.error(&format!(
+                return self.fail(&format!(
                     "ERR Syntax error in HELLO option '{}'",
                     String::from_utf8_lossy(opt)
                 ));
             }
         }
-        if let Some((user, password)) = credentials
-            && let Err(line) = self.try_auth(Some(user), password)
-        {
-            return self.error(line);
+        if let Some((user, password)) = credentials {
+            match self.try_auth(Some(user), password) {
+                None => return Some(Step::Blocked),
+                Some(Err(line)) => return self.fail(&line),
+                Some(Ok(())) => {}
+            }
         }
         if self.state.user.is_none() {
-            return self.error(HELLO_NOAUTH);
+            return self.fail(HELLO_NOAUTH);
         }
         if let Some(name) = name {
             self.state.names_mut().name = (!name.is_empty()).then(|| name.to_vec());
@@ -186,6 +170,13 @@ impl Core {
         }
         encode::bulk(&mut out, b"modules");
         encode::array_header(&mut out, 0);
+        Some(Step::Done)
+    }
+
+    /// Answers an error; `None` for [`Core::hello_reply`]'s early returns.
+    fn fail(&mut self, line: &str) -> Option<Step> {
+        self.error(line);
+        None
     }
 
     /// RESET: back to a fresh connection's state (database 0, no name, RESP2, and signed out
@@ -194,12 +185,8 @@ impl Core {
         self.state.db = 0;
         self.state.resp3 = false;
         self.state.names = None;
-        if self.worker.users.auth_required() {
-            self.state.user = None;
-            self.limits_changed = true;
-        } else {
-            self.state.user = self.worker.users.default_user();
-        }
+        self.state.user = self.worker.authority.initial_principal();
+        self.limits_changed = true;
     }
 
     /// CLIENT subcommands: those about the client's own connection are emulated; those that
@@ -309,7 +296,7 @@ impl Core {
             text(|n| &n.name),
             s.created.elapsed().as_secs(),
             s.db,
-            s.user.as_ref().map_or("default", |u| u.name.as_str()),
+            s.user_name(),
             if s.resp3 { 3 } else { 2 },
             text(|n| &n.lib_name),
             text(|n| &n.lib_ver),

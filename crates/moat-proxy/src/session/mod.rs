@@ -7,6 +7,7 @@
 
 mod classify;
 mod local;
+mod login;
 mod pinned;
 
 use std::cell::RefCell;
@@ -24,7 +25,9 @@ use moat_protocol::{Limits, RequestParser, encode};
 use moat_guard::{Event as GuardEvent, Ticket};
 use tokio::time::Sleep;
 
-use crate::backend::BackendConn;
+use crate::auth::Principal;
+use crate::backend::verify::Verdict;
+use crate::backend::{BackendConn, PickError};
 use crate::link::ClientLink;
 use crate::net::Stream;
 use crate::worker::WorkerCtx;
@@ -65,14 +68,19 @@ enum Event {
     Timer,
 }
 
-/// A request's wait for a dedicated connection.
+/// What the request at the front of the input waits for, which the run loop gets before
+/// handling it again: a dedicated connection, or Redis's verdict on a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum LeaseWait {
+enum Wait {
     None,
-    /// The request at the front of the input needs a lease; the run loop gets one.
-    Wanted,
+    /// It needs a lease.
+    Lease,
     /// Getting one failed; the request is answered with this line.
-    Failed(Box<str>),
+    LeaseFailed(Box<str>),
+    /// AUTH or HELLO AUTH, in passthrough mode: Redis must judge the credential.
+    Verify(Box<local::AuthAttempt>),
+    /// Redis's verdict on that credential, or why it could not be asked.
+    Verified(Box<(local::AuthAttempt, Result<Verdict, String>)>),
 }
 
 /// What processing one request led to.
@@ -96,7 +104,7 @@ pub(crate) struct ClientState {
     /// The session speaks RESP3 (after HELLO 3).
     pub(crate) resp3: bool,
     /// The authenticated user (`None` until AUTH when authentication is required).
-    pub(crate) user: Option<std::sync::Arc<crate::auth::User>>,
+    pub(crate) user: Option<std::sync::Arc<Principal>>,
     /// Names the client gave itself; boxed because most clients never set one, and every
     /// idle connection pays for the fields it carries inline.
     pub(crate) names: Option<Box<ClientNames>>,
@@ -120,6 +128,17 @@ impl ClientState {
     pub(crate) fn name(&self) -> Option<&[u8]> {
         self.names.as_ref()?.name.as_deref()
     }
+
+    /// The user name, as ACL WHOAMI and CLIENT LIST show it.
+    pub(crate) fn user_name(&self) -> &str {
+        self.user.as_deref().map_or("default", Principal::name)
+    }
+
+    /// The Redis user backend connections serving this client log in as (passthrough
+    /// mode); none in table mode, where they all use moat's own credential.
+    pub(crate) fn backend_login(&self) -> Option<&std::sync::Arc<Principal>> {
+        self.user.as_ref().filter(|p| p.credential().is_some())
+    }
 }
 
 /// Everything a session needs besides its parser and input buffer (kept apart so a parsed
@@ -141,8 +160,14 @@ struct Core {
     /// The dedicated connection held while in a stateful mode (boxed: most sessions never
     /// take one, and every idle session pays for what it carries inline).
     pin: Option<Box<pinned::Pin>>,
-    /// Where the request at the front of the input stands with its lease.
-    lease: LeaseWait,
+    /// What the request at the front of the input waits for.
+    wait: Wait,
+    /// After a command that may change Redis's users (CONFIG SET, ACL SETUSER/DELUSER/
+    /// LOAD), what moat asks Redis once it has answered, before the reply goes out: whether
+    /// new clients need a password now, and whether the users named still exist.
+    recheck: Option<Box<local::Recheck>>,
+    /// A request waits for a backend connection busy with other users to become free.
+    pool_wait: bool,
     /// The client's place in the guard's counts, given back when the session ends.
     ticket: Ticket,
     /// Commands received (handshake deadline, strikes for silent connections).
@@ -176,11 +201,7 @@ pub(crate) async fn serve(
     ticket: Ticket,
     link: Rc<ClientLink>,
 ) {
-    let user = if worker.users.auth_required() {
-        None
-    } else {
-        worker.users.default_user()
-    };
+    let user = worker.authority.initial_principal();
     let mut session = Session {
         parser: RequestParser::new(worker.limits),
         inbuf: BytesMut::new(),
@@ -209,7 +230,9 @@ pub(crate) async fn serve(
             limits_changed: true,
             blocked_inbuf: false,
             pin: None,
-            lease: LeaseWait::None,
+            wait: Wait::None,
+            recheck: None,
+            pool_wait: false,
         },
     };
     session.core.worker.budget.join();
@@ -233,10 +256,23 @@ impl Session {
     async fn run(&mut self, stream: &Stream) -> io::Result<()> {
         loop {
             self.process_inbuf();
-            if self.core.lease == LeaseWait::Wanted {
-                // Boxed: the wait is rare, and inline it would grow every idle session.
-                Box::pin(self.lease(stream)).await?;
+            if self.core.recheck.is_some() && self.core.link.inflight() == 0 {
+                // Before the command's reply goes out, so a client told `+OK` and then
+                // connecting again meets Redis's new rules.
+                Box::pin(self.core.recheck()).await;
                 continue;
+            }
+            match self.core.wait {
+                // Boxed: the waits are rare, and inline they would grow every idle session.
+                Wait::Lease => {
+                    Box::pin(self.lease(stream)).await?;
+                    continue;
+                }
+                Wait::Verify(_) => {
+                    Box::pin(self.core.verify(stream)).await?;
+                    continue;
+                }
+                _ => {}
             }
             let core = &mut self.core;
             if core.link.evicted() {
@@ -278,7 +314,12 @@ impl Session {
             if core.closing && !owed {
                 return Ok(());
             }
-            if core.blocked_inbuf && !owed && !core.backpressured() && !core.pin_pending() {
+            if core.blocked_inbuf
+                && !owed
+                && !core.backpressured()
+                && !core.pin_pending()
+                && !core.pool_wait
+            {
                 // Held back only by output that has just been written out: nothing else
                 // will wake the session, so go on with the buffered requests now.
                 continue;
@@ -351,24 +392,23 @@ impl Session {
     /// failure that request is answered with the reason.
     async fn lease(&mut self, stream: &Stream) -> io::Result<()> {
         let core = &mut self.core;
-        core.lease = LeaseWait::None;
+        core.wait = Wait::None;
         // Replies already produced go out before the wait.
         core.flush(stream)?;
-        let user: std::sync::Arc<str> = core
-            .state
-            .user
-            .as_ref()
-            .map_or("default", |u| u.name.as_str())
-            .into();
+        let user: std::sync::Arc<str> = core.state.user_name().into();
         let pool = core.worker.pinned.clone();
-        match pool.acquire(core.state.peer.ip(), &user).await {
+        let who = core.state.backend_login().cloned();
+        match pool
+            .acquire(core.state.peer.ip(), &user, who.as_ref())
+            .await
+        {
             Ok((conn, ticket)) => {
                 let depth = core.worker.max_reply_depth;
                 core.pin = Some(Box::new(pinned::Pin::new(conn, ticket, depth)));
             }
             Err(e) => {
                 crate::Metrics::bump(&core.worker.metrics.leases_refused);
-                core.lease = LeaseWait::Failed(e.line().into());
+                core.wait = Wait::LeaseFailed(e.line().into());
             }
         }
         Ok(())
@@ -437,6 +477,7 @@ impl Session {
     fn process(&mut self, buf: &[u8]) -> usize {
         let mut pos = 0;
         self.core.blocked_inbuf = false;
+        self.core.pool_wait = false;
         while !self.core.closing && pos < buf.len() {
             if std::mem::take(&mut self.core.limits_changed) {
                 self.parser.set_limits(self.core.parser_limits());
@@ -536,7 +577,7 @@ impl Core {
     /// being received, idle.
     fn deadline(&self) -> Option<Instant> {
         let g = self.ticket.guard().config();
-        let auth_required = self.worker.users.auth_required();
+        let auth_required = self.worker.authority.auth_required();
         let mut deadline: Option<Instant> = None;
         let mut earliest = |at: Instant| {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
@@ -706,13 +747,13 @@ impl Core {
                 Step::Done
             }
             Action::Local(cmd) => self.local(cmd, request, &facts),
-            Action::Dedicated => match std::mem::replace(&mut self.lease, LeaseWait::None) {
-                LeaseWait::Failed(line) => {
+            Action::Dedicated => match std::mem::replace(&mut self.wait, Wait::None) {
+                Wait::LeaseFailed(line) => {
                     encode::error(&mut self.link.out(), line.as_bytes());
                     Step::Done
                 }
                 _ => {
-                    self.lease = LeaseWait::Wanted;
+                    self.wait = Wait::Lease;
                     Step::Blocked
                 }
             },
@@ -722,8 +763,22 @@ impl Core {
     fn forward(&mut self, request: &moat_protocol::Request<'_>) -> Step {
         let conn = match &self.sticky {
             Some(conn) if self.link.inflight() > 0 => conn.clone(),
-            _ => match self.worker.backend.pick(self.state.db, self.state.resp3) {
+            _ => match self.worker.backend.pick(
+                self.state.backend_login(),
+                self.state.db,
+                self.state.resp3,
+            ) {
                 Ok(conn) => conn,
+                Err(PickError::Busy) => {
+                    self.worker.backend.wait_for_idle(&self.link);
+                    self.pool_wait = true;
+                    return Step::Blocked;
+                }
+                Err(e @ PickError::UserGone) => {
+                    // Redis disconnects the clients of a user it deleted; so does moat.
+                    encode::error(&mut self.link.out(), e.line());
+                    return Step::Close;
+                }
                 Err(e) => {
                     encode::error(&mut self.link.out(), e.line());
                     return Step::Done;
@@ -746,6 +801,9 @@ impl Core {
         }
         conn.enqueue(&self.link, request, self.state.db, self.state.resp3);
         self.sticky = Some(conn);
+        if self.worker.authority.redis().is_some() {
+            self.note_user_change(request);
+        }
         Step::Done
     }
 }
@@ -779,8 +837,10 @@ mod tests {
                     Settings::from_config(&config, 0),
                     1,
                     Arc::new(crate::Metrics::default()),
+                    Arc::new(crate::auth::Authority::from_config(&config)),
                 ),
-                users: Arc::new(crate::auth::Users::from_config(&[])),
+                authority: Arc::new(crate::auth::Authority::from_config(&config)),
+                verifier: crate::backend::verify::Verifier::new(Settings::from_config(&config, 0)),
                 limits: moat_protocol::Limits::default(),
                 max_inflight: 1,
                 max_output_bytes: 1,

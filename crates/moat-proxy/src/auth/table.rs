@@ -1,11 +1,12 @@
-//! Users who authenticate at moat, and their command deny lists.
+//! Table mode: users who authenticate at moat itself, and their command deny lists.
 
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 
-use crate::config::UserConfig;
+use super::Principal;
+use crate::config::{UserConfig, decode_sha256_hex};
 
 /// One user: a password digest (none: `nopass`) and the commands it may not run.
 #[derive(Debug)]
@@ -39,7 +40,7 @@ impl User {
 /// The users table, built once from the config.
 #[derive(Debug, Default)]
 pub(crate) struct Users {
-    by_name: FxHashMap<String, Arc<User>>,
+    by_name: FxHashMap<String, Arc<Principal>>,
     /// True when any user has a password: clients must authenticate before anything else.
     required: bool,
 }
@@ -73,12 +74,12 @@ impl Users {
                 .collect();
             by_name.insert(
                 u.name.clone(),
-                Arc::new(User {
+                Arc::new(Principal::Table(User {
                     name: u.name.clone(),
                     digest,
                     disabled: false,
                     denied,
-                }),
+                })),
             );
         }
         if !by_name.contains_key("default") {
@@ -86,18 +87,19 @@ impl Users {
             // when nobody needs a password, and disabled otherwise.
             by_name.insert(
                 "default".into(),
-                Arc::new(User {
+                Arc::new(Principal::Table(User {
                     name: "default".into(),
                     digest: None,
                     disabled: required,
                     denied: FxHashSet::default(),
-                }),
+                })),
             );
         }
         // As in Redis: a `default` user without a password (nopass) signs every client in
         // as `default` from the start, whatever other users exist.
         if by_name
             .get("default")
+            .and_then(|p| p.table_user())
             .is_some_and(|u| u.digest.is_none() && !u.disabled)
         {
             required = false;
@@ -111,8 +113,11 @@ impl Users {
     }
 
     /// The user a client acts as before (or without) authenticating.
-    pub(crate) fn default_user(&self) -> Option<Arc<User>> {
-        self.by_name.get("default").filter(|u| !u.disabled).cloned()
+    pub(crate) fn default_user(&self) -> Option<Arc<Principal>> {
+        self.by_name
+            .get("default")
+            .filter(|p| p.table_user().is_some_and(|u| !u.disabled))
+            .cloned()
     }
 
     /// Checks credentials; `user` is `None` for the one-argument `AUTH password` form.
@@ -120,18 +125,19 @@ impl Users {
         &self,
         user: Option<&[u8]>,
         password: &[u8],
-    ) -> (AuthOutcome, Option<Arc<User>>) {
+    ) -> (AuthOutcome, Option<Arc<Principal>>) {
         let name = user.unwrap_or(b"default");
         let found = std::str::from_utf8(name)
             .ok()
-            .and_then(|n| self.by_name.get(n));
+            .and_then(|n| self.by_name.get(n))
+            .and_then(|p| Some((p, p.table_user()?)));
         match found {
-            Some(u) if u.disabled => (AuthOutcome::WrongPass, None),
-            Some(u) => match u.digest {
+            Some((_, u)) if u.disabled => (AuthOutcome::WrongPass, None),
+            Some((p, u)) => match u.digest {
                 None if user.is_none() => (AuthOutcome::NoPasswordConfigured, None),
                 // A nopass user accepts any password, as in Redis.
-                None => (AuthOutcome::Ok, Some(u.clone())),
-                Some(d) if ct_eq(&d, &sha256(password)) => (AuthOutcome::Ok, Some(u.clone())),
+                None => (AuthOutcome::Ok, Some(p.clone())),
+                Some(d) if ct_eq(&d, &sha256(password)) => (AuthOutcome::Ok, Some(p.clone())),
                 Some(_) => (AuthOutcome::WrongPass, None),
             },
             None => (AuthOutcome::WrongPass, None),
@@ -141,7 +147,7 @@ impl Users {
     /// Looks a user up by name (used to restore a session's user after RESET).
     #[cfg(test)]
     pub(crate) fn get(&self, name: &str) -> Option<&User> {
-        self.by_name.get(name).map(|u| &**u)
+        self.by_name.get(name).and_then(|p| p.table_user())
     }
 }
 
@@ -153,21 +159,6 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// bytes matched. Hand-written: 32 fixed bytes do not justify a dependency.
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Decodes a 64-digit hex SHA-256 digest.
-pub(crate) fn decode_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

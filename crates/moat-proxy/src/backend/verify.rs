@@ -1,0 +1,121 @@
+//! Passthrough authentication's questions to Redis, on one connection of moat's per worker
+//! that serves no client: is this `AUTH` accepted, and does the default user need a
+//! password now. Kept off the shared connections, whose login must never change, and off
+//! the clients' paths: a check waits only for its own round trip.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use moat_protocol::Value;
+use tokio::sync::Mutex;
+
+use super::handshake::Handshake;
+use super::{BackendError, Settings};
+use crate::net::Stream;
+
+/// What Redis answered to a client's credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// `+OK`.
+    Accepted,
+    /// Redis's error line, without the leading `-` (`WRONGPASS ...`, `ERR AUTH <password>
+    /// called without any password configured ...`).
+    Refused(String),
+}
+
+/// One worker's verifying connection, opened on first use and reopened after a failure.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    settings: Settings,
+    /// Questions go one at a time: each is one request and one reply.
+    conn: Mutex<()>,
+    stream: RefCell<Option<Stream>>,
+    /// When a client's credential was last checked: an unused connection is closed, so
+    /// Redis holds it only while clients sign in.
+    last_check: Cell<Instant>,
+}
+
+/// A verifying connection unused by clients for this long is closed at the next recheck.
+const KEEP_IDLE: Duration = Duration::from_secs(20);
+
+impl Verifier {
+    /// A verifier reaching the backend as `settings` say (its name shows in CLIENT LIST).
+    pub(crate) fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            conn: Mutex::new(()),
+            stream: RefCell::new(None),
+            last_check: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Closes the connection if no client's credential was checked on it for a while.
+    pub(crate) fn close_if_unused(&self) {
+        if self.last_check.get().elapsed() >= KEEP_IDLE && self.conn.try_lock().is_ok() {
+            self.stream.borrow_mut().take();
+        }
+    }
+
+    /// Asks Redis whether it accepts `AUTH [user] password`.
+    pub(crate) async fn check(
+        &self,
+        user: Option<&[u8]>,
+        password: &[u8],
+    ) -> Result<Verdict, BackendError> {
+        self.last_check.set(Instant::now());
+        let reply = match user {
+            Some(user) => self.ask(&[b"AUTH", user, password]).await?,
+            None => self.ask(&[b"AUTH", password]).await?,
+        };
+        Ok(match reply {
+            Value::Error(e) => Verdict::Refused(e),
+            _ => Verdict::Accepted,
+        })
+    }
+
+    /// Asks Redis whether a new connection must authenticate: RESET signs the verifying
+    /// connection back in as the default user exactly as a new connection would be, and
+    /// PING then answers `NOAUTH` if that needs a password.
+    pub(crate) async fn default_requires_auth(&self) -> Result<bool, BackendError> {
+        if let Value::Error(e) = self.ask(&[b"RESET"]).await? {
+            return Err(BackendError::Protocol(format!("RESET refused: {e}")));
+        }
+        Ok(matches!(self.ask(&[b"PING"]).await?, Value::Error(e) if e.starts_with("NOAUTH")))
+    }
+
+    async fn ask(&self, args: &[&[u8]]) -> Result<Value, BackendError> {
+        let _turn = self.conn.lock().await;
+        let timeout = self.settings.connect_timeout;
+        let work = async {
+            let idle = self.stream.borrow_mut().take();
+            let stream = match idle {
+                Some(stream) => stream,
+                None => self.connect().await?,
+            };
+            let reply = Handshake::new(&stream, self.settings.max_reply_depth)
+                .call(args)
+                .await?;
+            // Only a connection that answered goes back for the next question.
+            *self.stream.borrow_mut() = Some(stream);
+            Ok(reply)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        }
+    }
+
+    async fn connect(&self) -> Result<Stream, BackendError> {
+        let stream = self.settings.connector.connect().await?;
+        // Named for operators; refused with NOAUTH when the default user needs a password,
+        // which changes nothing here.
+        let _ = Handshake::new(&stream, self.settings.max_reply_depth)
+            .call(&[
+                b"CLIENT",
+                b"SETNAME",
+                self.settings.connection_name.as_bytes(),
+            ])
+            .await?;
+        Ok(stream)
+    }
+}
