@@ -596,6 +596,31 @@ mod tests {
     }
 
     #[test]
+    fn auth_mode_defaults_to_passthrough_unless_moat_holds_credentials() {
+        let mode = |toml: &str| Config::from_toml(toml).expect("valid").auth_mode();
+        assert_eq!(mode(""), AuthMode::Passthrough);
+        assert_eq!(mode("[backend]\npassword = \"x\"\n"), AuthMode::Table);
+        assert_eq!(mode("[[users]]\nname = \"default\"\n"), AuthMode::Table);
+        assert_eq!(mode("[auth]\nmode = \"table\"\n"), AuthMode::Table);
+        for (toml, key) in [
+            (
+                "[auth]\nmode = \"passthrough\"\n[[users]]\nname = \"default\"\n",
+                "users",
+            ),
+            (
+                "[auth]\nmode = \"passthrough\"\n[backend]\npassword = \"x\"\n",
+                "backend.password",
+            ),
+        ] {
+            let err = Config::from_toml(toml)
+                .and_then(|c| c.validate().map(|()| c))
+                .expect_err("refused");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        assert!(Config::from_toml("[auth]\nmode = \"ldap\"\n").is_err());
+    }
+
+    #[test]
     fn example_file_lists_the_defaults() {
         let example = Config::from_toml(include_str!("../../../moat.example.toml"))
             .expect("moat.example.toml is valid");
