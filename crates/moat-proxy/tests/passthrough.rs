@@ -245,3 +245,33 @@ fn failed_auth_attempts_are_strikes() {
         .any(|(net, _)| net.contains(&"127.0.9.9".parse::<std::net::IpAddr>().expect("ip")));
     assert!(banned, "three wrong passwords did not ban the source");
 }
+
+/// A client holding a dedicated connection (here after WATCH) that signs in as another user
+/// runs what follows as that user, on that connection too, exactly as on Redis.
+#[test]
+fn signing_in_during_a_lease_moves_the_dedicated_connection_too() {
+    let stack = Stack::start();
+    let mut admin = Conn::connect(stack.addr());
+    assert_eq!(
+        admin.call(&["ACL", "SETUSER", "lim", "on", ">pw", "~lim:*", "+@all"]),
+        b"+OK\r\n"
+    );
+    let script: &[&[&str]] = &[
+        &["WATCH", "lim:w"],
+        &["AUTH", "lim", "pw"],
+        &["GET", "other"],
+        &["MULTI"],
+        &["SET", "lim:w", "1"],
+        &["EXEC"],
+        &["GET", "other"],
+        &["ACL", "WHOAMI"],
+    ];
+    let run = |addr: SocketAddr| -> Vec<Vec<u8>> {
+        let mut c = Conn::connect(addr);
+        script.iter().map(|args| c.call(args)).collect()
+    };
+    let through = run(stack.addr());
+    let straight = run(stack.redis.addr());
+    assert!(through[2].starts_with(b"-NOPERM"), "{through:?}");
+    assert_eq!(through, straight);
+}

@@ -246,6 +246,7 @@ impl BackendConn {
                 link.deliver_error(line, bytes);
             }
         }
+        self.became_idle();
     }
 
     /// Serves the connection until it fails; returns why.

@@ -77,10 +77,22 @@ impl Verifier {
     /// connection back in as the default user exactly as a new connection would be, and
     /// PING then answers `NOAUTH` if that needs a password.
     pub(crate) async fn default_requires_auth(&self) -> Result<bool, BackendError> {
-        if let Value::Error(e) = self.ask(&[b"RESET"]).await? {
-            return Err(BackendError::Protocol(format!("RESET refused: {e}")));
-        }
-        Ok(matches!(self.ask(&[b"PING"]).await?, Value::Error(e) if e.starts_with("NOAUTH")))
+        let ping = if let Value::Error(_) = self.ask(&[b"RESET"]).await? {
+            // Redis before 6.2 has no RESET: a fresh connection answers the question.
+            let work = async {
+                let stream = self.settings.connector.connect().await?;
+                Handshake::new(&stream, self.settings.max_reply_depth)
+                    .call(&[b"PING"])
+                    .await
+            };
+            let timeout = self.settings.connect_timeout;
+            tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| BackendError::Timeout(timeout))??
+        } else {
+            self.ask(&[b"PING"]).await?
+        };
+        Ok(matches!(ping, Value::Error(e) if e.starts_with("NOAUTH")))
     }
 
     async fn ask(&self, args: &[&[u8]]) -> Result<Value, BackendError> {

@@ -67,6 +67,9 @@ impl Core {
                     Ok(Verdict::Accepted) => {
                         let name = user.unwrap_or(b"default");
                         self.signed_in(users.verified(name, password));
+                        if let Some(pin) = self.pin.as_deref_mut() {
+                            pin.relogin(name, password);
+                        }
                         Ok(())
                     }
                     Ok(Verdict::Refused(line)) => {

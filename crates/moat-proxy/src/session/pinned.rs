@@ -98,6 +98,9 @@ pub(crate) struct Pin {
     /// since the client's output was last empty, at most what is still unread: what a slow
     /// subscriber is disconnected for, as opposed to replies it asked for.
     unsolicited: usize,
+    /// The client signed in as another user during the lease, and the connection with it:
+    /// it may go back to the pool only through RESET, which logs it in as its own user again.
+    relogged: bool,
 }
 
 /// The dedicated connection is gone or out of step.
@@ -115,7 +118,17 @@ impl Pin {
             rbuf: BytesMut::new(),
             framer: ReplyFramer::new(max_depth),
             unsolicited: 0,
+            relogged: false,
         }
+    }
+
+    /// Logs the connection in as the user the client has just signed in as (passthrough
+    /// mode; Redis accepted the credential), so what the client sends next on it runs as
+    /// that user, as on Redis. The `+OK` is moat's: the client already got its reply.
+    pub(super) fn relogin(&mut self, user: &[u8], password: &[u8]) {
+        encode::command(&mut self.wbuf, &[&b"AUTH"[..], user, password]);
+        self.state.expect_swallow();
+        self.relogged = true;
     }
 
     /// Queues a client request, first moving the connection to the session's database and
@@ -233,7 +246,7 @@ impl Pin {
         let pool = &core.worker.pinned;
         if self.state.outstanding() == 0 && self.wbuf.is_empty() && self.rbuf.is_empty() {
             let reset = core.worker.backend.facts().supports_reset();
-            if reset || !self.state.holds_state() {
+            if reset || (!self.state.holds_state() && !self.relogged) {
                 pool.give_back(self.conn, reset);
             }
         }
