@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real client libraries, unmodified, against moat: redis-py, node-redis,
+# Real client libraries, unmodified, against moat: redis-py, an RQ worker, node-redis,
 # ioredis and the Rust redis crate each run one scenario (handshake, pipeline,
 # WATCH/MULTI/EXEC, BLPOP, pub/sub, SELECT, RESP3) against a moat proxy in
 # front of a redis-server that this script starts on free loopback ports.
@@ -19,7 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 TARGET="${TARGET:-moat}"
-CLIENTS="${CLIENTS:-python node-redis ioredis rust}"
+CLIENTS="${CLIENTS:-python rq node-redis ioredis rust}"
 SCENARIO_TIMEOUT="${SCENARIO_TIMEOUT:-60}"
 HERE="tests/clients"
 VENV="$ROOT/target/clients-venv"
@@ -62,7 +62,7 @@ done
 
 wanted() { case " $CLIENTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-if wanted python; then
+if wanted python || wanted rq; then
     stamp="$VENV/.requirements.sha256"
     want="$(sha256sum "$HERE/python/requirements.txt" | cut -d' ' -f1)"
     if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -186,6 +186,7 @@ ADDR="127.0.0.1:$PORT"
 scenario_cmd() {
     case "$1" in
         python) echo "$VENV/bin/python $HERE/python/scenario.py $ADDR" ;;
+        rq) echo "$VENV/bin/python $HERE/python/rq_scenario.py $ADDR" ;;
         node-redis) echo "node $HERE/node/node_redis.mjs $ADDR" ;;
         ioredis) echo "node $HERE/node/ioredis.mjs $ADDR" ;;
         rust) echo "target/debug/moat-client-scenarios $ADDR" ;;
@@ -198,7 +199,7 @@ failed=0
 results=()
 for client in $CLIENTS; do
     if ! cmd="$(scenario_cmd "$client")"; then
-        echo "run.sh: unknown client '$client' (python node-redis ioredis rust)" >&2
+        echo "run.sh: unknown client '$client' (python rq node-redis ioredis rust)" >&2
         exit 2
     fi
     # Each scenario starts from an empty server.
