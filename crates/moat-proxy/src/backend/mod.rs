@@ -417,7 +417,10 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 }
             }
             Err(BackendError::Auth(e))
-                if let (Some(users), Some(c)) = (backend.authority.redis(), credential) =>
+                if let (Some(users), Some(c)) = (
+                    backend.authority.redis(),
+                    credential.filter(|c| c.auth_args().is_some()),
+                ) =>
             {
                 // Redis no longer accepts a client's user (deleted, password changed): not
                 // a backend failure. Its clients are signed out, as Redis disconnects them,
