@@ -147,6 +147,20 @@ impl Pin {
         request.write_resp(&mut self.wbuf);
     }
 
+    /// Ends the open transaction (DISCARD) or, outside one, drops the watched keys
+    /// (UNWATCH), with moat's own command whose reply the client never sees.
+    pub(super) fn abort_transaction(&mut self) {
+        let command: &[u8] = if self.state.multi_open() {
+            b"DISCARD"
+        } else if self.state.watching() {
+            b"UNWATCH"
+        } else {
+            return;
+        };
+        encode::command(&mut self.wbuf, &[command]);
+        self.state.expect(Tag::Abort);
+    }
+
     /// Writes queued requests as far as the socket takes them.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         while !self.wbuf.is_empty() {
@@ -282,6 +296,15 @@ impl Core {
                 // Redis fails the whole transaction when it rejects a queued command.
                 pin.state.mark_dirty();
                 encode::error(&mut self.link.out(), line);
+                let exec = request
+                    .arg(0)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"EXEC"));
+                if exec && !resp2_pubsub {
+                    // A rejected EXEC ends the transaction and unwatches in Redis (its
+                    // EXECABORT discards): the dedicated connection follows, so a later EXEC
+                    // gets `EXEC without MULTI` as from Redis.
+                    pin.abort_transaction();
+                }
                 Step::Done
             }
             Action::Local(
