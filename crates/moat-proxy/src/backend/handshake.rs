@@ -72,15 +72,21 @@ pub(crate) async fn open(
     settings: &Settings,
     fetch_facts: bool,
 ) -> Result<(Stream, Option<BackendFacts>), BackendError> {
+    // Whether the TCP connection was made: a timeout after it is Redis not answering (see
+    // `BackendError::Unanswered`), one before it is the network or the host.
+    let connected = std::cell::Cell::new(false);
     let work = async {
         let stream = settings.connector.connect().await?;
+        connected.set(true);
         let mut hs = Handshake {
             stream: &stream,
             buf: BytesMut::new(),
             max_depth: settings.max_reply_depth,
         };
         hs.authenticate(settings).await?;
-        // Named so operators can tell moat's connections apart in CLIENT LIST.
+        // Named so operators can tell moat's connections apart in CLIENT LIST. Redis busy
+        // with a script answers `-BUSY` (it allows only AUTH, HELLO and a few others then):
+        // the connection is still good, it just goes unnamed.
         let reply = hs
             .call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
             .await?;
@@ -91,7 +97,7 @@ pub(crate) async fn open(
             tracing::debug!(error = %e, "backend refused CLIENT SETNAME");
         }
         let facts = if fetch_facts {
-            Some(learn_facts(&mut hs, settings).await?)
+            learn_facts(&mut hs, settings).await?
         } else {
             None
         };
@@ -99,6 +105,7 @@ pub(crate) async fn open(
     };
     match tokio::time::timeout(settings.connect_timeout, work).await {
         Ok(result) => result,
+        Err(_) if connected.get() => Err(BackendError::Unanswered(settings.connect_timeout)),
         Err(_) => Err(BackendError::Timeout(settings.connect_timeout)),
     }
 }
@@ -131,14 +138,25 @@ pub(crate) async fn reset(stream: &Stream, settings: &Settings) -> Result<(), Ba
     Ok(())
 }
 
+/// Whether a reply is Redis's `-BUSY` (a script or function running).
+fn is_busy(reply: &Value) -> bool {
+    matches!(reply, Value::Error(e) if e.starts_with("BUSY"))
+}
+
 /// Asks the server what the session needs to answer like it: version and role for HELLO,
-/// the number of databases for SELECT, and the command table for routing.
+/// the number of databases for SELECT, and the command table for routing. `None` when the
+/// server is busy with a script and answers nothing but `-BUSY`: the facts known so far are
+/// kept (rather than replaced by the fallback) and asked for again at the next connection.
 async fn learn_facts(
     hs: &mut Handshake<'_>,
     settings: &Settings,
-) -> Result<BackendFacts, BackendError> {
+) -> Result<Option<BackendFacts>, BackendError> {
     let mut facts = BackendFacts::fallback(settings.databases);
-    if let Value::Bulk(info) = hs.call(&[b"INFO", b"server"]).await?
+    let reply = hs.call(&[b"INFO", b"server"]).await?;
+    if is_busy(&reply) {
+        return Ok(None);
+    }
+    if let Value::Bulk(info) = reply
         && let Some(v) = info_field(&info, "redis_version")
     {
         facts.version = v;
@@ -161,13 +179,16 @@ async fn learn_facts(
         }
     }
     let reply = hs.call(&[b"COMMAND"]).await?;
+    if is_busy(&reply) {
+        return Ok(None);
+    }
     match parse_command_reply(&reply) {
         Some(table) => facts.table = table,
         None => tracing::warn!(
             "backend did not answer COMMAND; routing with moat's built-in command table"
         ),
     }
-    Ok(facts)
+    Ok(Some(facts))
 }
 
 /// One `key:value` line of an INFO reply.

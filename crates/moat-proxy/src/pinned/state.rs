@@ -15,6 +15,12 @@ pub(crate) enum Tag {
     Other,
     /// A call that may block (BLPOP, WAIT, XREAD BLOCK...): its reply may never come.
     Blocking,
+    /// SCRIPT KILL or FUNCTION KILL, leased for the one request so it is not queued behind
+    /// the busy script it is meant to stop.
+    Control,
+    /// SHUTDOWN, leased likewise: when it succeeds Redis closes the connection without a
+    /// reply, and the client's connection is closed the same way.
+    Shutdown,
     Multi,
     Exec,
     /// The client's EXEC, sent as DISCARD because moat refused a command inside the
@@ -208,6 +214,28 @@ impl PinState {
             .count()
     }
 
+    /// With a SHUTDOWN waiting for its reply: the replies the client waits for before it.
+    /// A connection that closes then was shut down with Redis, whose client gets nothing
+    /// more either.
+    pub(crate) fn owed_before_shutdown(&self) -> Option<usize> {
+        let at = self
+            .fifo
+            .iter()
+            .position(|e| *e == Expect::Reply(Tag::Shutdown))?;
+        Some(
+            self.fifo
+                .iter()
+                .take(at)
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        Expect::Swallow | Expect::Hello(_) | Expect::Reply(Tag::Abort)
+                    )
+                })
+                .count(),
+        )
+    }
+
     /// Keys are watched (WATCH answered, not yet ended by EXEC, DISCARD or UNWATCH).
     pub(crate) fn watching(&self) -> bool {
         self.watching
@@ -334,7 +362,7 @@ impl PinState {
 
     fn apply(&mut self, tag: Tag, is_error: bool) -> Disposition {
         match tag {
-            Tag::Other | Tag::Blocking | Tag::Multi => {}
+            Tag::Other | Tag::Blocking | Tag::Multi | Tag::Control | Tag::Shutdown => {}
             Tag::Exec => self.watching = false,
             Tag::ExecAsDiscard => {
                 self.watching = false;
