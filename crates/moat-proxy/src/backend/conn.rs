@@ -472,3 +472,75 @@ impl BackendConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_protocol::{Limits, RequestParser};
+
+    fn ping() -> Vec<u8> {
+        b"*1\r\n$4\r\nPING\r\n".to_vec()
+    }
+
+    /// Queues one PING for `link` on `conn`.
+    fn enqueue(conn: &BackendConn, link: &Rc<ClientLink>) {
+        let bytes = ping();
+        let mut parser = RequestParser::new(Limits::default());
+        let request = parser.parse(&bytes).unwrap().unwrap();
+        conn.enqueue(link, &request, 0, false);
+    }
+
+    #[test]
+    fn a_timed_out_request_keeps_its_place_and_its_late_reply_reaches_no_one() {
+        let conn = BackendConn::new(0);
+        let (a, b) = (
+            Rc::new(ClientLink::default()),
+            Rc::new(ClientLink::default()),
+        );
+        enqueue(&conn, &a);
+        let timeout = Duration::from_secs(1);
+        let later = Instant::now() + timeout;
+        // Queued after A's deadline is computed: B's own deadline is later.
+        let (expired, next) = conn.expire(later, timeout);
+        assert_eq!(expired, 1);
+        assert!(next.is_none());
+        assert_eq!(&a.out()[..], format!("-{TIMED_OUT}\r\n").as_bytes());
+        assert_eq!(a.inflight(), 0);
+        enqueue(&conn, &b);
+        assert_eq!(conn.pending_len(), 2, "A's place stays in the pipeline");
+        let (expired, next) = conn.expire(later, timeout);
+        assert_eq!(expired, 0, "B has not waited its timeout yet");
+        assert!(next.is_some_and(|n| n > later - Duration::from_millis(1)));
+        // Redis answers A late, then B: A's reply is dropped, B gets its own.
+        conn.route(b"+LATE\r\n", FrameKind::Simple).unwrap();
+        conn.route(b"+PONG\r\n", FrameKind::Simple).unwrap();
+        assert_eq!(&a.out()[..], format!("-{TIMED_OUT}\r\n").as_bytes());
+        assert_eq!(&b.out()[..], b"+PONG\r\n");
+        assert_eq!(conn.pending_len(), 0);
+    }
+
+    #[test]
+    fn stuck_means_owing_replies_without_progress() {
+        let conn = BackendConn::new(0);
+        let now = Instant::now();
+        assert!(!conn.stuck(now + STUCK_AFTER), "owes nothing");
+        enqueue(&conn, &Rc::new(ClientLink::default()));
+        assert!(!conn.stuck(Instant::now()));
+        assert!(conn.stuck(Instant::now() + STUCK_AFTER));
+        conn.route(b"+PONG\r\n", FrameKind::Simple).unwrap();
+        assert!(!conn.stuck(Instant::now() + STUCK_AFTER));
+    }
+
+    #[test]
+    fn a_busy_reply_to_a_health_check_is_an_answer() {
+        let conn = BackendConn::new(0);
+        conn.pending.borrow_mut().push_back(Pending::Ping);
+        let busy = b"-BUSY Redis is busy running a script.\r\n";
+        assert!(conn.route(busy, FrameKind::Error).is_ok());
+        conn.pending.borrow_mut().push_back(Pending::Internal);
+        assert!(matches!(
+            conn.route(busy, FrameKind::Error),
+            Err(BackendError::Busy(_))
+        ));
+    }
+}
