@@ -94,9 +94,12 @@ pub struct BackendConfig {
     pub databases: Option<u32>,
     /// Requests queued or in flight on one backend connection before new requests fail fast.
     pub max_queue: usize,
-    /// A shared connection that owes replies and gets none for this long is closed and its
-    /// requests answered with an error (never re-sent); 0 disables. Blocking commands run on
-    /// dedicated connections and are never cut by it.
+    /// Longest wait for the reply to a request on a shared connection: past it the client
+    /// gets `-ERR moat: backend timed out ...` (the request is never re-sent; Redis's late
+    /// reply is dropped). The connection stays open, since a slow or stopped Redis is not a
+    /// failed connection; an idle one whose health-check PING goes unanswered this long
+    /// while other connections are answered is closed as dead. 0 disables. Blocking
+    /// commands run on dedicated connections and are never cut by it.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Shared connections each worker opens at start and keeps open (at least 1).

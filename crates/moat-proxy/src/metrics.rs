@@ -9,7 +9,7 @@ pub struct Metrics {
     pub backend_connect_failures: AtomicU64,
     /// Backend connections lost after being established.
     pub backend_connections_lost: AtomicU64,
-    /// Backend connections closed because they owed replies and made no progress.
+    /// Requests answered with the timeout error: no reply within `backend.request_timeout`.
     pub backend_timeouts: AtomicU64,
     /// Times a worker's circuit breaker opened.
     pub breaker_opened: AtomicU64,

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use moat_protocol::{FrameKind, ReplyFramer, Request, encode};
@@ -31,12 +31,35 @@ pub(crate) enum ConnState {
 /// Who is waiting for the next reply on the connection.
 #[derive(Debug)]
 enum Pending {
-    /// A client's request, and its size in bytes.
-    Client(Rc<ClientLink>, usize),
+    /// A client's request, its size in bytes, and when it was queued (its request timeout
+    /// runs from then).
+    Client(Rc<ClientLink>, usize, Instant),
     /// A `SELECT` or `HELLO` moat inserted to move the connection to the database or
     /// protocol of the next request.
     Internal,
+    /// A health-check `PING`.
+    Ping,
+    /// A client's request already answered with the timeout error: Redis's reply, when it
+    /// comes, is dropped.
+    TimedOut,
 }
+
+/// The line a client gets for a request that waited `request_timeout` without a reply.
+pub(crate) const TIMED_OUT: &str =
+    "ERR moat: backend timed out (no reply in time; the request was not retried)";
+
+/// A connection that owes replies and has made no progress for this long is probably
+/// behind a slow command (a busy script, `DEBUG SLEEP`, a big `KEYS`): a client with
+/// nothing in flight is given another connection when there is one, so it is not queued
+/// behind that command (with Redis answering others, it gets Redis's own answer, `-BUSY`
+/// during a script, at once). Short, because replies flow every few microseconds on a
+/// connection that is not stuck; the cost of a wrong guess is only a spread of clients.
+const STUCK_AFTER: Duration = Duration::from_millis(100);
+
+/// Evidence that Redis answered anyone: set whenever any backend connection of the worker
+/// (shared or dedicated) reads a reply. A health check unanswered while this moves on is
+/// proof that the one connection is dead, not that Redis is slow.
+pub(crate) type Liveness = Cell<Instant>;
 
 /// How a connection is looked after while it serves.
 #[derive(Debug, Clone, Copy)]
@@ -71,9 +94,14 @@ pub(crate) struct BackendConn {
     /// sessions costs one wake-up.
     writer_woken: Cell<bool>,
     /// When the connection last made progress: a reply arrived, or work arrived while it
-    /// owed nothing. A connection owing replies with no progress for the request timeout is
-    /// stalled (a paused or overloaded server).
-    progress: Cell<std::time::Instant>,
+    /// owed nothing. A connection owing replies with no progress for a while is stuck
+    /// behind a slow command (see [`STUCK_AFTER`]).
+    progress: Cell<Instant>,
+    /// Entries at the front of `pending` the watchdog has already passed (moat's own, or
+    /// timed out), so it does not walk them again on every wake-up.
+    checked: Cell<usize>,
+    /// When the health-check `PING` now at the head of the queue was sent.
+    ping_sent: Cell<Option<Instant>>,
     /// Past its lifetime: takes new work only when nothing else can, and is replaced at its
     /// first idle moment.
     retiring: Cell<bool>,
@@ -112,7 +140,9 @@ impl BackendConn {
             resp3: Cell::new(false),
             wake_writer: Notify::new(),
             writer_woken: Cell::new(false),
-            progress: Cell::new(std::time::Instant::now()),
+            progress: Cell::new(Instant::now()),
+            checked: Cell::new(0),
+            ping_sent: Cell::new(None),
             retiring: Cell::new(false),
         }
     }
@@ -191,6 +221,12 @@ impl BackendConn {
         self.pending.borrow().len()
     }
 
+    /// Owes replies and has made no progress for [`STUCK_AFTER`] at `now`.
+    pub(crate) fn stuck(&self, now: Instant) -> bool {
+        !self.pending.borrow().is_empty()
+            && now.saturating_duration_since(self.progress.get()) >= STUCK_AFTER
+    }
+
     /// The database and protocol requests queued now will run in.
     pub(crate) fn group(&self) -> (u32, bool) {
         (self.db.get(), self.resp3.get())
@@ -207,8 +243,9 @@ impl BackendConn {
     ) {
         let mut wbuf = self.wbuf.borrow_mut();
         let mut pending = self.pending.borrow_mut();
+        let now = Instant::now();
         if pending.is_empty() {
-            self.progress.set(std::time::Instant::now());
+            self.progress.set(now);
         }
         if self.db.get() != db {
             // Rare (a database switch on a shared connection), so a small allocation is fine.
@@ -226,7 +263,7 @@ impl BackendConn {
         let before = wbuf.len();
         request.write_resp(&mut wbuf);
         let bytes = wbuf.len() - before;
-        pending.push_back(Pending::Client(link.clone(), bytes));
+        pending.push_back(Pending::Client(link.clone(), bytes, now));
         link.request_queued(bytes);
         drop((wbuf, pending));
         if !self.writer_woken.replace(true) {
@@ -241,26 +278,32 @@ impl BackendConn {
         *self.wbuf.borrow_mut() = BytesMut::new();
         self.db.set(0);
         self.resp3.set(false);
+        self.checked.set(0);
+        self.ping_sent.set(None);
         for p in owed {
-            if let Pending::Client(link, bytes) = p {
+            if let Pending::Client(link, bytes, _) = p {
                 link.deliver_error(line, bytes);
             }
         }
         self.became_idle();
     }
 
-    /// Serves the connection until it fails; returns why.
+    /// Serves the connection until it fails; returns why. `timed_out` counts requests
+    /// answered with the timeout error; `liveness` is the worker's evidence that Redis
+    /// answers (see [`Liveness`]).
     pub(crate) async fn run(
         &self,
         stream: Stream,
         upkeep: &Upkeep,
         breaker: &RefCell<Breaker>,
+        liveness: &Liveness,
+        timed_out: &std::sync::atomic::AtomicU64,
     ) -> BackendError {
         tokio::select! {
             e = self.rebound() => e,
             e = self.write_loop(&stream) => e,
-            e = self.read_loop(&stream, upkeep.max_depth, breaker) => e,
-            e = self.watchdog(upkeep.request_timeout) => e,
+            e = self.read_loop(&stream, upkeep.max_depth, breaker, liveness) => e,
+            e = self.watchdog(upkeep.request_timeout, liveness, timed_out) => e,
             e = self.retire(upkeep.lifetime) => e,
             e = self.health_checks(upkeep.health_check) => e,
         }
@@ -301,9 +344,11 @@ impl BackendConn {
         loop {
             tokio::time::sleep(interval).await;
             if self.pending.borrow().is_empty() {
-                self.progress.set(std::time::Instant::now());
+                let now = Instant::now();
+                self.progress.set(now);
+                self.ping_sent.set(Some(now));
                 encode::command(&mut self.wbuf.borrow_mut(), &[&b"PING"[..]]);
-                self.pending.borrow_mut().push_back(Pending::Internal);
+                self.pending.borrow_mut().push_back(Pending::Ping);
                 if !self.writer_woken.replace(true) {
                     self.wake_writer.notify_one();
                 }
@@ -311,26 +356,81 @@ impl BackendConn {
         }
     }
 
-    /// Ends a connection that owes replies and has made no progress for `timeout`. Its
-    /// requests cannot be withdrawn from the pipeline, so the connection is closed and
-    /// everything it owed is answered with an error; nothing is re-sent.
-    async fn watchdog(&self, timeout: Option<Duration>) -> BackendError {
+    /// Bounds every client's wait, and finds connections that are dead rather than slow.
+    ///
+    /// A request that has waited `timeout` for its reply is answered with the timeout
+    /// error; its place in the pipeline stays (a request cannot be withdrawn from it), and
+    /// Redis's late reply is dropped when it comes. The connection itself stays open: Redis
+    /// being slow (a long script, `DEBUG SLEEP`, a server stopped with SIGSTOP) is not the
+    /// connection failing, and closing it would neither stop the slow command nor help
+    /// anyone: the replacement would queue behind the same command, the reconnects would
+    /// trip the breaker and clients would get "backend unavailable" long after Redis is
+    /// back. Redis answers again where it left off, without a reconnect.
+    ///
+    /// A connection is ended as dead only on proof: a health-check `PING` sent while it
+    /// owed nothing (Redis answers one at once, even mid-script, with `-BUSY`) is still
+    /// unanswered after `timeout` while some other connection of the worker got a reply
+    /// since (`liveness`). When nothing anywhere answers, Redis itself is stopped or
+    /// sleeping, and the connection is kept for when it wakes. Network failures show as
+    /// read and write errors.
+    async fn watchdog(
+        &self,
+        timeout: Option<Duration>,
+        liveness: &Liveness,
+        timed_out: &std::sync::atomic::AtomicU64,
+    ) -> BackendError {
         let Some(timeout) = timeout else {
             return std::future::pending().await;
         };
         loop {
-            let due = self.progress.get() + timeout;
-            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-            let stalled =
-                !self.pending.borrow().is_empty() && self.progress.get().elapsed() >= timeout;
-            if stalled {
+            let now = Instant::now();
+            if let Some(sent) = self.ping_sent.get()
+                && now.saturating_duration_since(sent) >= timeout
+                && liveness.get() > sent
+            {
                 return BackendError::Stalled(timeout);
             }
-            if self.pending.borrow().is_empty() {
-                // Nothing owed: check again a full timeout after the next progress.
-                self.progress.set(std::time::Instant::now());
+            let (expired, next) = self.expire(now, timeout);
+            if expired > 0 {
+                timed_out.fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
             }
+            // With nothing to time out, a full timeout from now is early enough for any
+            // request queued meanwhile (its own deadline is later).
+            let mut wake = next.unwrap_or(now + timeout);
+            if let Some(sent) = self.ping_sent.get() {
+                let due = sent + timeout;
+                // Overdue but Redis silent everywhere: look again later, not in a spin.
+                wake = wake.min(if due > now { due } else { now + timeout });
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
         }
+    }
+
+    /// Answers, with the timeout error, every client request queued `timeout` or more
+    /// before `now`; returns how many, and when the next one is due.
+    fn expire(&self, now: Instant, timeout: Duration) -> (u64, Option<Instant>) {
+        let mut pending = self.pending.borrow_mut();
+        let mut expired = 0;
+        let mut i = self.checked.get();
+        let mut next = None;
+        while let Some(entry) = pending.get_mut(i) {
+            if let Pending::Client(_, _, queued) = entry {
+                let due = *queued + timeout;
+                if due > now {
+                    // Queued in order: every later request is due later still.
+                    next = Some(due);
+                    break;
+                }
+                if let Pending::Client(link, bytes, _) = std::mem::replace(entry, Pending::TimedOut)
+                {
+                    link.deliver_error(TIMED_OUT, bytes);
+                    expired += 1;
+                }
+            }
+            i += 1;
+        }
+        self.checked.set(i);
+        (expired, next)
     }
 
     /// Writes whatever sessions queued, in one write per wake-up: requests of every client
@@ -362,6 +462,7 @@ impl BackendConn {
         stream: &Stream,
         max_depth: usize,
         breaker: &RefCell<Breaker>,
+        liveness: &Liveness,
     ) -> BackendError {
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
         let mut framer = ReplyFramer::new(max_depth);
@@ -396,8 +497,12 @@ impl BackendConn {
                 }
             }
             if pos > 0 {
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 self.progress.set(now);
+                liveness.set(now);
+                // The first reply after a health check is its answer (it was sent with
+                // nothing owed): the connection is alive.
+                self.ping_sent.set(None);
                 // Replies flowing is what tells a half-open breaker the backend is back.
                 breaker.borrow_mut().success(now);
             }
@@ -434,26 +539,46 @@ impl BackendConn {
             let next = pending.pop_front();
             (next, pending.is_empty())
         };
+        self.checked.set(self.checked.get().saturating_sub(1));
         if idle {
             self.became_idle();
         }
         match next {
-            Some(Pending::Client(link, bytes)) => {
+            Some(Pending::Client(link, bytes, _)) => {
                 link.deliver(reply, bytes);
                 Ok(())
             }
+            // Answered with the timeout error already; a reply that is an error is dropped
+            // too: a late `-BUSY` or failure is no one's now.
+            Some(Pending::TimedOut) => Ok(()),
             // A connection that never sent AUTH while the default user needs a password
-            // answers moat's own PING or SELECT with NOAUTH: its clients get the same.
-            Some(Pending::Internal)
+            // answers moat's own PING or SELECT with NOAUTH: alive, and its clients get the
+            // same answer to their own requests.
+            Some(Pending::Internal | Pending::Ping)
                 if kind == FrameKind::Error && reply.starts_with(b"-NOAUTH") =>
             {
                 Ok(())
             }
-            Some(Pending::Internal) if kind == FrameKind::Error => {
+            // Redis in a busy script answers PING with `-BUSY`: alive, which is all a
+            // health check asks.
+            Some(Pending::Ping) if kind == FrameKind::Error && !reply.starts_with(b"-BUSY") => {
                 Err(BackendError::Protocol(format!(
-                    "SELECT/HELLO refused: {}",
+                    "health check refused: {}",
                     String::from_utf8_lossy(reply).trim_end()
                 )))
+            }
+            Some(Pending::Ping) => Ok(()),
+            // The connection is not in the database or protocol the requests queued behind
+            // were sent for: their replies cannot be trusted, so the connection ends.
+            Some(Pending::Internal) if kind == FrameKind::Error => {
+                let line = String::from_utf8_lossy(reply).trim_end().to_string();
+                if let Some(busy) = line.strip_prefix('-').filter(|l| l.starts_with("BUSY")) {
+                    Err(BackendError::Busy(busy.to_string()))
+                } else {
+                    Err(BackendError::Protocol(format!(
+                        "SELECT/HELLO refused: {line}"
+                    )))
+                }
             }
             Some(Pending::Internal) => Ok(()),
             // A reply nobody asked for means the stream is out of step: trusting any later
@@ -462,5 +587,77 @@ impl BackendConn {
                 "unexpected reply from backend".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_protocol::{Limits, RequestParser};
+
+    fn ping() -> Vec<u8> {
+        b"*1\r\n$4\r\nPING\r\n".to_vec()
+    }
+
+    /// Queues one PING for `link` on `conn`.
+    fn enqueue(conn: &BackendConn, link: &Rc<ClientLink>) {
+        let bytes = ping();
+        let mut parser = RequestParser::new(Limits::default());
+        let request = parser.parse(&bytes).unwrap().unwrap();
+        conn.enqueue(link, &request, 0, false);
+    }
+
+    #[test]
+    fn a_timed_out_request_keeps_its_place_and_its_late_reply_reaches_no_one() {
+        let conn = BackendConn::new(0, None, Rc::default());
+        let (a, b) = (
+            Rc::new(ClientLink::default()),
+            Rc::new(ClientLink::default()),
+        );
+        enqueue(&conn, &a);
+        let timeout = Duration::from_secs(1);
+        let later = Instant::now() + timeout;
+        // Queued after A's deadline is computed: B's own deadline is later.
+        let (expired, next) = conn.expire(later, timeout);
+        assert_eq!(expired, 1);
+        assert!(next.is_none());
+        assert_eq!(&a.out()[..], format!("-{TIMED_OUT}\r\n").as_bytes());
+        assert_eq!(a.inflight(), 0);
+        enqueue(&conn, &b);
+        assert_eq!(conn.pending_len(), 2, "A's place stays in the pipeline");
+        let (expired, next) = conn.expire(later, timeout);
+        assert_eq!(expired, 0, "B has not waited its timeout yet");
+        assert!(next.is_some_and(|n| n > later - Duration::from_millis(1)));
+        // Redis answers A late, then B: A's reply is dropped, B gets its own.
+        conn.route(b"+LATE\r\n", FrameKind::Simple).unwrap();
+        conn.route(b"+PONG\r\n", FrameKind::Simple).unwrap();
+        assert_eq!(&a.out()[..], format!("-{TIMED_OUT}\r\n").as_bytes());
+        assert_eq!(&b.out()[..], b"+PONG\r\n");
+        assert_eq!(conn.pending_len(), 0);
+    }
+
+    #[test]
+    fn stuck_means_owing_replies_without_progress() {
+        let conn = BackendConn::new(0, None, Rc::default());
+        let now = Instant::now();
+        assert!(!conn.stuck(now + STUCK_AFTER), "owes nothing");
+        enqueue(&conn, &Rc::new(ClientLink::default()));
+        assert!(!conn.stuck(Instant::now()));
+        assert!(conn.stuck(Instant::now() + STUCK_AFTER));
+        conn.route(b"+PONG\r\n", FrameKind::Simple).unwrap();
+        assert!(!conn.stuck(Instant::now() + STUCK_AFTER));
+    }
+
+    #[test]
+    fn a_busy_reply_to_a_health_check_is_an_answer() {
+        let conn = BackendConn::new(0, None, Rc::default());
+        conn.pending.borrow_mut().push_back(Pending::Ping);
+        let busy = b"-BUSY Redis is busy running a script.\r\n";
+        assert!(conn.route(busy, FrameKind::Error).is_ok());
+        conn.pending.borrow_mut().push_back(Pending::Internal);
+        assert!(matches!(
+            conn.route(busy, FrameKind::Error),
+            Err(BackendError::Busy(_))
+        ));
     }
 }

@@ -118,12 +118,18 @@ pub(crate) async fn open(
     login: Login<'_>,
     fetch_facts: bool,
 ) -> Result<Opened, BackendError> {
+    // Whether the TCP connection was made: a timeout after it is Redis not answering (see
+    // `BackendError::Unanswered`), one before it is the network or the host.
+    let connected = std::cell::Cell::new(false);
     let work = async {
         let stream = settings.connector.connect().await?;
+        connected.set(true);
         let mut hs = Handshake::new(&stream, settings.max_reply_depth);
         hs.authenticate(settings, login).await?;
         let anonymous = matches!(login, Login::As(c) if c.auth_args().is_none());
-        // Named so operators can tell moat's connections apart in CLIENT LIST.
+        // Named so operators can tell moat's connections apart in CLIENT LIST. Redis busy
+        // with a script answers `-BUSY` (it allows only AUTH, HELLO and a few others then):
+        // the connection is still good, it just goes unnamed.
         let reply = hs
             .call(&[b"CLIENT", b"SETNAME", settings.connection_name.as_bytes()])
             .await?;
@@ -151,6 +157,7 @@ pub(crate) async fn open(
     };
     match tokio::time::timeout(settings.connect_timeout, work).await {
         Ok(result) => result,
+        Err(_) if connected.get() => Err(BackendError::Unanswered(settings.connect_timeout)),
         Err(_) => Err(BackendError::Timeout(settings.connect_timeout)),
     }
 }
@@ -183,9 +190,16 @@ pub(crate) async fn reset(
     Ok(())
 }
 
+/// Whether a reply is Redis's `-BUSY` (a script or function running).
+fn is_busy(reply: &Value) -> bool {
+    matches!(reply, Value::Error(e) if e.starts_with("BUSY"))
+}
+
 /// Asks the server what the session needs to answer like it: version and role for HELLO,
-/// the number of databases for SELECT, and the command table for routing. None when the
-/// connection's user may not ask (a later connection, of another user, will).
+/// the number of databases for SELECT, and the command table for routing. `None` when the
+/// connection's user may not ask (a later connection, of another user, will), or when the
+/// server is busy with a script and answers nothing but `-BUSY`: the facts known so far are
+/// kept (rather than replaced by the fallback) and asked for again at the next connection.
 async fn learn_facts(
     hs: &mut Handshake<'_>,
     settings: &Settings,
@@ -198,7 +212,8 @@ async fn learn_facts(
             }
         }
         Value::Error(e) => {
-            tracing::debug!(error = %e, "this connection may not read the server's facts");
+            // -BUSY, or -NOAUTH/-NOPERM for this connection's user.
+            tracing::debug!(error = %e, "this connection may not read the server's facts now");
             return Ok(None);
         }
         _ => {}
@@ -221,6 +236,9 @@ async fn learn_facts(
         }
     }
     let reply = hs.call(&[b"COMMAND"]).await?;
+    if is_busy(&reply) {
+        return Ok(None);
+    }
     match parse_command_reply(&reply) {
         Some(table) => facts.table = table,
         None if matches!(reply, Value::Error(_)) => return Ok(None),

@@ -8,6 +8,7 @@ mod conn;
 pub(crate) mod handshake;
 pub(crate) mod verify;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use rand::Rng;
 
 use tokio::sync::Notify;
 
-use conn::Upkeep;
 pub(crate) use conn::{BackendConn, ConnState};
+use conn::{Liveness, Upkeep};
 
 use crate::auth::{Authority, Principal};
 use crate::command::CommandTable;
@@ -45,14 +46,23 @@ pub(crate) enum BackendError {
     Io(#[from] std::io::Error),
     #[error("connect and handshake took longer than {0:?}")]
     Timeout(Duration),
+    /// Connected, but Redis did not answer the handshake in time: stopped, sleeping, or
+    /// in the first moments of a busy script (before `busy-reply-threshold` it answers no
+    /// one), or not Redis at all.
+    #[error("connected, but no answer to the handshake within {0:?}")]
+    Unanswered(Duration),
     #[error("backend refused moat's credentials: {0}")]
     Auth(String),
     #[error("backend closed the connection")]
     Closed,
     #[error("backend protocol error: {0}")]
     Protocol(String),
-    #[error("no reply from the backend for {0:?}")]
+    #[error("no reply to a health check for {0:?} while other connections were answered")]
     Stalled(Duration),
+    /// Redis refused a `SELECT`/`HELLO` moat inserted because it is busy (a script):
+    /// Redis is alive, so this is no failure for the breaker. Holds Redis's error line.
+    #[error("backend busy: {0}")]
+    Busy(String),
     #[error("retired after its lifetime")]
     Retired,
 }
@@ -184,6 +194,9 @@ pub(crate) struct Backend {
     attempted: Notify,
     /// Fails requests at once while the backend keeps failing.
     pub(crate) breaker: RefCell<Breaker>,
+    /// When any connection of this worker, shared or dedicated, last read a reply: what
+    /// tells a dead connection from a slow Redis (see `BackendConn::watchdog`).
+    liveness: Liveness,
     metrics: Arc<crate::Metrics>,
     /// Who checks credentials; in passthrough mode, each connection logs in as a user.
     authority: Arc<Authority>,
@@ -203,6 +216,7 @@ impl Backend {
         let breaker = RefCell::new(Breaker::new(settings.breaker));
         Rc::new(Self {
             breaker,
+            liveness: Cell::new(Instant::now()),
             metrics,
             authority,
             idle_waiters: Rc::default(),
@@ -238,6 +252,11 @@ impl Backend {
         self.facts.borrow().clone()
     }
 
+    /// A dedicated connection read a reply: Redis is answering.
+    pub(crate) fn note_progress(&self) {
+        self.liveness.set(Instant::now());
+    }
+
     /// Chooses the connection for a request of a client signed in as `who` (none in table
     /// mode), in database `db` and protocol `resp3`, from a client with nothing in flight (a
     /// client with requests in flight stays on their connection).
@@ -248,6 +267,7 @@ impl Backend {
     /// SELECT/HELLO); failing that, the least recently used idle connection of another
     /// user is taken over (it reconnects as this user); and when every connection is busy
     /// with other users, the least busy is asked to finish and the session waits.
+    /// Connections stuck behind a slow command come last in each choice.
     pub(crate) fn pick(
         self: &Rc<Self>,
         who: Option<&Arc<Principal>>,
@@ -260,7 +280,8 @@ impl Backend {
         {
             return Err(PickError::UserGone);
         }
-        if let Verdict::Refuse { retry_in } = self.breaker.borrow_mut().check(Instant::now()) {
+        let now = Instant::now();
+        if let Verdict::Refuse { retry_in } = self.breaker.borrow_mut().check(now) {
             crate::Metrics::bump(&self.metrics.requests_refused);
             return Err(PickError::CircuitOpen(retry_in));
         }
@@ -268,7 +289,11 @@ impl Backend {
         let conns = self.conns.borrow();
         let up = || conns.iter().filter(|c| c.state() != ConnState::Down);
         let mine = || up().filter(|c| !c.retiring() && !c.draining() && c.serves(who));
-        if let Some(c) = mine().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
+        // A connection stuck behind a slow command is passed over while another can take
+        // the request: Redis may well answer it there (a `-BUSY` during a script, or the
+        // reply once the command behind which it would have waited is done).
+        let free = || mine().filter(|c| !c.stuck(now));
+        if let Some(c) = free().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
             return Ok(c.clone());
         }
         if conns.len() < self.cap {
@@ -279,7 +304,9 @@ impl Backend {
             it.min_by_key(|c| c.pending_len()).cloned()
         };
         let found =
-            least(&mut mine().filter(|c| c.group() == group))
+            least(&mut free().filter(|c| c.group() == group))
+                .or_else(|| least(&mut free()))
+                .or_else(|| least(&mut mine().filter(|c| c.group() == group)))
                 .or_else(|| least(&mut mine()))
                 .or_else(|| {
                     // Only retiring connections are left: they still serve until replaced.
@@ -359,6 +386,7 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
         let credential = who.as_deref().and_then(Principal::credential);
         let login = credential.map_or(Login::Moat, Login::As);
         let fetch = backend.facts_stale.get();
+        let attempt_started = Instant::now();
         let lost = match handshake::open(&backend.settings, login, fetch).await {
             Ok(_) if conn.rebinding() => continue,
             Ok(opened) => {
@@ -391,29 +419,34 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                         .map(|l| l.mul_f64(rand::rng().random_range(0.9..1.1))),
                     health_check: backend.settings.health_check,
                 };
-                let e = conn.run(stream, &upkeep, &backend.breaker).await;
+                let e = conn
+                    .run(
+                        stream,
+                        &upkeep,
+                        &backend.breaker,
+                        &backend.liveness,
+                        &backend.metrics.backend_timeouts,
+                    )
+                    .await;
                 if matches!(e, BackendError::Retired) {
                     tracing::debug!(slot = conn.slot, "backend connection retired");
                     conn.set_state(ConnState::Down);
                     continue;
                 }
-                backend.failure();
-                crate::Metrics::bump(if matches!(e, BackendError::Stalled(_)) {
-                    &backend.metrics.backend_timeouts
-                } else {
-                    &backend.metrics.backend_connections_lost
-                });
+                crate::Metrics::bump(&backend.metrics.backend_connections_lost);
                 // The delays start over only after a healthy stretch: a server that accepts
                 // and drops connections at once must not be hammered at the base delay.
                 if healthy_since.elapsed() >= HEALTHY_AFTER {
                     backoff.reset();
                 }
                 tracing::warn!(slot = conn.slot, error = %e, "backend connection lost");
-                if matches!(e, BackendError::Stalled(_)) {
-                    "ERR moat: backend timed out (no reply in time; the request was not retried)"
-                        .to_string()
+                if let BackendError::Busy(line) = e {
+                    // Redis answered, busy: what it owed gets Redis's own `-BUSY`, and the
+                    // breaker hears nothing (the backend is not failing).
+                    Cow::Owned(line)
                 } else {
-                    "ERR moat: backend connection lost before the reply".to_string()
+                    backend.failure();
+                    Cow::Borrowed("ERR moat: backend connection lost before the reply")
                 }
             }
             Err(BackendError::Auth(e))
@@ -442,15 +475,24 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
             }
             Err(e) => {
                 backend.attempted.notify_waiters();
-                backend.failure();
+                // Redis silent on this new connection and on every other one since the
+                // attempt began is Redis stopped or sleeping, not failing: like a request
+                // that times out, it does not count for the breaker, which would otherwise
+                // refuse requests after Redis is back (the open connections serve again
+                // the moment it wakes). Silence here while others were answered counts.
+                let silent_everywhere = matches!(e, BackendError::Unanswered(_))
+                    && backend.liveness.get() <= attempt_started;
+                if !silent_everywhere {
+                    backend.failure();
+                }
                 crate::Metrics::bump(&backend.metrics.backend_connect_failures);
                 tracing::warn!(slot = conn.slot, error = %e, backend = %backend.settings.connector, "cannot connect to backend");
                 if matches!(e, BackendError::Auth(_)) {
                     // Moat's own credential stopped working (a password changed under it):
                     // say so, and keep retrying with backoff until it works again.
-                    format!("ERR moat: backend unavailable ({e})")
+                    Cow::Owned(format!("ERR moat: backend unavailable ({e})"))
                 } else {
-                    "ERR moat: backend unavailable".into()
+                    Cow::Borrowed("ERR moat: backend unavailable")
                 }
             }
         };

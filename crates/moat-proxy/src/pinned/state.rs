@@ -15,11 +15,21 @@ pub(crate) enum Tag {
     Other,
     /// A call that may block (BLPOP, WAIT, XREAD BLOCK...): its reply may never come.
     Blocking,
+    /// SCRIPT KILL or FUNCTION KILL, leased for the one request so it is not queued behind
+    /// the busy script it is meant to stop.
+    Control,
+    /// SHUTDOWN, leased likewise: when it succeeds Redis closes the connection without a
+    /// reply, and the client's connection is closed the same way.
+    Shutdown,
     Multi,
     Exec,
     /// The client's EXEC, sent as DISCARD because moat refused a command inside the
     /// transaction; the reply becomes Redis's EXECABORT.
     ExecAsDiscard,
+    /// A DISCARD (inside MULTI) or UNWATCH (outside) moat sends after answering a rejected
+    /// EXEC itself: Redis ends the transaction and drops the watched keys when it rejects
+    /// an EXEC, so the connection must too. Moat's own: the reply is not the client's.
+    Abort,
     Discard,
     Watch,
     Unwatch,
@@ -145,8 +155,11 @@ impl PinState {
             }
             // Outside a transaction EXEC and DISCARD only fail: the watch stays, as in Redis.
             Tag::Exec | Tag::Discard if !self.multi_open => Tag::Other,
-            Tag::Exec | Tag::ExecAsDiscard | Tag::Discard | Tag::Reset => {
+            // The transaction being queued ends here, and with it its failure: the next
+            // MULTI, possibly pipelined before this reply arrives, starts clean.
+            Tag::Exec | Tag::ExecAsDiscard | Tag::Discard | Tag::Reset | Tag::Abort => {
                 self.multi_open = false;
+                self.multi_dirty = false;
                 tag
             }
             _ => tag,
@@ -192,8 +205,40 @@ impl PinState {
     pub(crate) fn owed_to_client(&self) -> usize {
         self.fifo
             .iter()
-            .filter(|e| !matches!(e, Expect::Swallow | Expect::Hello(_)))
+            .filter(|e| {
+                !matches!(
+                    e,
+                    Expect::Swallow | Expect::Hello(_) | Expect::Reply(Tag::Abort)
+                )
+            })
             .count()
+    }
+
+    /// With a SHUTDOWN waiting for its reply: the replies the client waits for before it.
+    /// A connection that closes then was shut down with Redis, whose client gets nothing
+    /// more either.
+    pub(crate) fn owed_before_shutdown(&self) -> Option<usize> {
+        let at = self
+            .fifo
+            .iter()
+            .position(|e| *e == Expect::Reply(Tag::Shutdown))?;
+        Some(
+            self.fifo
+                .iter()
+                .take(at)
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        Expect::Swallow | Expect::Hello(_) | Expect::Reply(Tag::Abort)
+                    )
+                })
+                .count(),
+        )
+    }
+
+    /// Keys are watched (WATCH answered, not yet ended by EXEC, DISCARD or UNWATCH).
+    pub(crate) fn watching(&self) -> bool {
+        self.watching
     }
 
     /// Replies still owed.
@@ -317,20 +362,17 @@ impl PinState {
 
     fn apply(&mut self, tag: Tag, is_error: bool) -> Disposition {
         match tag {
-            Tag::Other | Tag::Blocking | Tag::Multi => {}
-            Tag::Exec => {
-                self.watching = false;
-                self.multi_dirty = false;
-            }
+            Tag::Other | Tag::Blocking | Tag::Multi | Tag::Control | Tag::Shutdown => {}
+            Tag::Exec => self.watching = false,
             Tag::ExecAsDiscard => {
                 self.watching = false;
-                self.multi_dirty = false;
                 return Disposition::Replace(EXECABORT);
             }
-            Tag::Discard if !is_error => {
+            Tag::Abort => {
                 self.watching = false;
-                self.multi_dirty = false;
+                return Disposition::Swallow;
             }
+            Tag::Discard if !is_error => self.watching = false,
             Tag::Discard => {}
             Tag::Watch if !is_error => self.watching = true,
             Tag::Watch => {}
@@ -561,6 +603,45 @@ mod tests {
             s.on_frame(b"+OK\r\n", Simple),
             Ok(Disposition::Replace(EXECABORT))
         );
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_failed_transaction_does_not_fail_the_next_one_pipelined_behind_it() {
+        // MULTI, a refused command, EXEC (sent as DISCARD), then a second transaction, all
+        // sent before any reply: the second one's EXEC is a real EXEC.
+        let mut s = PinState::new(false);
+        s.expect(Tag::Multi);
+        s.mark_dirty();
+        assert!(s.multi_dirty());
+        s.expect(Tag::ExecAsDiscard);
+        assert!(!s.multi_dirty(), "the failure ends with its transaction");
+        s.expect(Tag::Multi);
+        assert!(!s.multi_dirty());
+        s.expect(Tag::Exec);
+        s.on_frame(b"+OK\r\n", Simple).unwrap();
+        assert_eq!(
+            s.on_frame(b"+OK\r\n", Simple),
+            Ok(Disposition::Replace(EXECABORT))
+        );
+        s.on_frame(b"+OK\r\n", Simple).unwrap();
+        assert_eq!(
+            s.on_frame(b"*0\r\n", Array),
+            Ok(Disposition::Deliver),
+            "the second EXEC's own reply"
+        );
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn moats_own_abort_is_swallowed_and_ends_the_watch() {
+        let mut s = PinState::new(false);
+        s.expect(Tag::Watch);
+        s.on_frame(b"+OK\r\n", Simple).unwrap();
+        assert!(s.watching());
+        s.expect(Tag::Abort);
+        assert_eq!(s.owed_to_client(), 0, "not a reply the client waits for");
+        assert_eq!(s.on_frame(b"+OK\r\n", Simple), Ok(Disposition::Swallow));
         assert!(s.is_idle());
     }
 

@@ -105,6 +105,9 @@ fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> A
             "NOPERM this user has no permissions to run the '{shown}' command"
         ));
     }
+    if interrupts_busy(name, request) {
+        return Action::Dedicated;
+    }
     match route {
         Route::Forward => Action::Forward,
         Route::Local(Local::Client) => client_route(request),
@@ -124,6 +127,20 @@ fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> A
             }
         }
     }
+}
+
+/// SCRIPT KILL, FUNCTION KILL and SHUTDOWN: the commands Redis runs while a script (or a
+/// function) keeps it busy, meant to end it. On a shared connection they could be queued
+/// behind that very script and never run; they get a dedicated connection for the one
+/// request instead, like a blocking call. Whether the user may run them is Redis's call.
+pub(super) fn interrupts_busy(name: &[u8], request: &Request<'_>) -> bool {
+    if name.eq_ignore_ascii_case(b"SHUTDOWN") {
+        return true;
+    }
+    (name.eq_ignore_ascii_case(b"SCRIPT") || name.eq_ignore_ascii_case(b"FUNCTION"))
+        && request
+            .arg(1)
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(b"KILL"))
 }
 
 /// CLIENT subcommands that change how replies flow need more than the local emulation.

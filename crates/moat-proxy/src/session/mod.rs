@@ -748,6 +748,14 @@ impl Core {
             }
             Action::Local(cmd) => self.local(cmd, request, &facts),
             Action::Dedicated => match std::mem::replace(&mut self.wait, Wait::None) {
+                Wait::LeaseFailed(_)
+                    if classify::interrupts_busy(request.arg(0).unwrap_or_default(), request) =>
+                {
+                    // No dedicated connection (the pool is taken, or disabled): a shared one
+                    // not stuck behind the busy script may still reach Redis, which is
+                    // better than refusing the one command that ends it.
+                    self.forward(request)
+                }
                 Wait::LeaseFailed(line) => {
                     encode::error(&mut self.link.out(), line.as_bytes());
                     Step::Done

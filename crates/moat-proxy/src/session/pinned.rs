@@ -41,6 +41,14 @@ pub(super) fn tag_of(request: &Request<'_>) -> PinTag {
     let sub = |kind, unsubscribe| PinTag::Sub(kind, unsubscribe, names);
     match name {
         b"multi" => PinTag::Reply(Tag::Multi),
+        b"shutdown" => PinTag::Reply(Tag::Shutdown),
+        b"script" | b"function"
+            if request
+                .arg(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"KILL")) =>
+        {
+            PinTag::Reply(Tag::Control)
+        }
         b"exec" => PinTag::Reply(Tag::Exec),
         b"discard" => PinTag::Reply(Tag::Discard),
         b"watch" => PinTag::Reply(Tag::Watch),
@@ -160,6 +168,20 @@ impl Pin {
         request.write_resp(&mut self.wbuf);
     }
 
+    /// Ends the open transaction (DISCARD) or, outside one, drops the watched keys
+    /// (UNWATCH), with moat's own command whose reply the client never sees.
+    pub(super) fn abort_transaction(&mut self) {
+        let command: &[u8] = if self.state.multi_open() {
+            b"DISCARD"
+        } else if self.state.watching() {
+            b"UNWATCH"
+        } else {
+            return;
+        };
+        encode::command(&mut self.wbuf, &[command]);
+        self.state.expect(Tag::Abort);
+    }
+
     /// Writes queued requests as far as the socket takes them.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         while !self.wbuf.is_empty() {
@@ -199,8 +221,9 @@ impl Pin {
         self.conn.stream.poll_write_ready(cx)
     }
 
-    /// Reads what the connection sent and hands the client its frames.
-    pub(super) fn read(&mut self, link: &ClientLink) -> Result<(), PinLost> {
+    /// Reads what the connection sent and hands the client its frames; true when
+    /// anything arrived.
+    pub(super) fn read(&mut self, link: &ClientLink) -> Result<bool, PinLost> {
         if self.rbuf.capacity() - self.rbuf.len() < BUF_SIZE / 4 {
             self.rbuf.reserve(BUF_SIZE);
         }
@@ -208,7 +231,7 @@ impl Pin {
         match self.conn.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => return Err(PinLost("backend closed the connection".into())),
             Ok(n) => self.conn.stream.after_read(n, room),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(PinLost(e.to_string())),
         }
         let mut pos = 0;
@@ -237,7 +260,7 @@ impl Pin {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * BUF_SIZE {
             self.rbuf = BytesMut::new();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Ends the lease: the connection goes back to the pool (RESET first when the server
@@ -295,6 +318,15 @@ impl Core {
                 // Redis fails the whole transaction when it rejects a queued command.
                 pin.state.mark_dirty();
                 encode::error(&mut self.link.out(), line);
+                let exec = request
+                    .arg(0)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"EXEC"));
+                if exec && !resp2_pubsub {
+                    // A rejected EXEC ends the transaction and unwatches in Redis (its
+                    // EXECABORT discards): the dedicated connection follows, so a later EXEC
+                    // gets `EXEC without MULTI` as from Redis.
+                    pin.abort_transaction();
+                }
                 Step::Done
             }
             Action::Local(
@@ -365,8 +397,12 @@ impl Core {
         let Some(pin) = self.pin.as_deref_mut() else {
             return;
         };
-        if let Err(lost) = pin.read(&self.link) {
-            self.lose_pin(&lost.0);
+        match pin.read(&self.link) {
+            // Redis answering a dedicated connection is evidence for the shared ones'
+            // watchdogs that it is alive.
+            Ok(true) => self.worker.backend.note_progress(),
+            Ok(false) => {}
+            Err(lost) => self.lose_pin(&lost.0),
         }
     }
 
@@ -408,12 +444,14 @@ impl Core {
             error = why,
             "dedicated connection lost"
         );
+        let shutdown = pin.state.owed_before_shutdown();
         let mut out = self.link.out();
-        for _ in 0..pin.state.owed_to_client() {
+        for _ in 0..shutdown.unwrap_or_else(|| pin.state.owed_to_client()) {
             encode::error(&mut out, "ERR moat: dedicated backend connection lost");
         }
         drop(out);
-        if pin.state.holds_state() {
+        // After a SHUTDOWN the client's connection closes without a reply, as Redis's does.
+        if pin.state.holds_state() || shutdown.is_some() {
             self.closing = true;
         }
     }
