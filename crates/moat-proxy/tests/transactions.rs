@@ -352,3 +352,58 @@ fn transaction_scripts_one_command_at_a_time_answer_like_redis() {
     let stack = Stack::start();
     compare(&stack, false);
 }
+
+/// A MULTI that gets no dedicated connection is answered with the reason, and nothing the
+/// client pipelined behind it runs: the commands it believes queued are refused, and its
+/// EXEC gets Redis's EXECABORT (DISCARD its `+OK`), so no command of the transaction runs
+/// outside one.
+#[test]
+fn commands_behind_a_multi_without_a_lease_do_not_run() {
+    let stack = Stack::with(moat_testkit::RedisServer::builder(), |c| {
+        c.pinned.max_per_ip = 1;
+        c.pinned.wait = Duration::from_millis(100);
+    });
+    // Another client from the same address holds the address's one lease.
+    let mut holder = Conn::connect(stack.addr());
+    assert_eq!(
+        shown(&holder.call(&["SUBSCRIBE", "ch"])),
+        shown(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+    );
+    let script: Script = &[
+        &["MULTI"],
+        &["SET", "a", "1"],
+        &["MULTI"],
+        &["WATCH", "a"],
+        &["SET", "a"],
+        &["EXEC"],
+        &["GET", "a"],
+        &["MULTI"],
+        &["SET", "a", "2"],
+        &["DISCARD"],
+        &["GET", "a"],
+    ];
+    let mut c = Conn::connect(stack.addr());
+    let got: Vec<String> = run(&mut c, script, true).iter().map(|r| shown(r)).collect();
+    let refused: &[u8] =
+        b"-ERR moat: no dedicated connection available (limit 1 per client address)\r\n";
+    let not_queued: &[u8] = b"-ERR moat: not queued: the transaction got no dedicated \
+        connection (see MULTI's error)\r\n";
+    let want: Vec<String> = [
+        refused,
+        not_queued,
+        b"-ERR MULTI calls can not be nested\r\n",
+        b"-ERR WATCH inside MULTI is not allowed\r\n",
+        b"-ERR wrong number of arguments for 'set' command\r\n",
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        b"$-1\r\n",
+        refused,
+        not_queued,
+        b"+OK\r\n",
+        b"$-1\r\n",
+    ]
+    .iter()
+    .map(|r| shown(r))
+    .collect();
+    assert_eq!(got, want);
+    c.expect_working("after the refused transactions");
+}

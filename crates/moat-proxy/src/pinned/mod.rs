@@ -7,4 +7,4 @@ mod state;
 
 pub(crate) use limits::{LeaseLimits, LeaseTicket};
 pub(crate) use pool::{PinnedConn, PinnedPool};
-pub(crate) use state::{Disposition, PinState, SubKind, Tag};
+pub(crate) use state::{Disposition, EXECABORT, PinState, SubKind, Tag};

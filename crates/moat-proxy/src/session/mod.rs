@@ -81,6 +81,10 @@ enum Wait {
     Verify(Box<local::AuthAttempt>),
     /// Redis's verdict on that credential, or why it could not be asked.
     Verified(Box<(local::AuthAttempt, Result<Verdict, String>)>),
+    /// MULTI got no dedicated connection (answered with the reason): the client still
+    /// thinks its next commands are queued, so none of them may run; they are refused
+    /// until its EXEC (EXECABORT) or DISCARD, as in a transaction Redis aborted.
+    NoTransaction,
 }
 
 /// What processing one request led to.
@@ -736,6 +740,9 @@ impl Core {
         if self.pin.is_some() {
             return self.handle_pinned(request, action, &facts);
         }
+        if self.wait == Wait::NoTransaction {
+            return self.refuse_in_failed_multi(request, action, &facts);
+        }
         if !matches!(action, Action::Forward) && self.link.inflight() > 0 {
             // Answering now would overtake replies still owed for earlier requests.
             return Step::Blocked;
@@ -758,6 +765,14 @@ impl Core {
                 }
                 Wait::LeaseFailed(line) => {
                     encode::error(&mut self.link.out(), line.as_bytes());
+                    if request
+                        .arg(0)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(b"MULTI"))
+                    {
+                        // Commands pipelined behind this MULTI must not run as if it had
+                        // opened a transaction.
+                        self.wait = Wait::NoTransaction;
+                    }
                     Step::Done
                 }
                 _ => {
@@ -766,6 +781,53 @@ impl Core {
                 }
             },
         }
+    }
+
+    /// A request after a MULTI that got no dedicated connection: nothing runs until the
+    /// client's EXEC or DISCARD, which end the failed transaction the way Redis ends one
+    /// it aborted. QUIT and RESET act as usual (RESET ends the transaction too).
+    fn refuse_in_failed_multi(
+        &mut self,
+        request: &moat_protocol::Request<'_>,
+        action: Action,
+        facts: &crate::backend::BackendFacts,
+    ) -> Step {
+        use crate::command::Local;
+        let name = request.arg(0).unwrap_or_default();
+        let line: &[u8] = match action {
+            Action::Local(cmd @ (Local::Quit | Local::CrossProtocol)) => {
+                return self.local(cmd, request, facts);
+            }
+            Action::Local(Local::Reset) => {
+                self.wait = Wait::None;
+                return self.local(Local::Reset, request, facts);
+            }
+            Action::Local(Local::Exec) => {
+                self.wait = Wait::None;
+                crate::pinned::EXECABORT
+                    .strip_prefix(b"-")
+                    .and_then(|l| l.strip_suffix(b"\r\n"))
+                    .unwrap_or_default()
+            }
+            Action::Local(Local::Discard) => {
+                self.wait = Wait::None;
+                encode::simple(&mut self.link.out(), "OK");
+                return Step::Done;
+            }
+            // Redis's own rejections (arity, unknown command...) stay what they are; a
+            // rejected EXEC ends the transaction, as in Redis.
+            Action::Error(ref line) => {
+                if name.eq_ignore_ascii_case(b"EXEC") {
+                    self.wait = Wait::None;
+                }
+                line
+            }
+            _ if name.eq_ignore_ascii_case(b"MULTI") => b"ERR MULTI calls can not be nested",
+            _ if name.eq_ignore_ascii_case(b"WATCH") => b"ERR WATCH inside MULTI is not allowed",
+            _ => b"ERR moat: not queued: the transaction got no dedicated connection (see MULTI's error)",
+        };
+        encode::error(&mut self.link.out(), line);
+        Step::Done
     }
 
     fn forward(&mut self, request: &moat_protocol::Request<'_>) -> Step {
