@@ -26,6 +26,11 @@ pub struct Metrics {
     pub leases_refused: AtomicU64,
     /// Subscribers (or monitors) disconnected for not reading their messages.
     pub slow_subscribers: AtomicU64,
+    /// AUTH and HELLO AUTH attempts refused (by Redis in passthrough mode, by moat's table).
+    pub auth_refused: AtomicU64,
+    /// Shared connections reconnected as another Redis user because every one served other
+    /// users (passthrough mode): many do mean the pool is small for the users active at once.
+    pub backend_takeovers: AtomicU64,
 }
 
 impl Metrics {
@@ -54,6 +59,8 @@ impl Metrics {
             ("slow_requests", get(&self.slow_requests)),
             ("leases_refused", get(&self.leases_refused)),
             ("slow_subscribers", get(&self.slow_subscribers)),
+            ("auth_refused", get(&self.auth_refused)),
+            ("backend_takeovers", get(&self.backend_takeovers)),
         ]
     }
 

@@ -222,6 +222,10 @@ fn many_users_on_a_small_pool_never_see_each_other() {
         t.join().expect("client thread");
     }
     assert!(
+        stack.moat.metrics().get("backend_takeovers") > Some(0),
+        "three users on one connection never took it over"
+    );
+    assert!(
         stack.redis_clients() <= 2,
         "more backend connections than the pool and the verifier"
     );
@@ -244,6 +248,7 @@ fn failed_auth_attempts_are_strikes() {
         .iter()
         .any(|(net, _)| net.contains(&"127.0.9.9".parse::<std::net::IpAddr>().expect("ip")));
     assert!(banned, "three wrong passwords did not ban the source");
+    assert_eq!(stack.moat.metrics().get("auth_refused"), Some(3));
 }
 
 /// A client holding a dedicated connection (here after WATCH) that signs in as another user

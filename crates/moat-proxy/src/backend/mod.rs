@@ -327,6 +327,7 @@ impl Backend {
                 slot = c.slot,
                 "backend connection taken over for another user"
             );
+            crate::Metrics::bump(&self.metrics.backend_takeovers);
             c.rebind(who.cloned());
             return Ok(c);
         }

@@ -47,6 +47,7 @@ impl Core {
                 }
                 (AuthOutcome::NoPasswordConfigured, _) => Err(NO_PASSWORD.into()),
                 _ => {
+                    crate::Metrics::bump(&self.worker.metrics.auth_refused);
                     self.report(moat_guard::Event::AuthFailed);
                     Err(WRONGPASS.into())
                 }
@@ -73,6 +74,7 @@ impl Core {
                         Ok(())
                     }
                     Ok(Verdict::Refused(line)) => {
+                        crate::Metrics::bump(&self.worker.metrics.auth_refused);
                         if line.starts_with("WRONGPASS") {
                             self.report(moat_guard::Event::AuthFailed);
                         }
