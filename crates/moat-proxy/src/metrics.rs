@@ -31,6 +31,9 @@ pub struct Metrics {
     /// Shared connections reconnected as another Redis user because every one served other
     /// users (passthrough mode): many do mean the pool is small for the users active at once.
     pub backend_takeovers: AtomicU64,
+    /// Clients in MONITOR mode now (a gauge). While there are any, PING and ECHO go to
+    /// Redis instead of being answered by moat, so monitors see them as they would on Redis.
+    pub monitors: AtomicU64,
 }
 
 impl Metrics {
@@ -61,6 +64,7 @@ impl Metrics {
             ("slow_subscribers", get(&self.slow_subscribers)),
             ("auth_refused", get(&self.auth_refused)),
             ("backend_takeovers", get(&self.backend_takeovers)),
+            ("monitors", get(&self.monitors)),
         ]
     }
 

@@ -1748,3 +1748,34 @@ fn a_blocked_client_that_crashes_gives_back_its_lease_and_values() {
     assert_eq!(other.call(&["LLEN", "ck"]), b":1\r\n");
     wait_pinned_idle(&stack.redis);
 }
+
+/// Commands moat answers itself (PING, ECHO) reach Redis while someone monitors, so the
+/// monitor sees them as it would on Redis; once the monitor leaves, moat answers them again.
+#[test]
+fn monitors_see_pings_that_moat_would_answer_itself() {
+    let stack = Stack::start();
+    let mut monitor = Conn::connect(stack.addr());
+    assert_eq!(monitor.call(&["MONITOR"]), b"+OK\r\n");
+    wait_until("the monitor is counted", SETTLE, || {
+        stack.moat.metrics().get("monitors") == Some(1)
+    });
+    let mut other = Conn::connect(stack.addr());
+    assert_eq!(other.call(&["PING"]), b"+PONG\r\n");
+    assert_eq!(other.call(&["ECHO", "seen"]), b"$4\r\nseen\r\n");
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let line = monitor.reply();
+        let text = String::from_utf8_lossy(&line).into_owned();
+        // Moat's own health checks may show up too; only the client's commands count.
+        if text.contains("\"PING\"") || text.contains("\"ECHO\"") {
+            lines.push(text);
+        }
+    }
+    assert!(lines[0].contains("\"PING\""), "{lines:?}");
+    assert!(lines[1].contains("\"ECHO\" \"seen\""), "{lines:?}");
+    assert_eq!(monitor.call(&["RESET"]), b"+RESET\r\n");
+    wait_until("the monitor has left", SETTLE, || {
+        stack.moat.metrics().get("monitors") == Some(0)
+    });
+    assert_eq!(other.call(&["PING"]), b"+PONG\r\n");
+}

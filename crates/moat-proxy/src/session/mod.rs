@@ -753,6 +753,12 @@ impl Core {
                 encode::error(&mut self.link.out(), line);
                 Step::Done
             }
+            Action::Local(crate::command::Local::Ping | crate::command::Local::Echo)
+                if self.worker.metrics.monitors.load(Ordering::Relaxed) > 0 =>
+            {
+                // Someone is monitoring: Redis answers, so the monitor sees the command.
+                self.forward(request)
+            }
             Action::Local(cmd) => self.local(cmd, request, &facts),
             Action::Dedicated => match std::mem::replace(&mut self.wait, Wait::None) {
                 Wait::LeaseFailed(_)

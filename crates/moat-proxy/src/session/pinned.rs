@@ -109,6 +109,29 @@ pub(crate) struct Pin {
     /// The client signed in as another user during the lease, and the connection with it:
     /// it may go back to the pool only through RESET, which logs it in as its own user again.
     relogged: bool,
+    /// Counts this lease among the monitors while it lasts.
+    monitoring: Option<MonitorGauge>,
+}
+
+/// One client in MONITOR mode, counted in [`crate::Metrics::monitors`] until its lease ends.
+#[derive(Debug)]
+struct MonitorGauge(std::sync::Arc<crate::Metrics>);
+
+impl MonitorGauge {
+    fn new(metrics: &std::sync::Arc<crate::Metrics>) -> Self {
+        metrics
+            .monitors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for MonitorGauge {
+    fn drop(&mut self) {
+        self.0
+            .monitors
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The dedicated connection is gone or out of step.
@@ -127,6 +150,7 @@ impl Pin {
             framer: ReplyFramer::new(max_depth),
             unsolicited: 0,
             relogged: false,
+            monitoring: None,
         }
     }
 
@@ -307,6 +331,9 @@ impl Core {
                 }
                 if multi && tag.unfollowable_in_multi() {
                     return refuse_in_multi(pin, &self.link, request, settled);
+                }
+                if tag == PinTag::Reply(Tag::Monitor) && pin.monitoring.is_none() {
+                    pin.monitoring = Some(MonitorGauge::new(&self.worker.metrics));
                 }
                 pin.forward(request, self.state.db, self.state.resp3, tag);
                 Step::Done
