@@ -35,6 +35,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) listen: SocketAddr,
     pub(crate) pinned: Rc<PinnedPool>,
     pub(crate) metrics: Arc<crate::Metrics>,
+    /// This worker's sessions, for CLIENT LIST/KILL/UNBLOCK, and the shared pause.
+    pub(crate) clients: crate::clients::WorkerClients,
 }
 
 /// A worker's share of the pools: backend connections, dedicated ones, and the lease caps
@@ -44,6 +46,10 @@ pub(crate) struct Shares {
     pub(crate) backend_cap: usize,
     pub(crate) pinned_cap: usize,
     pub(crate) leases: Arc<LeaseLimits>,
+    /// The directory and pause all workers share.
+    pub(crate) clients: Arc<crate::clients::Shared>,
+    /// This worker's queue of questions from other workers (none when alone).
+    pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
 }
 
 impl WorkerCtx {
@@ -71,7 +77,7 @@ impl WorkerCtx {
             config.pinned.wait,
         );
         let l = &config.limits;
-        Rc::new(WorkerCtx {
+        let ctx = Rc::new(WorkerCtx {
             backend,
             users,
             limits: Limits {
@@ -90,7 +96,10 @@ impl WorkerCtx {
             listen,
             pinned,
             metrics,
-        })
+            clients: crate::clients::WorkerClients::new(index, shares.clients),
+        });
+        crate::clients::WorkerClients::start(&ctx, shares.queries);
+        ctx
     }
 }
 
@@ -107,6 +116,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) leases: Arc<LeaseLimits>,
     pub(crate) guard: Arc<Guard>,
     pub(crate) metrics: Arc<crate::Metrics>,
+    pub(crate) clients: Arc<crate::clients::Shared>,
+    pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -169,6 +180,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         leases,
         guard,
         metrics,
+        clients,
+        queries,
         mut shutdown,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -190,6 +203,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             backend_cap,
             pinned_cap,
             leases,
+            clients,
+            queries,
         };
         let ctx = WorkerCtx::build(&config, index, listen, connector, users, shares, metrics);
         let ctx = ctx.await;

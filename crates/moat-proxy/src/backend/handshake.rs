@@ -131,6 +131,22 @@ pub(crate) async fn reset(stream: &Stream, settings: &Settings) -> Result<(), Ba
     Ok(())
 }
 
+/// Asks the server for the connection's own client id (`CLIENT ID`), so that a CLIENT
+/// UNBLOCK from a client of moat can be aimed at the dedicated connection the target client
+/// waits on. `None` when the server refuses (CLIENT renamed or denied to moat's user).
+pub(crate) async fn client_id(
+    stream: &Stream,
+    settings: &Settings,
+) -> Result<Option<u64>, BackendError> {
+    let mut hs = Handshake {
+        stream,
+        buf: BytesMut::new(),
+        max_depth: settings.max_reply_depth,
+    };
+    let reply = hs.call(&[b"CLIENT", b"ID"]).await?;
+    Ok(reply.as_int().and_then(|id| u64::try_from(id).ok()))
+}
+
 /// Asks the server what the session needs to answer like it: version and role for HELLO,
 /// the number of databases for SELECT, and the command table for routing.
 async fn learn_facts(

@@ -59,6 +59,8 @@ pub(crate) struct PinnedConn {
     /// Database and protocol the connection is in (moat adjusts them per lease).
     pub(crate) db: u32,
     pub(crate) resp3: bool,
+    /// The connection's client id on Redis (CLIENT UNBLOCK aims at it); it survives RESET.
+    pub(crate) redis_id: Option<u64>,
     _slot: Slot,
 }
 
@@ -163,18 +165,27 @@ impl PinnedPool {
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
         self.open.set(self.open.get() + 1);
         let slot = Slot(Rc::downgrade(self));
-        match handshake::open(&self.settings, false).await {
-            Ok((stream, _)) => Ok((
-                PinnedConn {
-                    stream,
-                    db: 0,
-                    resp3: false,
-                    _slot: slot,
-                },
-                ticket,
-            )),
-            Err(e) => Err(LeaseError::Backend(e.to_string())),
-        }
+        let (stream, _) = handshake::open(&self.settings, false)
+            .await
+            .map_err(|e| LeaseError::Backend(e.to_string()))?;
+        // A reply that came after the wait would be taken for the client's: on any failure
+        // the connection is not used.
+        let id = handshake::client_id(&stream, &self.settings);
+        let redis_id = match tokio::time::timeout(self.settings.connect_timeout, id).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => return Err(LeaseError::Backend(e.to_string())),
+            Err(_) => return Err(LeaseError::Backend("no reply to CLIENT ID".into())),
+        };
+        Ok((
+            PinnedConn {
+                stream,
+                db: 0,
+                resp3: false,
+                redis_id,
+                _slot: slot,
+            },
+            ticket,
+        ))
     }
 
     /// Idle connections the server closed (timeout, restart) are dropped before a lease.
