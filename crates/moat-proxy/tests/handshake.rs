@@ -898,7 +898,10 @@ fn client_control_subcommands_never_reach_redis() {
     let cases: &[(&[&str], &[u8])] = &[
         // Only this client is a moat client of type normal, and SKIPME spares it.
         (&["CLIENT", "KILL", "TYPE", "normal"], b":0\r\n"),
-        (&["client", "kill", "127.0.0.1:1"], b"-ERR No such client\r\n"),
+        (
+            &["client", "kill", "127.0.0.1:1"],
+            b"-ERR No such client\r\n",
+        ),
         (&["CLIENT", "KILL", "ID", backend_id], b":0\r\n"),
         (&["CLIENT", "PAUSE", "100000", "WRITE"], b"+OK\r\n"),
         (&["CLIENT", "UNPAUSE"], b"+OK\r\n"),
@@ -909,7 +912,11 @@ fn client_control_subcommands_never_reach_redis() {
         let args = args_of(args);
         let got = send(&mut c, &args);
         assert_eq!(shown(&got), shown(want), "{args:?}");
-        assert_eq!(c.cmd(&[b"GET", b"kill:k"]), b"$1\r\nv\r\n", "after {args:?}");
+        assert_eq!(
+            c.cmd(&[b"GET", b"kill:k"]),
+            b"$1\r\nv\r\n",
+            "after {args:?}"
+        );
     }
     // Moat's shared connections are the very same ones on Redis: none was killed.
     let after = shared_connection_ids(&stack);

@@ -103,6 +103,11 @@ pub(crate) struct CommandInfo {
     pub(crate) id: u16,
 }
 
+/// Commands Redis flags `may_replicate` (CLIENT PAUSE WRITE holds them) although its
+/// `COMMAND` reply does not say so: Redis 7.0 leaves the flag out of the reply. Servers
+/// that do report it are read as they say.
+const MAY_REPLICATE: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish", "pfcount"];
+
 /// The [`CommandInfo::id`] of no command: what CLIENT LIST shows as `cmd=NULL` (a client
 /// that has sent nothing yet, or an unknown command).
 pub(crate) const NO_COMMAND: u16 = u16::MAX;
@@ -177,6 +182,10 @@ impl CommandTable {
         has_subcommands: bool,
         route: Route,
     ) {
+        let mut flags = flags;
+        if MAY_REPLICATE.iter().any(|n| n.as_bytes() == &*name) {
+            flags.insert(Flags::MAY_REPLICATE);
+        }
         let id = match self.map.get(&name) {
             Some(old) => old.id,
             None => {
@@ -335,5 +344,11 @@ mod tests {
         assert_eq!(t.name(hello.id), Some("hello"));
         assert_eq!(t.name(NO_COMMAND), None);
         assert_eq!(Flags::from_name(b"may_replicate"), Flags::MAY_REPLICATE);
+        // Redis 7.0 does not report it for EVAL or PUBLISH: moat knows.
+        let t = CommandTable::from_entries([(b"eval".to_vec(), -3, Flags::default(), false)]);
+        assert!(
+            t.get(b"EVAL")
+                .is_some_and(|i| i.flags.contains(Flags::MAY_REPLICATE))
+        );
     }
 }
