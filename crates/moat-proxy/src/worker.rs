@@ -116,7 +116,9 @@ pub(crate) struct WorkerSetup {
     pub(crate) leases: Arc<LeaseLimits>,
     pub(crate) guard: Arc<Guard>,
     pub(crate) metrics: Arc<crate::Metrics>,
+    /// The directory and pause all workers share.
     pub(crate) clients: Arc<crate::clients::Shared>,
+    /// This worker's queue of questions from the others about its sessions.
     pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }

@@ -28,20 +28,26 @@ pub(crate) struct Identity {
     pub(crate) laddr: SocketAddr,
     /// The client socket's descriptor in moat's process (-1 without one).
     pub(crate) fd: i32,
+    /// When the connection was accepted.
     pub(crate) created: Instant,
 }
 
 /// The state of a session's dedicated connection, as CLIENT LIST shows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PinSummary {
+    /// Channels subscribed to (SUBSCRIBE).
     pub(crate) channels: u32,
+    /// Patterns subscribed to (PSUBSCRIBE).
     pub(crate) patterns: u32,
+    /// Shard channels subscribed to (SSUBSCRIBE).
     pub(crate) shards: u32,
     /// Commands queued since MULTI (`None` outside a transaction).
     pub(crate) multi: Option<u32>,
     /// A blocking call waits for its reply.
     pub(crate) blocked: bool,
+    /// CLIENT TRACKING is on.
     pub(crate) tracking: bool,
+    /// In MONITOR mode.
     pub(crate) monitor: bool,
     /// The dedicated connection's own client id on Redis (for CLIENT UNBLOCK).
     pub(crate) redis_id: Option<u64>,
@@ -59,8 +65,11 @@ impl PinSummary {
 pub(crate) struct Extras {
     /// The user, when not `default`.
     pub(crate) user: Option<Box<str>>,
+    /// CLIENT SETNAME.
     pub(crate) name: Option<Box<[u8]>>,
+    /// CLIENT SETINFO LIB-NAME.
     pub(crate) lib_name: Option<Box<[u8]>>,
+    /// CLIENT SETINFO LIB-VER.
     pub(crate) lib_ver: Option<Box<[u8]>>,
 }
 
@@ -150,6 +159,7 @@ impl Card {
         self.last_cmd.set(id);
     }
 
+    /// The id of the command the session last ran ([`NO_COMMAND`] before the first).
     pub(crate) fn command(&self) -> u16 {
         self.last_cmd.get()
     }
@@ -160,10 +170,12 @@ impl Card {
         self.set_bit(RESP3, resp3);
     }
 
+    /// The session's database.
     pub(crate) fn db(&self) -> u32 {
         self.db.get()
     }
 
+    /// The session speaks RESP3.
     pub(crate) fn resp3(&self) -> bool {
         self.bit(RESP3)
     }
@@ -226,6 +238,7 @@ impl Card {
         self.set_bit(NO_EVICT, on);
     }
 
+    /// CLIENT NO-EVICT is on.
     pub(crate) fn no_evict(&self) -> bool {
         self.bit(NO_EVICT)
     }
@@ -235,6 +248,7 @@ impl Card {
         self.set_bit(NO_TOUCH, on);
     }
 
+    /// CLIENT NO-TOUCH is on.
     pub(crate) fn no_touch(&self) -> bool {
         self.bit(NO_TOUCH)
     }
@@ -244,6 +258,7 @@ impl Card {
         self.set_bit(KILLED, true);
     }
 
+    /// CLIENT KILL named this session.
     pub(crate) fn killed(&self) -> bool {
         self.bit(KILLED)
     }
@@ -253,6 +268,7 @@ impl Card {
         self.set_bit(PARKED, on);
     }
 
+    /// The session's next request is held by CLIENT PAUSE.
     pub(crate) fn parked(&self) -> bool {
         self.bit(PARKED)
     }
@@ -264,6 +280,7 @@ impl Card {
         self.set_bit(UNBLOCK_SENT, on);
     }
 
+    /// A CLIENT UNBLOCK went to Redis for the session's dedicated connection.
     pub(crate) fn unblock_sent(&self) -> bool {
         self.bit(UNBLOCK_SENT)
     }

@@ -10,9 +10,13 @@ use moat_protocol::parse_i64;
 /// through moat, so filtering on them lists (or kills) nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClientType {
+    /// Any client not subscribed to anything.
     Normal,
+    /// `replica` or `slave`.
     Replica,
+    /// A client subscribed to a channel, pattern or shard channel.
     Pubsub,
+    /// A master's replication link.
     Master,
 }
 
@@ -37,23 +41,31 @@ impl ClientType {
 /// A CLIENT subcommand's arguments that Redis would refuse, with Redis's own error line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ArgError {
+    /// An option Redis does not know, one without its value, or too few arguments.
     #[error("ERR syntax error")]
     Syntax,
     /// The bytes are the name as sent, up to its first NUL (Redis prints it with `%s`).
     #[error("ERR Unknown client type '{}'", String::from_utf8_lossy(.0))]
     UnknownType(Vec<u8>),
+    /// CLIENT LIST ID with an id that is not an integer.
     #[error("ERR Invalid client ID")]
     InvalidId,
+    /// CLIENT KILL ID with an id that is not a positive integer.
     #[error("ERR client-id should be greater than 0")]
     IdNotPositive,
+    /// CLIENT KILL MAXAGE with a value that is not an integer.
     #[error("ERR maxage is not an integer or out of range")]
     MaxAgeNotInteger,
+    /// CLIENT KILL MAXAGE 0 or below.
     #[error("ERR maxage should be greater than 0")]
     MaxAgeNotPositive,
+    /// CLIENT UNBLOCK with an id that is not an integer.
     #[error("ERR value is not an integer or out of range")]
     NotInteger,
+    /// CLIENT UNBLOCK with a reason other than TIMEOUT or ERROR.
     #[error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")]
     UnblockReason,
+    /// CLIENT NO-EVICT / NO-TOUCH with a value other than `on` or `off`.
     #[error("ERR syntax error")]
     OnOff,
     /// Too many arguments for a subcommand whose arity in the command table is open
@@ -133,10 +145,15 @@ pub(crate) struct KillFilter {
     /// `CLIENT KILL addr:port`: answered `+OK` / `-ERR No such client` instead of a count,
     /// and the caller may kill itself.
     pub(crate) old_form: bool,
+    /// ADDR (or the old form's address): the client's `ip:port`, exactly.
     pub(crate) addr: Option<Vec<u8>>,
+    /// LADDR: moat's `ip:port` the client connected to, exactly.
     pub(crate) laddr: Option<Vec<u8>>,
+    /// ID: moat's client id.
     pub(crate) id: Option<u64>,
+    /// TYPE.
     pub(crate) kind: Option<ClientType>,
+    /// USER: the name of the user the session acts as.
     pub(crate) user: Option<Vec<u8>>,
     /// Redis 7.4's MAXAGE: only sessions at least this many seconds old.
     pub(crate) max_age: Option<u64>,
@@ -147,10 +164,15 @@ pub(crate) struct KillFilter {
 /// What a kill filter looks at in one session.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Candidate<'a> {
+    /// Moat's client id.
     pub(crate) id: u64,
+    /// The client's `ip:port`.
     pub(crate) addr: &'a [u8],
+    /// Moat's `ip:port` it connected to.
     pub(crate) laddr: &'a [u8],
+    /// Its type (pubsub when subscribed).
     pub(crate) kind: ClientType,
+    /// The user it acts as.
     pub(crate) user: &'a [u8],
     /// Seconds since the session started.
     pub(crate) age: u64,
@@ -238,7 +260,9 @@ impl KillFilter {
 pub(crate) enum UnblockMode {
     /// No mode given: Redis's default, a timeout.
     Default,
+    /// As if the call's timeout had passed (a nil reply).
     Timeout,
+    /// With Redis's `-UNBLOCKED` error.
     Error,
 }
 

@@ -57,17 +57,25 @@ impl FlagState {
 /// Everything one line shows.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LineFields<'a> {
+    /// Moat's client id.
     pub(crate) id: u64,
+    /// The client's address.
     pub(crate) addr: SocketAddr,
+    /// Moat's address the client connected to.
     pub(crate) laddr: SocketAddr,
+    /// The client socket in moat's process.
     pub(crate) fd: i32,
+    /// CLIENT SETNAME.
     pub(crate) name: &'a [u8],
     /// Seconds since the connection was accepted.
     pub(crate) age: u64,
     /// Seconds since the client last sent something.
     pub(crate) idle: u64,
+    /// What the `flags=` letters say.
     pub(crate) flags: FlagState,
+    /// The session's database.
     pub(crate) db: u32,
+    /// Channels, patterns and shard channels subscribed to.
     pub(crate) sub: u32,
     pub(crate) psub: u32,
     pub(crate) ssub: u32,
@@ -77,8 +85,11 @@ pub(crate) struct LineFields<'a> {
     pub(crate) omem: usize,
     /// The last command's full name (`NULL` when none).
     pub(crate) cmd: &'a str,
+    /// The user the session acts as.
     pub(crate) user: &'a str,
+    /// The session speaks RESP3 (`resp=3`).
     pub(crate) resp3: bool,
+    /// CLIENT SETINFO's values.
     pub(crate) lib_name: &'a [u8],
     pub(crate) lib_ver: &'a [u8],
 }

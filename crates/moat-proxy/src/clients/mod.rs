@@ -77,15 +77,19 @@ impl Shared {
 /// A question a worker answers about its own sessions, for a session on another worker.
 #[derive(Debug)]
 pub(crate) enum Query {
+    /// Lines of the sessions `request` selects.
     List {
         request: ListRequest,
         reply: oneshot::Sender<Vec<(u64, Vec<u8>)>>,
     },
+    /// Kill the sessions `filter` selects (never `caller`, which is on another worker
+    /// anyway); the count.
     Kill {
         filter: KillFilter,
         caller: u64,
         reply: oneshot::Sender<u64>,
     },
+    /// The Redis id of session `id`'s dedicated connection, if it waits in a blocking call.
     Unblock {
         id: u64,
         reply: oneshot::Sender<Option<u64>>,
@@ -95,8 +99,11 @@ pub(crate) enum Query {
 /// What a session asks the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Question {
+    /// CLIENT LIST.
     List(ListRequest),
+    /// CLIENT KILL.
     Kill(KillFilter),
+    /// CLIENT UNBLOCK of a client id.
     Unblock(i64, UnblockMode),
 }
 

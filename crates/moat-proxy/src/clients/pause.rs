@@ -33,10 +33,13 @@ pub(crate) enum PauseMode {
 /// CLIENT PAUSE arguments Redis refuses, with its exact error lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum PauseError {
+    /// A mode other than WRITE or ALL.
     #[error("ERR CLIENT PAUSE mode must be WRITE or ALL")]
     Mode,
+    /// A timeout that is not an integer.
     #[error("ERR timeout is not an integer or out of range")]
     NotInteger,
+    /// A negative timeout.
     #[error("ERR timeout is negative")]
     Negative,
     /// The end would not fit Redis's clock in milliseconds (newer Redis versions say so;
