@@ -54,7 +54,9 @@ pub(crate) struct Shares {
 
 impl WorkerCtx {
     /// Builds a worker's context and opens its first backend connections (waiting for the
-    /// first attempt to end, so early clients do not all find the pool connecting).
+    /// first attempt to end, so early clients do not all find the pool connecting). Runs
+    /// inside the worker's `LocalSet`: it starts the worker's local tasks (the directory's
+    /// question answerer and pause waker).
     pub(crate) async fn build(
         config: &Config,
         index: usize,
