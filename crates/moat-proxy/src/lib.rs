@@ -9,6 +9,7 @@
 mod auth;
 mod backend;
 mod budget;
+mod clients;
 mod command;
 pub mod config;
 #[cfg(feature = "harness")]
@@ -137,6 +138,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
     let guard = moat_guard::Guard::new(config.guard.clone());
     let metrics = Arc::new(Metrics::default());
+    let (clients, queries) = clients::Shared::new(workers);
+    let mut queries = queries.into_iter();
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         // Split the backend cap so the sum over workers never exceeds it.
@@ -146,6 +149,9 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         let leases = leases.clone();
         let guard = guard.clone();
         let metrics = metrics.clone();
+        let clients = clients.clone();
+        // Each worker answers its own queue of questions about its sessions (by index).
+        let queries = queries.next();
         let handle = std::thread::Builder::new()
             .name(format!("moat-worker-{index}"))
             .spawn(move || {
@@ -159,6 +165,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     leases,
                     guard,
                     metrics,
+                    clients,
+                    queries,
                     shutdown: rx,
                 };
                 if let Err(e) = worker::run(setup) {

@@ -30,6 +30,9 @@ pub(crate) struct ClientLink {
     /// The session task, while it waits. A plain waker slot rather than a `Notify`: it
     /// keeps each idle session's future small and needs no lock.
     waker: RefCell<Option<Waker>>,
+    /// What the directory of sessions knows of this one (CLIENT LIST, KILL, UNBLOCK,
+    /// PAUSE), kept current by the session.
+    pub(crate) card: crate::clients::Card,
 }
 
 impl ClientLink {
@@ -68,12 +71,8 @@ impl ClientLink {
         self.wake();
     }
 
-    /// Wakes the session to look again at what it waits for (a free backend connection).
-    pub(crate) fn nudge(&self) {
-        self.wake();
-    }
-
-    fn wake(&self) {
+    /// Wakes the session task so it looks at its state again.
+    pub(crate) fn wake(&self) {
         self.woken.set(true);
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
@@ -111,6 +110,13 @@ impl ClientLink {
 
     pub(crate) fn evicted(&self) -> bool {
         self.evicted.get()
+    }
+
+    /// CLIENT KILL: the session ends as soon as it notices (it is woken to), dropping
+    /// replies not yet written, as Redis frees a killed client.
+    pub(crate) fn kill(&self) {
+        self.card.mark_killed();
+        self.wake();
     }
 
     /// Requests forwarded and not yet answered.

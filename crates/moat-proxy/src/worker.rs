@@ -39,6 +39,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) listen: SocketAddr,
     pub(crate) pinned: Rc<PinnedPool>,
     pub(crate) metrics: Arc<crate::Metrics>,
+    /// This worker's sessions, for CLIENT LIST/KILL/UNBLOCK, and the shared pause.
+    pub(crate) clients: crate::clients::WorkerClients,
 }
 
 /// A worker's share of the pools: backend connections, dedicated ones, and the lease caps
@@ -48,11 +50,17 @@ pub(crate) struct Shares {
     pub(crate) backend_cap: usize,
     pub(crate) pinned_cap: usize,
     pub(crate) leases: Arc<LeaseLimits>,
+    /// The directory and pause all workers share.
+    pub(crate) clients: Arc<crate::clients::Shared>,
+    /// This worker's queue of questions from other workers (none when alone).
+    pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
 }
 
 impl WorkerCtx {
     /// Builds a worker's context and opens its first backend connections (waiting for the
-    /// first attempt to end, so early clients do not all find the pool connecting).
+    /// first attempt to end, so early clients do not all find the pool connecting). Runs
+    /// inside the worker's `LocalSet`: it starts the worker's local tasks (the directory's
+    /// question answerer and pause waker).
     pub(crate) async fn build(
         config: &Config,
         index: usize,
@@ -103,7 +111,9 @@ impl WorkerCtx {
             listen,
             pinned,
             metrics,
+            clients: crate::clients::WorkerClients::new(index, shares.clients),
         });
+        crate::clients::WorkerClients::start(&ctx, shares.queries);
         if index == 0 && ctx.authority.redis().is_some() {
             tokio::task::spawn_local(watch_default_user(Rc::downgrade(&ctx)));
         }
@@ -145,6 +155,10 @@ pub(crate) struct WorkerSetup {
     pub(crate) leases: Arc<LeaseLimits>,
     pub(crate) guard: Arc<Guard>,
     pub(crate) metrics: Arc<crate::Metrics>,
+    /// The directory and pause all workers share.
+    pub(crate) clients: Arc<crate::clients::Shared>,
+    /// This worker's queue of questions from the others about its sessions.
+    pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -207,6 +221,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         leases,
         guard,
         metrics,
+        clients,
+        queries,
         mut shutdown,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -228,6 +244,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             backend_cap,
             pinned_cap,
             leases,
+            clients,
+            queries,
         };
         let ctx = WorkerCtx::build(&config, index, listen, connector, authority, shares, metrics);
         let ctx = ctx.await;

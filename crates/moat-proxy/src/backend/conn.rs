@@ -518,7 +518,7 @@ impl BackendConn {
         }
         let waiters = std::mem::take(&mut *self.idle_waiters.borrow_mut());
         for link in waiters.iter().filter_map(Weak::upgrade) {
-            link.nudge();
+            link.wake();
         }
     }
 

@@ -190,6 +190,18 @@ pub(crate) async fn reset(
     Ok(())
 }
 
+/// Asks the server for the connection's own client id (`CLIENT ID`), so that a CLIENT
+/// UNBLOCK from a client of moat can be aimed at the dedicated connection the target client
+/// waits on. `None` when the server refuses (CLIENT renamed or denied to the connection's user).
+pub(crate) async fn client_id(
+    stream: &Stream,
+    settings: &Settings,
+) -> Result<Option<u64>, BackendError> {
+    let mut hs = Handshake::new(stream, settings.max_reply_depth);
+    let reply = hs.call(&[b"CLIENT", b"ID"]).await?;
+    Ok(reply.as_int().and_then(|id| u64::try_from(id).ok()))
+}
+
 /// Whether a reply is Redis's `-BUSY` (a script or function running).
 fn is_busy(reply: &Value) -> bool {
     matches!(reply, Value::Error(e) if e.starts_with("BUSY"))

@@ -21,6 +21,8 @@ pub(super) const ROUTES: &[(&str, i32, Route)] = &[
     ("host:", -1, Route::Local(Local::CrossProtocol)),
     // Emulated for every server version (Redis < 7.2 lacks it).
     ("client|setinfo", 4, Route::Local(Local::Client)),
+    // Redis 7.2's CLIENT NO-TOUCH, accepted as a per-session flag whatever the version.
+    ("client|no-touch", 3, Route::Local(Local::Client)),
     // A session outside MULTI/WATCH answers these without the server, exactly as Redis does.
     ("exec", 1, Route::Local(Local::Exec)),
     ("discard", 1, Route::Local(Local::Discard)),

@@ -19,12 +19,7 @@ pub(crate) fn parse_command_reply(reply: &Value) -> Option<CommandTable> {
         ) else {
             continue;
         };
-        let mut flags = Flags::default();
-        for flag in fields.get(2).and_then(Value::as_array).unwrap_or(&[]) {
-            if let Some(f) = flag.as_bytes() {
-                flags.insert(Flags::from_name(f));
-            }
-        }
+        let flags = flags_of(fields);
         // Redis 7 lists subcommands in the 10th field.
         let has_subcommands = fields
             .get(9)
@@ -40,7 +35,9 @@ pub(crate) fn parse_command_reply(reply: &Value) -> Option<CommandTable> {
                 sub.get(1).and_then(Value::as_int),
             ) {
                 let arity = i32::try_from(arity).unwrap_or(-1);
-                parsed.push((name.to_vec(), arity, Flags::default(), false));
+                // A subcommand's own flags: CLIENT PAUSE WRITE holds `script|load`
+                // (may_replicate) but not `script|exists`.
+                parsed.push((name.to_vec(), arity, flags_of(sub), false));
             }
         }
     }
@@ -48,6 +45,17 @@ pub(crate) fn parse_command_reply(reply: &Value) -> Option<CommandTable> {
         return None;
     }
     Some(CommandTable::from_entries(parsed))
+}
+
+/// The flags in the third field of a `COMMAND` entry (unknown names ignored).
+fn flags_of(fields: &[Value]) -> Flags {
+    let mut flags = Flags::default();
+    for flag in fields.get(2).and_then(Value::as_array).unwrap_or(&[]) {
+        if let Some(f) = flag.as_bytes() {
+            flags.insert(Flags::from_name(f));
+        }
+    }
+    flags
 }
 
 #[cfg(test)]
@@ -84,6 +92,7 @@ mod tests {
                 Value::Array(vec![Value::Array(vec![
                     bulk("config|get"),
                     Value::Integer(-3),
+                    Value::Array(vec![Value::Simple("may_replicate".into())]),
                 ])]),
             ]),
             Value::Integer(7),
@@ -94,7 +103,10 @@ mod tests {
         assert!(blpop.flags.contains(Flags::BLOCKING));
         assert_eq!(blpop.route, Route::Dedicated);
         assert!(table.get(b"config").expect("config").has_subcommands);
-        assert_eq!(table.get_sub(b"CONFIG", b"get").map(|i| i.arity), Some(-3));
+        let get = table.get_sub(b"CONFIG", b"get").expect("config|get");
+        assert_eq!(get.arity, -3);
+        assert!(get.flags.contains(Flags::MAY_REPLICATE));
+        assert_eq!(table.name(get.id), Some("config|get"));
         assert!(table.is_authoritative());
     }
 

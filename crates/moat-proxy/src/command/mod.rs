@@ -61,6 +61,9 @@ impl Flags {
     pub(crate) const WRITE: Flags = Flags(1 << 3);
     pub(crate) const ADMIN: Flags = Flags(1 << 4);
     pub(crate) const NO_MULTI: Flags = Flags(1 << 5);
+    /// The command may replicate something without being a write (PUBLISH, EVAL, PFCOUNT,
+    /// SCRIPT LOAD...): `CLIENT PAUSE WRITE` holds it like a write, as Redis does.
+    pub(crate) const MAY_REPLICATE: Flags = Flags(1 << 6);
 
     pub(crate) fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -79,6 +82,7 @@ impl Flags {
             b"write" => Flags::WRITE,
             b"admin" => Flags::ADMIN,
             b"no_multi" => Flags::NO_MULTI,
+            b"may_replicate" => Flags::MAY_REPLICATE,
             _ => Flags::default(),
         }
     }
@@ -93,7 +97,20 @@ pub(crate) struct CommandInfo {
     /// The command has subcommands (`CONFIG GET`); errors then name `config|get`.
     pub(crate) has_subcommands: bool,
     pub(crate) route: Route,
+    /// Index of the full name (`get`, `client|list`) in [`CommandTable::name`]: what a
+    /// session records as its last command for CLIENT LIST's `cmd=` field, in two bytes
+    /// instead of a copy of the name per request.
+    pub(crate) id: u16,
 }
+
+/// Commands Redis flags `may_replicate` (CLIENT PAUSE WRITE holds them) although its
+/// `COMMAND` reply does not say so: Redis 7.0 leaves the flag out of the reply. Servers
+/// that do report it are read as they say.
+const MAY_REPLICATE: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish", "pfcount"];
+
+/// The [`CommandInfo::id`] of no command: what CLIENT LIST shows as `cmd=NULL` (a client
+/// that has sent nothing yet, or an unknown command).
+pub(crate) const NO_COMMAND: u16 = u16::MAX;
 
 impl CommandInfo {
     /// Whether `argc` arguments (with the name) satisfy the arity.
@@ -112,6 +129,8 @@ impl CommandInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct CommandTable {
     map: FxHashMap<Box<[u8]>, CommandInfo>,
+    /// Full names by [`CommandInfo::id`].
+    names: Vec<Box<str>>,
     /// True when read from the backend: a name missing from it is unknown to the server.
     authoritative: bool,
 }
@@ -119,39 +138,92 @@ pub(crate) struct CommandTable {
 impl CommandTable {
     /// The fallback used before (or without) the backend's own table.
     pub(crate) fn builtin() -> Self {
-        let mut map = FxHashMap::default();
-        add_builtin_routes(&mut map);
-        Self {
-            map,
+        let mut table = Self {
+            map: FxHashMap::default(),
+            names: Vec::new(),
             authoritative: false,
-        }
+        };
+        table.add_builtin_routes();
+        table
     }
 
     /// Builds the table from `(name, arity, flags, has_subcommands)` read from the backend.
     pub(crate) fn from_entries(
         entries: impl IntoIterator<Item = (Vec<u8>, i32, Flags, bool)>,
     ) -> Self {
-        let mut map = FxHashMap::default();
+        let mut table = Self {
+            map: FxHashMap::default(),
+            names: Vec::new(),
+            authoritative: true,
+        };
         for (mut name, arity, flags, has_subcommands) in entries {
             name.make_ascii_lowercase();
             let route = builtin::route_for(&name, flags);
-            map.insert(
+            table.insert(
                 name.into_boxed_slice(),
-                CommandInfo {
-                    arity,
-                    flags,
-                    has_subcommands,
-                    route,
-                },
+                arity,
+                flags,
+                has_subcommands,
+                route,
             );
         }
         // Commands moat emulates stay routed locally even if the server lacks them
         // (CLIENT SETINFO on Redis < 7.2 is handled inside CLIENT).
-        add_builtin_routes(&mut map);
-        Self {
-            map,
-            authoritative: true,
+        table.add_builtin_routes();
+        table
+    }
+
+    /// Adds (or replaces) one entry, giving it an id when the name is new.
+    fn insert(
+        &mut self,
+        name: Box<[u8]>,
+        arity: i32,
+        flags: Flags,
+        has_subcommands: bool,
+        route: Route,
+    ) {
+        let mut flags = flags;
+        if MAY_REPLICATE.iter().any(|n| n.as_bytes() == &*name) {
+            flags.insert(Flags::MAY_REPLICATE);
         }
+        let id = match self.map.get(&name) {
+            Some(old) => old.id,
+            None => {
+                let id = u16::try_from(self.names.len())
+                    .ok()
+                    .filter(|&id| id != NO_COMMAND)
+                    .unwrap_or(NO_COMMAND);
+                if id != NO_COMMAND {
+                    self.names
+                        .push(String::from_utf8_lossy(&name).into_owned().into());
+                }
+                id
+            }
+        };
+        let info = CommandInfo {
+            arity,
+            flags,
+            has_subcommands,
+            route,
+            id,
+        };
+        self.map.insert(name, info);
+    }
+
+    /// Adds moat's built-in routes for the names the table does not have yet.
+    fn add_builtin_routes(&mut self) {
+        for &(name, arity, route) in builtin::ROUTES {
+            if self.map.contains_key(name.as_bytes()) {
+                continue;
+            }
+            let subs = builtin::HAS_SUBCOMMANDS.contains(&name);
+            self.insert(name.as_bytes().into(), arity, Flags::default(), subs, route);
+        }
+    }
+
+    /// The full name of the command with this id (`None` for [`NO_COMMAND`]).
+    pub(crate) fn name(&self, id: u16) -> Option<&str> {
+        self.names.get(usize::from(id)).map(|n| &**n)
     }
 
     /// Whether a missing name means the server does not know the command.
@@ -189,18 +261,6 @@ impl CommandTable {
     }
 }
 
-/// Adds moat's built-in routes for the names the map does not have yet.
-fn add_builtin_routes(map: &mut FxHashMap<Box<[u8]>, CommandInfo>) {
-    for &(name, arity, route) in builtin::ROUTES {
-        map.entry(name.as_bytes().into()).or_insert(CommandInfo {
-            arity,
-            flags: Flags::default(),
-            has_subcommands: builtin::HAS_SUBCOMMANDS.contains(&name),
-            route,
-        });
-    }
-}
-
 /// Lower-cases `name` into `buf` without allocating; `None` when it is too long to be a command.
 pub(crate) fn lowercase<'b>(name: &[u8], buf: &'b mut [u8; MAX_NAME]) -> Option<&'b [u8]> {
     let out = buf.get_mut(..name.len())?;
@@ -221,6 +281,7 @@ mod tests {
             flags: Flags::default(),
             has_subcommands: false,
             route: Route::Forward,
+            id: 0,
         };
         assert!(exact.arity_ok(2));
         assert!(!exact.arity_ok(1) && !exact.arity_ok(3));
@@ -264,5 +325,30 @@ mod tests {
             Some(Route::Local(Local::Hello))
         );
         assert!(t.is_authoritative());
+    }
+
+    #[test]
+    fn every_command_has_a_name_by_id() {
+        let t = CommandTable::from_entries([
+            (b"PUBLISH".to_vec(), 3, Flags::MAY_REPLICATE, false),
+            (b"client".to_vec(), -2, Flags::default(), true),
+            (b"client|list".to_vec(), -2, Flags::default(), false),
+        ]);
+        let publish = t.get(b"publish").expect("publish");
+        assert_eq!(t.name(publish.id), Some("publish"));
+        assert!(publish.flags.contains(Flags::MAY_REPLICATE));
+        let list = t.get_sub(b"CLIENT", b"LIST").expect("client|list");
+        assert_eq!(t.name(list.id), Some("client|list"));
+        // Built-in routes get ids too; ids stay put when an entry is replaced.
+        let hello = t.get(b"hello").expect("hello");
+        assert_eq!(t.name(hello.id), Some("hello"));
+        assert_eq!(t.name(NO_COMMAND), None);
+        assert_eq!(Flags::from_name(b"may_replicate"), Flags::MAY_REPLICATE);
+        // Redis 7.0 does not report it for EVAL or PUBLISH: moat knows.
+        let t = CommandTable::from_entries([(b"eval".to_vec(), -3, Flags::default(), false)]);
+        assert!(
+            t.get(b"EVAL")
+                .is_some_and(|i| i.flags.contains(Flags::MAY_REPLICATE))
+        );
     }
 }

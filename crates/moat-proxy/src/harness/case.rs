@@ -45,18 +45,20 @@ pub fn fuzz_config() -> Config {
     config.limits.max_output_bytes = 64 << 10;
     config.limits.max_output_bytes_hard = 256 << 10;
     config.limits.max_reply_depth = 16;
+    // CLIENT PAUSE would hold every later input of the run (the pause outlives the
+    // session that set it) until its timeout: denied, like DEBUG SLEEP.
     config.users = vec![
         UserConfig {
             name: "default".into(),
             password: None,
             password_sha256: None,
-            deny_commands: vec![],
+            deny_commands: vec!["CLIENT|PAUSE".into()],
         },
         UserConfig {
             name: "fuzz".into(),
             password: Some("pw".into()),
             password_sha256: None,
-            deny_commands: vec!["CONFIG".into(), "DEBUG|SLEEP".into()],
+            deny_commands: vec!["CONFIG".into(), "DEBUG|SLEEP".into(), "CLIENT|PAUSE".into()],
         },
     ];
     config

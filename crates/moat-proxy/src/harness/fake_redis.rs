@@ -153,7 +153,12 @@ pub(crate) async fn serve(pipe: Pipe, faults: Rc<Faults>) {
                     if args.is_empty() {
                         continue;
                     }
-                    if client.dedicated && faults.strikes() {
+                    // Moat's own CLIENT ID after opening a dedicated connection is part
+                    // of its handshake, not a request the fault counts.
+                    let handshake = args.len() == 2
+                        && args[0].eq_ignore_ascii_case(b"client")
+                        && args[1].eq_ignore_ascii_case(b"id");
+                    if client.dedicated && !handshake && faults.strikes() {
                         // Replies already produced go out first, as from a server that
                         // died between two requests.
                         let _ = stream.write_all(&out).await;

@@ -87,6 +87,8 @@ impl Harness {
             backend_cap: config.backend.shared_connections,
             pinned_cap: config.pinned.max_connections,
             leases: LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user),
+            clients: crate::clients::Shared::new(1).0,
+            queries: None,
         };
         let metrics = Arc::new(crate::Metrics::default());
         let build = WorkerCtx::build(

@@ -112,6 +112,25 @@ impl Stream {
         }
     }
 
+    /// The socket's descriptor in moat's process (-1 for an in-memory pipe), shown by
+    /// CLIENT LIST as `fd=`.
+    pub(crate) fn fd(&self) -> i32 {
+        match self {
+            Stream::Tcp(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+            #[cfg(feature = "harness")]
+            Stream::Memory(_) => -1,
+        }
+    }
+
+    /// The local address of a TCP stream (what the client connected to).
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            #[cfg(feature = "harness")]
+            Stream::Memory(_) => None,
+        }
+    }
+
     /// Marks the stream drained after a read of `read` bytes into a buffer of `room` bytes,
     /// which saves a system call per read.
     ///

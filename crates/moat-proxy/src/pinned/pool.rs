@@ -63,6 +63,8 @@ pub(crate) struct PinnedConn {
     pub(crate) resp3: bool,
     /// The Redis user it is logged in as (passthrough mode); none: moat's own login.
     principal: Option<Arc<Principal>>,
+    /// The connection's client id on Redis (CLIENT UNBLOCK aims at it); it survives RESET.
+    pub(crate) redis_id: Option<u64>,
     _slot: Slot,
 }
 
@@ -205,19 +207,29 @@ impl PinnedPool {
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
         self.open.set(self.open.get() + 1);
         let slot = Slot(Rc::downgrade(self));
-        match handshake::open(&self.settings, login(who), false).await {
-            Ok(opened) => Ok((
-                PinnedConn {
-                    stream: opened.stream,
-                    db: 0,
-                    resp3: false,
-                    principal: who.cloned(),
-                    _slot: slot,
-                },
-                ticket,
-            )),
-            Err(e) => Err(LeaseError::Backend(e.to_string())),
-        }
+        let opened = handshake::open(&self.settings, login(who), false)
+            .await
+            .map_err(|e| LeaseError::Backend(e.to_string()))?;
+        let stream = opened.stream;
+        // A reply that came after the wait would be taken for the client's: on any failure
+        // the connection is not used.
+        let id = handshake::client_id(&stream, &self.settings);
+        let redis_id = match tokio::time::timeout(self.settings.connect_timeout, id).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => return Err(LeaseError::Backend(e.to_string())),
+            Err(_) => return Err(LeaseError::Backend("no reply to CLIENT ID".into())),
+        };
+        Ok((
+            PinnedConn {
+                stream,
+                db: 0,
+                resp3: false,
+                principal: who.cloned(),
+                redis_id,
+                _slot: slot,
+            },
+            ticket,
+        ))
     }
 
     /// Idle connections the server closed (timeout, restart) are dropped before a lease.

@@ -451,6 +451,19 @@ impl PinState {
     }
 }
 
+/// What CLIENT LIST shows of a dedicated connection's state.
+impl PinState {
+    /// Channels, patterns and shard channels subscribed to, as Redis counts them.
+    pub(crate) fn subscription_counts(&self) -> [usize; 3] {
+        [self.channels.len(), self.patterns.len(), self.shards.len()]
+    }
+
+    /// CLIENT TRACKING is on.
+    pub(crate) fn tracking(&self) -> bool {
+        self.tracking
+    }
+}
+
 /// The family and direction of a confirmation verb.
 fn sub_verb(verb: &[u8]) -> Option<(SubKind, bool)> {
     Some(match verb {

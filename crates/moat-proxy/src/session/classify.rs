@@ -6,7 +6,7 @@ use moat_protocol::Request;
 
 use super::ClientState;
 use crate::backend::BackendFacts;
-use crate::command::{Local, Route, lowercase};
+use crate::command::{Flags, Local, NO_COMMAND, Route, lowercase};
 
 /// The decision for one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,8 +25,33 @@ fn error(line: String) -> Action {
     Action::Error(line.into_bytes())
 }
 
-pub(super) fn classify(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> Action {
-    let action = decide(state, facts, request);
+/// What the lookups found about the command, besides the decision: its flags (for
+/// `CLIENT PAUSE WRITE`) and its id (the session's last command, shown by CLIENT LIST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// The command's (or subcommand's) flags; empty when unknown.
+    pub(super) flags: Flags,
+    /// Its [`crate::command::CommandInfo::id`], [`NO_COMMAND`] when unknown, as Redis
+    /// records no last command for a request it could not look up.
+    pub(super) id: u16,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            flags: Flags::default(),
+            id: NO_COMMAND,
+        }
+    }
+}
+
+pub(super) fn classify(
+    state: &ClientState,
+    facts: &BackendFacts,
+    request: &Request<'_>,
+) -> (Action, Seen) {
+    let mut seen = Seen::default();
+    let action = decide(state, facts, request, &mut seen);
     // Redis turns any rejection of EXEC into EXECABORT, inside MULTI or not.
     match action {
         Action::Error(line)
@@ -37,17 +62,36 @@ pub(super) fn classify(state: &ClientState, facts: &BackendFacts, request: &Requ
             let reason = line.strip_prefix(b"ERR ").unwrap_or(&line);
             let mut out = b"EXECABORT Transaction discarded because of: ".to_vec();
             out.extend_from_slice(reason);
-            Action::Error(out)
+            (Action::Error(out), seen)
         }
-        other => other,
+        other => (other, seen),
     }
 }
 
-fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> Action {
+fn decide(
+    state: &ClientState,
+    facts: &BackendFacts,
+    request: &Request<'_>,
+    seen: &mut Seen,
+) -> Action {
     let table = &facts.table;
     let name = request.arg(0).unwrap_or_default();
     let info = table.get(name);
     let argc = request.argc();
+    // What Redis records as the client's command: the subcommand when the command has
+    // them and one is given (none if it is unknown), else the command itself.
+    let found = match info {
+        Some(i) if i.has_subcommands && argc >= 2 => {
+            table.get_sub(name, request.arg(1).unwrap_or_default())
+        }
+        other => other,
+    };
+    if let Some(f) = found {
+        *seen = Seen {
+            flags: f.flags,
+            id: f.id,
+        };
+    }
     // The server's own checks, in its order: command, subcommand, arity, then
     // authentication, then permissions.
     let mut sub = None;
@@ -59,7 +103,7 @@ fn decide(state: &ClientState, facts: &BackendFacts, request: &Request<'_>) -> A
         Some(i) if !i.arity_ok(argc) => return error(wrong_arity(name)),
         Some(i) if i.has_subcommands && argc >= 2 => {
             let given = request.arg(1).unwrap_or_default();
-            match table.get_sub(name, given) {
+            match found {
                 Some(s) if !s.arity_ok(argc) => {
                     let mut full = name.to_vec();
                     full.push(b'|');

@@ -1,11 +1,9 @@
 //! Commands the session answers from its own state, with Redis's exact replies, so that
 //! shared backend connections never change state on one client's behalf.
 
-use std::fmt::Write as _;
-
 use moat_protocol::{Request, encode, parse_i64};
 
-use super::classify::{refused, wrong_arity};
+use super::classify::wrong_arity;
 use super::{Core, Step};
 use crate::backend::BackendFacts;
 use crate::command::Local;
@@ -106,11 +104,12 @@ impl Core {
         if argc >= 2 {
             match parse_i64(arg(1)) {
                 None => {
-                    return self.fail("ERR Protocol version is not an integer or out of range");
+                    return self
+                        .hello_fail("ERR Protocol version is not an integer or out of range");
                 }
                 Some(2) => resp3 = false,
                 Some(3) => resp3 = true,
-                Some(_) => return self.fail("NOPROTO unsupported protocol version"),
+                Some(_) => return self.hello_fail("NOPROTO unsupported protocol version"),
             }
         }
         let mut credentials = None;
@@ -124,12 +123,12 @@ impl Core {
                 j += 3;
             } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
                 if !valid_name(arg(j + 1)) {
-                    return self.fail(BAD_NAME);
+                    return self.hello_fail(BAD_NAME);
                 }
                 name = Some(arg(j + 1));
                 j += 2;
             } else {
-                return self.fail(&format!(
+                return self.hello_fail(&format!(
                     "ERR Syntax error in HELLO option '{}'",
                     String::from_utf8_lossy(opt)
                 ));
@@ -138,12 +137,12 @@ impl Core {
         if let Some((user, password)) = credentials {
             match self.try_auth(Some(user), password) {
                 None => return Some(Step::Blocked),
-                Some(Err(line)) => return self.fail(&line),
+                Some(Err(line)) => return self.hello_fail(&line),
                 Some(Ok(())) => {}
             }
         }
         if self.state.user.is_none() {
-            return self.fail(HELLO_NOAUTH);
+            return self.hello_fail(HELLO_NOAUTH);
         }
         if let Some(name) = name {
             self.state.names_mut().name = (!name.is_empty()).then(|| name.to_vec());
@@ -174,7 +173,7 @@ impl Core {
     }
 
     /// Answers an error; `None` for [`Core::hello_reply`]'s early returns.
-    fn fail(&mut self, line: &str) -> Option<Step> {
+    fn hello_fail(&mut self, line: &str) -> Option<Step> {
         self.error(line);
         None
     }
@@ -189,8 +188,9 @@ impl Core {
         self.limits_changed = true;
     }
 
-    /// CLIENT subcommands: those about the client's own connection are emulated; those that
-    /// would act on shared connections are refused; the rest (LIST, HELP...) are forwarded.
+    /// CLIENT subcommands: those about the client's own connection are emulated, and so
+    /// are those about clients (LIST, KILL, PAUSE...), over moat's own sessions
+    /// (`session/client.rs`); the rest (HELP, TRACKINGINFO...) are forwarded.
     fn client(&mut self, req: &Request<'_>) -> Step {
         let argc = req.argc();
         let arg = |i: usize| req.arg(i).unwrap_or_default();
@@ -216,14 +216,7 @@ impl Core {
                 }
             }
             b"setinfo" if exact(4) => self.client_setinfo(arg(2), arg(3)),
-            b"info" if exact(2) => {
-                let line = self.client_info_line();
-                if self.state.resp3 {
-                    encode::verbatim(&mut self.link.out(), b"txt", line.as_bytes());
-                } else {
-                    encode::bulk(&mut self.link.out(), line.as_bytes());
-                }
-            }
+            b"info" if exact(2) => self.client_info(),
             b"getredir" if exact(2) => encode::integer(&mut self.link.out(), -1),
             b"id" | b"getname" | b"setname" | b"setinfo" | b"info" | b"getredir" => {
                 self.error(&wrong_arity(&full))
@@ -235,12 +228,13 @@ impl Core {
                 "ERR CLIENT CACHING can be called only when the client is in tracking mode with \
                  OPTIN or OPTOUT mode enabled",
             ),
-            b"kill" | b"pause" | b"unpause" | b"no-evict" | b"no-touch" | b"unblock" => {
-                self.error(&refused(&format!(
-                    "CLIENT {}",
-                    sub.to_ascii_uppercase().escape_ascii()
-                )))
-            }
+            b"list" => return self.client_list(req),
+            b"kill" => return self.client_kill(req),
+            b"unblock" => return self.client_unblock(req),
+            b"pause" => self.client_pause(req),
+            b"unpause" => self.client_unpause(req),
+            b"no-evict" => self.client_switch(req, false),
+            b"no-touch" => self.client_switch(req, true),
             _ => return self.forward(req),
         }
         Step::Done
@@ -271,37 +265,6 @@ impl Core {
             self.state.names_mut().lib_ver = stored;
         }
         encode::simple(&mut self.link.out(), "OK");
-    }
-
-    /// The session as CLIENT INFO describes a connection, from moat's point of view.
-    fn client_info_line(&self) -> String {
-        let s = &self.state;
-        let names = s.names.as_deref();
-        let text = |pick: fn(&super::ClientNames) -> &Option<Vec<u8>>| {
-            names
-                .and_then(|n| pick(n).as_deref())
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        };
-        let mut line = String::with_capacity(256);
-        let _ = writeln!(
-            line,
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db={} sub=0 psub=0 \
-             ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 \
-             oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp={} \
-             lib-name={} lib-ver={}",
-            s.id,
-            s.peer,
-            self.worker.listen,
-            text(|n| &n.name),
-            s.created.elapsed().as_secs(),
-            s.db,
-            s.user_name(),
-            if s.resp3 { 3 } else { 2 },
-            text(|n| &n.lib_name),
-            text(|n| &n.lib_ver),
-        );
-        line
     }
 }
 

@@ -6,6 +6,7 @@
 //! (a barrier), so replies always come back in the order the client sent its requests.
 
 mod classify;
+mod client;
 mod local;
 mod login;
 mod pinned;
@@ -178,8 +179,6 @@ struct Core {
     commands: u64,
     /// The guard has heard of this client's first command as an authenticated client.
     reported_success: bool,
-    /// When the client last sent anything (idle deadline).
-    last_activity: Instant,
     /// The request the client is part way through sending: since when (its start, or the
     /// completion of the request before it) and its bytes so far (slow-request deadline).
     partial: Option<(Instant, u32)>,
@@ -188,6 +187,9 @@ struct Core {
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes this session last reported to the worker's memory budget.
     budgeted: usize,
+    /// A CLIENT LIST/KILL/UNBLOCK waiting for the other workers' answers (boxed and
+    /// rare, like the lease wait).
+    asking: Option<Box<client::Asking>>,
 }
 
 /// A client connection being served.
@@ -214,7 +216,6 @@ pub(crate) async fn serve(
             ticket,
             commands: 0,
             reported_success: false,
-            last_activity: Instant::now(),
             partial: None,
             timer: None,
             budgeted: 0,
@@ -237,12 +238,19 @@ pub(crate) async fn serve(
             wait: Wait::None,
             recheck: None,
             pool_wait: false,
+            asking: None,
         },
     };
     session.core.worker.budget.join();
+    session.core.enter_directory(&stream);
     if let Err(e) = session.run(&stream).await {
         tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
     }
+    session
+        .core
+        .worker
+        .clients
+        .unregister(session.core.state.id);
     session.core.worker.budget.leave(session.core.budgeted);
     // A client gone mid-state leaves its dedicated connection cleaned or closed.
     session.core.end_pin();
@@ -260,6 +268,8 @@ impl Session {
     async fn run(&mut self, stream: &Stream) -> io::Result<()> {
         loop {
             self.process_inbuf();
+            // Before any wait below: another session may look at this one meanwhile.
+            self.core.publish_pin();
             if self.core.recheck.is_some() && self.core.link.inflight() == 0 {
                 // Before the command's reply goes out, so a client told `+OK` and then
                 // connecting again meets Redis's new rules.
@@ -278,13 +288,24 @@ impl Session {
                 }
                 _ => {}
             }
+            if self.core.wants_answer() {
+                // Boxed for the same reason: only CLIENT LIST/KILL/UNBLOCK with several
+                // workers wait here.
+                Box::pin(self.core.ask_directory(stream)).await?;
+                continue;
+            }
             let core = &mut self.core;
             if core.link.evicted() {
                 tracing::debug!(client = core.state.id, "closed to shed load");
                 return Ok(());
             }
+            if core.link.card.killed() {
+                tracing::debug!(client = core.state.id, "closed by CLIENT KILL");
+                return Ok(());
+            }
             core.pin_flush();
             core.pin_maybe_release();
+            core.publish_pin();
             if core.unsolicited_overflow() {
                 crate::Metrics::bump(&core.worker.metrics.slow_subscribers);
                 // Like Redis's own pub/sub output limit: a client that cannot keep up with
@@ -323,6 +344,7 @@ impl Session {
                 && !core.backpressured()
                 && !core.pin_pending()
                 && !core.pool_wait
+                && !core.link.card.parked()
             {
                 // Held back only by output that has just been written out: nothing else
                 // will wake the session, so go on with the buffered requests now.
@@ -377,7 +399,7 @@ impl Session {
                     }
                 }
                 Ok(Event::Readable) => {
-                    self.core.last_activity = Instant::now();
+                    self.core.link.card.touch(Instant::now());
                     self.read(stream)?;
                 }
                 Ok(Event::PinReadable) => self.core.pin_read(),
@@ -419,9 +441,13 @@ impl Session {
     }
 
     /// True while a complete request waits in the input buffer for earlier replies: more
-    /// input would only queue behind it, so reading stops until it runs.
+    /// input would only queue behind it, so reading stops until it runs. A request held by
+    /// CLIENT PAUSE still lets a little more be read, so a client that leaves meanwhile is
+    /// noticed (as Redis frees a paused client at its EOF) instead of held to the pause's end.
     fn blocked_on_barrier(&self) -> bool {
-        self.core.blocked_inbuf && !self.inbuf.is_empty()
+        self.core.blocked_inbuf
+            && !self.inbuf.is_empty()
+            && !(self.core.link.card.parked() && self.inbuf.len() < KEEP_INBUF)
     }
 
     fn read(&mut self, stream: &Stream) -> io::Result<()> {
@@ -586,7 +612,8 @@ impl Core {
         let mut earliest = |at: Instant| {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         };
-        if self.commands == 0 {
+        // A first command held by CLIENT PAUSE was sent: the client is not silent.
+        if self.commands == 0 && !self.link.card.parked() {
             earliest(self.state.created + g.handshake_timeout);
         }
         let authenticated = self.state.user.is_some();
@@ -596,8 +623,9 @@ impl Core {
         if let Some(at) = self.slow_request_deadline() {
             earliest(at);
         }
-        // Waiting on Redis (a blocking call, a subscription) is not idleness.
-        if self.owed() == 0 && self.pin.is_none() {
+        // Waiting on Redis (a blocking call, a subscription) or on CLIENT PAUSE is not
+        // idleness.
+        if self.owed() == 0 && self.pin.is_none() && !self.link.card.parked() {
             let idle = if self.ticket.trusted() {
                 g.idle_timeout_trusted
             } else if (auth_required && authenticated) || (!auth_required && self.commands > 0) {
@@ -606,7 +634,8 @@ impl Core {
                 g.idle_timeout_unauthenticated
             };
             if !idle.is_zero() {
-                earliest(self.last_activity + idle);
+                let since = self.link.card.last_activity().unwrap_or(self.state.created);
+                earliest(since + idle);
             }
         }
         deadline
@@ -736,12 +765,51 @@ impl Core {
 
     fn handle(&mut self, request: &moat_protocol::Request<'_>) -> Step {
         let facts = self.worker.backend.facts();
-        let action = classify::classify(&self.state, &facts, request);
+        let (action, seen) = classify::classify(&self.state, &facts, request);
+        // CLIENT LIST's `cmd=`: Redis records the command before any check.
+        self.link.card.set_command(seen.id);
+        if !matches!(action, Action::Error(_)) && self.held_by_pause(request, seen.flags) {
+            return Step::Blocked;
+        }
+        let changes_state = matches!(
+            action,
+            Action::Local(
+                crate::command::Local::Select
+                    | crate::command::Local::Auth
+                    | crate::command::Local::Hello
+                    | crate::command::Local::Reset
+                    | crate::command::Local::Client
+            )
+        );
+        let sent = matches!(
+            action,
+            Action::Forward
+                | Action::Dedicated
+                | Action::Local(crate::command::Local::Ping | crate::command::Local::Echo)
+        );
+        let step = self.dispatch(request, action, &facts);
+        if changes_state {
+            self.publish_state();
+        }
+        if sent && step == Step::Done {
+            self.note_sent(request, seen.flags);
+        }
+        step
+    }
+
+    /// Runs a classified request: on the dedicated connection while the session holds one,
+    /// else forwarded, answered locally, or leased for.
+    fn dispatch(
+        &mut self,
+        request: &moat_protocol::Request<'_>,
+        action: Action,
+        facts: &crate::backend::BackendFacts,
+    ) -> Step {
         if self.pin.is_some() {
-            return self.handle_pinned(request, action, &facts);
+            return self.handle_pinned(request, action, facts);
         }
         if self.wait == Wait::NoTransaction {
-            return self.refuse_in_failed_multi(request, action, &facts);
+            return self.refuse_in_failed_multi(request, action, facts);
         }
         if !matches!(action, Action::Forward) && self.link.inflight() > 0 {
             // Answering now would overtake replies still owed for earlier requests.
@@ -759,7 +827,7 @@ impl Core {
                 // Someone is monitoring: Redis answers, so the monitor sees the command.
                 self.forward(request)
             }
-            Action::Local(cmd) => self.local(cmd, request, &facts),
+            Action::Local(cmd) => self.local(cmd, request, facts),
             Action::Dedicated => match std::mem::replace(&mut self.wait, Wait::None) {
                 Wait::LeaseFailed(_)
                     if classify::interrupts_busy(request.arg(0).unwrap_or_default(), request) =>
@@ -896,7 +964,7 @@ mod tests {
     /// Every idle client costs its session's task; this keeps that cost from creeping up
     /// unnoticed (1,056 bytes before sessions waited through a hand-written poll, 584 after;
     /// 760 with the guard's ticket, deadlines and the pinned-lease state; 792 with the
-    /// slow-request clock).
+    /// slow-request clock; 784 once the idle clock moved to the directory card in the link).
     #[test]
     fn an_idle_session_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -926,6 +994,7 @@ mod tests {
                 max_queue: 1,
                 max_reply_depth: 8,
                 listen: addr,
+                clients: crate::clients::WorkerClients::new(0, crate::clients::Shared::new(1).0),
                 pinned: crate::pinned::PinnedPool::new(
                     Settings::from_config(&config, 0),
                     1,

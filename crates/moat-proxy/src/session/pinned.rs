@@ -111,6 +111,10 @@ pub(crate) struct Pin {
     relogged: bool,
     /// Counts this lease among the monitors while it lasts.
     monitoring: Option<MonitorGauge>,
+    /// Commands sent since MULTI (CLIENT LIST's `multi=`), and whether one writes or may
+    /// replicate (then CLIENT PAUSE WRITE holds the EXEC, as Redis does).
+    queued: u32,
+    queued_writes: bool,
 }
 
 /// One client in MONITOR mode, counted in [`crate::Metrics::monitors`] until its lease ends.
@@ -151,6 +155,43 @@ impl Pin {
             unsolicited: 0,
             relogged: false,
             monitoring: None,
+            queued: 0,
+            queued_writes: false,
+        }
+    }
+
+    /// Counts a request sent on the connection for the transaction's bookkeeping: MULTI
+    /// starts it over, a command sent inside MULTI is queued there.
+    pub(super) fn note_sent(&mut self, is_multi: bool, writes: bool) {
+        if is_multi {
+            self.queued = 0;
+            self.queued_writes = false;
+        } else if self.state.multi_open() {
+            self.queued = self.queued.saturating_add(1);
+            self.queued_writes |= writes;
+        }
+    }
+
+    /// The open transaction queued a command that writes or may replicate.
+    pub(super) fn queued_writes(&self) -> bool {
+        self.state.multi_open() && self.queued_writes
+    }
+
+    /// What CLIENT LIST shows of this connection.
+    pub(super) fn summary(&self) -> crate::clients::PinSummary {
+        let [channels, patterns, shards] = self
+            .state
+            .subscription_counts()
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        crate::clients::PinSummary {
+            channels,
+            patterns,
+            shards,
+            multi: self.state.multi_open().then_some(self.queued),
+            blocked: self.state.blocking_outstanding(),
+            tracking: self.state.tracking(),
+            monitor: self.state.monitor(),
+            redis_id: self.conn.redis_id,
         }
     }
 
@@ -290,6 +331,12 @@ impl Pin {
     /// Ends the lease: the connection goes back to the pool (RESET first when the server
     /// has it) if nothing is owed, else it is closed.
     pub(super) fn end(self, core: &Core) {
+        if core.link.card.unblock_sent() {
+            // A CLIENT UNBLOCK aimed at this connection may still be on its way to Redis;
+            // on another lease it could end another client's call. Closed instead.
+            core.link.card.set_unblock_sent(false);
+            return;
+        }
         let pool = &core.worker.pinned;
         if self.state.outstanding() == 0 && self.wbuf.is_empty() && self.rbuf.is_empty() {
             let reset = core.worker.backend.facts().supports_reset();
