@@ -280,3 +280,55 @@ fn signing_in_during_a_lease_moves_the_dedicated_connection_too() {
     assert!(through[2].starts_with(b"-NOPERM"), "{through:?}");
     assert_eq!(through, straight);
 }
+
+/// CLIENT LIST/KILL/UNBLOCK/PAUSE act on moat's own sessions, but Redis's ACLs still decide
+/// who may run them: a user denied them gets Redis's own NOPERM, and nothing happens.
+#[test]
+fn acls_decide_who_may_list_kill_and_pause_moats_clients() {
+    let stack = Stack::start();
+    let mut admin = Conn::connect(stack.addr());
+    assert_eq!(
+        admin.call(&[
+            "ACL",
+            "SETUSER",
+            "tenant",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "-client|kill",
+            "-client|list",
+            "-client|pause",
+            "-client|unblock",
+        ]),
+        b"+OK\r\n"
+    );
+    let mut victim = Conn::connect(stack.addr());
+    let victim_id = String::from_utf8(victim.call(&["CLIENT", "ID"])).expect("ascii");
+    let victim_id = victim_id.trim_start_matches(':').trim_end().to_string();
+    let attempts: &[&[&str]] = &[
+        &["CLIENT", "KILL", "ID", &victim_id],
+        &["CLIENT", "LIST"],
+        &["CLIENT", "PAUSE", "100000"],
+        &["CLIENT", "UNBLOCK", &victim_id],
+    ];
+    let mut tenant = Conn::connect(stack.addr());
+    assert_eq!(tenant.call(&["AUTH", "tenant", "pw"]), b"+OK\r\n");
+    let mut straight = Conn::connect(stack.redis.addr());
+    assert_eq!(straight.call(&["AUTH", "tenant", "pw"]), b"+OK\r\n");
+    for args in attempts {
+        let through = tenant.call(args);
+        assert!(through.starts_with(b"-NOPERM"), "{args:?}: {through:?}");
+        // Redis names the subcommand the same way for any arguments.
+        assert_eq!(through, straight.call(args), "{args:?}");
+    }
+    // Nothing happened: the victim is alive and unpaused.
+    assert_eq!(victim.call(&["PING"]), b"+PONG\r\n");
+    // The default user may, as on Redis.
+    let listed = admin.call(&["CLIENT", "LIST"]);
+    assert!(
+        String::from_utf8_lossy(&listed).contains(&format!("id={victim_id} ")),
+        "{listed:?}"
+    );
+    assert_eq!(admin.call(&["CLIENT", "KILL", "ID", &victim_id]), b":1\r\n");
+}

@@ -77,25 +77,59 @@ impl Verifier {
     /// connection back in as the default user exactly as a new connection would be, and
     /// PING then answers `NOAUTH` if that needs a password.
     pub(crate) async fn default_requires_auth(&self) -> Result<bool, BackendError> {
-        let ping = if let Value::Error(_) = self.ask(&[b"RESET"]).await? {
-            // Redis before 6.2 has no RESET: a fresh connection answers the question.
-            let work = async {
-                let stream = self.settings.connector.connect().await?;
-                Handshake::new(&stream, self.settings.max_reply_depth)
-                    .call(&[b"PING"])
+        let replies = self.ask_all(&[&[b"RESET"], &[b"PING"]]).await?;
+        let ping = match replies.as_slice() {
+            [Value::Error(_), ..] => {
+                // Redis before 6.2 has no RESET: a fresh connection answers the question.
+                let work = async {
+                    let stream = self.settings.connector.connect().await?;
+                    Handshake::new(&stream, self.settings.max_reply_depth)
+                        .call(&[b"PING"])
+                        .await
+                };
+                let timeout = self.settings.connect_timeout;
+                tokio::time::timeout(timeout, work)
                     .await
-            };
-            let timeout = self.settings.connect_timeout;
-            tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| BackendError::Timeout(timeout))??
-        } else {
-            self.ask(&[b"PING"]).await?
+                    .map_err(|_| BackendError::Timeout(timeout))??
+            }
+            [_, ping] => ping.clone(),
+            _ => return Err(BackendError::Protocol("no reply to PING".into())),
         };
         Ok(matches!(ping, Value::Error(e) if e.starts_with("NOAUTH")))
     }
 
+    /// Asks Redis whether `login` (a user and password; none: the default user) may run
+    /// `probe`, a harmless call of the command in question (`CLIENT KILL ID 0`): Redis checks
+    /// permissions before arguments, so only a `NOPERM` reply says no. Returns Redis's
+    /// refusal line, if any.
+    pub(crate) async fn refusal(
+        &self,
+        login: Option<(String, Vec<u8>)>,
+        probe: &[&[u8]],
+    ) -> Result<Option<String>, BackendError> {
+        let sign_in: Vec<&[u8]> = match &login {
+            Some((user, password)) => vec![b"AUTH", user.as_bytes(), password],
+            None => vec![b"RESET"],
+        };
+        let replies = self.ask_all(&[&sign_in, probe]).await?;
+        Ok(match replies.as_slice() {
+            // The user itself is refused now: nothing it asks is allowed.
+            [Value::Error(e), ..] => Some(e.clone()),
+            [_, Value::Error(e)] if e.starts_with("NOPERM") => Some(e.clone()),
+            _ => None,
+        })
+    }
+
     async fn ask(&self, args: &[&[u8]]) -> Result<Value, BackendError> {
+        let mut replies = self.ask_all(&[args]).await?;
+        replies
+            .pop()
+            .ok_or_else(|| BackendError::Protocol("no reply".into()))
+    }
+
+    /// Asks several questions in a row, with no other question in between (the answer to
+    /// one may depend on the login an earlier one made).
+    async fn ask_all(&self, questions: &[&[&[u8]]]) -> Result<Vec<Value>, BackendError> {
         let _turn = self.conn.lock().await;
         let timeout = self.settings.connect_timeout;
         let work = async {
@@ -104,12 +138,14 @@ impl Verifier {
                 Some(stream) => stream,
                 None => self.connect().await?,
             };
-            let reply = Handshake::new(&stream, self.settings.max_reply_depth)
-                .call(args)
-                .await?;
+            let mut hs = Handshake::new(&stream, self.settings.max_reply_depth);
+            let mut replies = Vec::with_capacity(questions.len());
+            for args in questions {
+                replies.push(hs.call(args).await?);
+            }
             // Only a connection that answered goes back for the next question.
             *self.stream.borrow_mut() = Some(stream);
-            Ok(reply)
+            Ok(replies)
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,

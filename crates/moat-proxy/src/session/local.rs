@@ -197,6 +197,38 @@ impl Core {
         let sub = arg(1).to_ascii_lowercase();
         let full = format!("client|{}", String::from_utf8_lossy(&sub));
         let exact = |n: usize| argc == n;
+        if matches!(
+            sub.as_slice(),
+            b"list" | b"kill" | b"unblock" | b"pause" | b"unpause"
+        ) {
+            // These act on other clients: Redis's ACLs decide, as they would on Redis.
+            match self.client_allowed(&sub) {
+                None => return Step::Blocked,
+                Some(Err(line)) => {
+                    self.permission_used();
+                    self.error(&line);
+                    return Step::Done;
+                }
+                Some(Ok(())) => {}
+            }
+            let step = match sub.as_slice() {
+                b"list" => self.client_list(req),
+                b"kill" => self.client_kill(req),
+                b"unblock" => self.client_unblock(req),
+                b"pause" => {
+                    self.client_pause(req);
+                    Step::Done
+                }
+                _ => {
+                    self.client_unpause(req);
+                    Step::Done
+                }
+            };
+            if step != Step::Blocked {
+                self.permission_used();
+            }
+            return step;
+        }
         match sub.as_slice() {
             b"id" if exact(2) => encode::integer(
                 &mut self.link.out(),
@@ -228,11 +260,6 @@ impl Core {
                 "ERR CLIENT CACHING can be called only when the client is in tracking mode with \
                  OPTIN or OPTOUT mode enabled",
             ),
-            b"list" => return self.client_list(req),
-            b"kill" => return self.client_kill(req),
-            b"unblock" => return self.client_unblock(req),
-            b"pause" => self.client_pause(req),
-            b"unpause" => self.client_unpause(req),
             b"no-evict" => self.client_switch(req, false),
             b"no-touch" => self.client_switch(req, true),
             _ => return self.forward(req),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use moat_protocol::Request;
 
 use super::{Core, Wait};
-use crate::auth::{AuthOutcome, Authority, Principal};
+use crate::auth::{AuthOutcome, Authority, Credential, Principal};
 use crate::backend::verify::Verdict;
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
@@ -29,7 +29,70 @@ pub(crate) struct Recheck {
     deleted: Vec<Vec<u8>>,
 }
 
+/// A harmless call of each CLIENT subcommand moat runs over its own sessions that Redis's
+/// ACLs may deny: Redis checks permissions before arguments, so the call answers `NOPERM`
+/// exactly when the real one would, and otherwise does nothing.
+fn acl_probe(sub: &[u8]) -> Option<&'static [&'static [u8]]> {
+    match sub {
+        b"list" => Some(&[b"CLIENT", b"LIST", b"ID", b"0"]),
+        b"kill" => Some(&[b"CLIENT", b"KILL", b"ID", b"0"]),
+        b"unblock" => Some(&[b"CLIENT", b"UNBLOCK", b"0"]),
+        // UNPAUSE has no harmless form (it would end a pause set on Redis directly), so
+        // PAUSE's permission stands for both.
+        b"pause" | b"unpause" => Some(&[b"CLIENT", b"PAUSE", b"0"]),
+        _ => None,
+    }
+}
+
 impl Core {
+    /// Whether the client's Redis user may run CLIENT `sub` (lower case) over moat's
+    /// sessions: always in table mode (deny lists were checked already); in passthrough
+    /// mode Redis says, and `None` means its answer is awaited.
+    pub(super) fn client_allowed(&mut self, sub: &[u8]) -> Option<Result<(), String>> {
+        if self.worker.authority.redis().is_none() || acl_probe(sub).is_none() {
+            return Some(Ok(()));
+        }
+        if let Wait::Permitted(done) = &self.wait
+            && done.0 == sub
+        {
+            return Some(match &done.1 {
+                Ok(None) => Ok(()),
+                Ok(Some(line)) | Err(line) => Err(line.clone()),
+            });
+        }
+        self.wait = Wait::Permit(Box::new(sub.to_vec()));
+        None
+    }
+
+    /// The request a permission was asked for is done: forget the answer.
+    pub(super) fn permission_used(&mut self) {
+        if matches!(self.wait, Wait::Permitted(_)) {
+            self.wait = Wait::None;
+        }
+    }
+
+    /// Asks Redis whether the client's user may run the CLIENT subcommand at the front.
+    pub(super) async fn permit(&mut self, stream: &crate::net::Stream) -> std::io::Result<()> {
+        let Wait::Permit(sub) = std::mem::replace(&mut self.wait, Wait::None) else {
+            return Ok(());
+        };
+        self.flush(stream)?;
+        let worker = self.worker.clone();
+        let login = self
+            .state
+            .user
+            .as_deref()
+            .and_then(Principal::credential)
+            .and_then(Credential::auth_args);
+        let probe = acl_probe(&sub).unwrap_or(&[b"PING"]);
+        let verdict =
+            worker.verifier.refusal(login, probe).await.map_err(|e| {
+                format!("ERR moat: backend unavailable (cannot check permissions: {e})")
+            });
+        self.wait = Wait::Permitted(Box::new((*sub, verdict)));
+        Ok(())
+    }
+
     /// Checks credentials; `None` while Redis's verdict is awaited (the request is handled
     /// again once it is in). On success the session acts as that user from now on; on
     /// failure it keeps its current user, as in Redis.

@@ -82,6 +82,12 @@ enum Wait {
     Verify(Box<local::AuthAttempt>),
     /// Redis's verdict on that credential, or why it could not be asked.
     Verified(Box<(local::AuthAttempt, Result<Verdict, String>)>),
+    /// A CLIENT subcommand moat runs over its own sessions (LIST, KILL, PAUSE...), in
+    /// passthrough mode: Redis must say whether the client's user may run it.
+    Permit(Box<Vec<u8>>),
+    /// Redis's refusal line if any (or why it could not be asked), for that subcommand; kept
+    /// until the request is done, since CLIENT LIST/KILL may wait again for other workers.
+    Permitted(Box<(Vec<u8>, Result<Option<String>, String>)>),
     /// MULTI got no dedicated connection (answered with the reason): the client still
     /// thinks its next commands are queued, so none of them may run; they are refused
     /// until its EXEC (EXECABORT) or DISCARD, as in a transaction Redis aborted.
@@ -284,6 +290,10 @@ impl Session {
                 }
                 Wait::Verify(_) => {
                     Box::pin(self.core.verify(stream)).await?;
+                    continue;
+                }
+                Wait::Permit(_) => {
+                    Box::pin(self.core.permit(stream)).await?;
                     continue;
                 }
                 _ => {}
