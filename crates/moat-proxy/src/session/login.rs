@@ -29,6 +29,10 @@ pub(crate) struct Recheck {
     deleted: Vec<Vec<u8>>,
 }
 
+/// A CLIENT subcommand and Redis's answer on whether the client may run it: its refusal
+/// line if any, or why it could not be asked.
+pub(crate) type Permission = (Box<[u8]>, Result<Option<String>, String>);
+
 /// A harmless call of each CLIENT subcommand moat runs over its own sessions that Redis's
 /// ACLs may deny: Redis checks permissions before arguments, so the call answers `NOPERM`
 /// exactly when the real one would, and otherwise does nothing.
@@ -53,14 +57,14 @@ impl Core {
             return Some(Ok(()));
         }
         if let Wait::Permitted(done) = &self.wait
-            && done.0 == sub
+            && *done.0 == *sub
         {
             return Some(match &done.1 {
                 Ok(None) => Ok(()),
                 Ok(Some(line)) | Err(line) => Err(line.clone()),
             });
         }
-        self.wait = Wait::Permit(Box::new(sub.to_vec()));
+        self.wait = Wait::Permit(sub.into());
         None
     }
 
@@ -89,7 +93,7 @@ impl Core {
             worker.verifier.refusal(login, probe).await.map_err(|e| {
                 format!("ERR moat: backend unavailable (cannot check permissions: {e})")
             });
-        self.wait = Wait::Permitted(Box::new((*sub, verdict)));
+        self.wait = Wait::Permitted(Box::new((sub, verdict)));
         Ok(())
     }
 

@@ -84,10 +84,10 @@ enum Wait {
     Verified(Box<(local::AuthAttempt, Result<Verdict, String>)>),
     /// A CLIENT subcommand moat runs over its own sessions (LIST, KILL, PAUSE...), in
     /// passthrough mode: Redis must say whether the client's user may run it.
-    Permit(Box<Vec<u8>>),
+    Permit(Box<[u8]>),
     /// Redis's refusal line if any (or why it could not be asked), for that subcommand; kept
     /// until the request is done, since CLIENT LIST/KILL may wait again for other workers.
-    Permitted(Box<(Vec<u8>, Result<Option<String>, String>)>),
+    Permitted(Box<login::Permission>),
     /// MULTI got no dedicated connection (answered with the reason): the client still
     /// thinks its next commands are queued, so none of them may run; they are refused
     /// until its EXEC (EXECABORT) or DISCARD, as in a transaction Redis aborted.
