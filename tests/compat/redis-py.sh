@@ -9,20 +9,29 @@
 #   TESTS='tests/test_pubsub.py tests/test_asyncio/test_pubsub.py' bash tests/compat/redis-py.sh
 #   MOAT_BIN=/path/to/moat bash tests/compat/redis-py.sh  # no cargo build
 #   KEEP=1 bash tests/compat/redis-py.sh                  # keep redis/moat configs and logs
+#   ISOLATE=file bash tests/compat/redis-py.sh            # fresh servers per test file (results
+#                                                           under target/compat/per-file)
+#   REPAIR=1 bash tests/compat/redis-py.sh                # reset a requirepass a test left set
+#                                                           (results under target/compat/repaired)
 #   python3 tests/compat/summarize.py                      # the table and the moat-only failures again
 #
 # Every run gets a fresh redis-server (and a fresh moat) on free loopback ports, stopped by PID
-# after the run, so runs never see each other's data, config changes or clients.
+# after the run, so runs never see each other's data, config changes or clients. With
+# ISOLATE=file every test file does: a file that leaves the server changed (through moat, the
+# credentials tests leave a requirepass they cannot reset, and every later test that needs a
+# new backend connection fails) then only spoils itself.
 # Tests that cannot pass on a stock redis-server 7.x (modules, cluster, TLS, ...) are listed with
 # their reason in tests/compat/redis-py-deselect.txt.
 #
-# Results under target/compat/:
+# Results under target/compat/ (target/compat/per-file/ with ISOLATE=file, .../repaired/ with
+# REPAIR=1, RESULTS=DIR elsewhere):
 #   junit-<target>-resp<N>.xml   one per run
 #   pytest-<target>-resp<N>.log  pytest's output
 #   runs.tsv                     target, protocol, seconds, pytest exit code
 #   summary.txt                  counts per run, moat/direct ratio of passed tests
 #   moat-only-failures.txt       tests passing straight on Redis but failing through moat,
 #                                grouped by the first line of their error
+#   repairs-<target>-resp<N>.txt with REPAIR=1: the tests after which requirepass was reset
 # Exit code: 0 when every run ran to its end (whatever the tests said), non-zero when a server
 # did not start, a run hit RUN_TIMEOUT or pytest did not produce its junit file.
 set -euo pipefail
@@ -34,6 +43,8 @@ PROTOCOLS="${PROTOCOLS:-2 3}"
 TARGETS="${TARGETS:-direct moat}"
 PYTEST_ARGS="${PYTEST_ARGS:-}"
 TESTS="${TESTS:-tests}"            # what pytest collects, relative to the sdist root
+ISOLATE="${ISOLATE:-}"             # "file": fresh redis-server (and moat) for every test file
+REPAIR="${REPAIR:-0}"              # 1: reset a requirepass a test left behind (tests/compat/compat_repair.py)
 KEEP="${KEEP:-0}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-30}"  # seconds per test (pytest-timeout)
 RUN_TIMEOUT="${RUN_TIMEOUT:-2400}"  # seconds per whole pytest run
@@ -44,6 +55,12 @@ OUT="$ROOT/target/compat"
 VENV="$ROOT/target/compat-venv"
 SRC="$OUT/redis-py-$REDIS_PY_VERSION"
 SDIST="$OUT/download/redis-$REDIS_PY_VERSION.tar.gz"
+# Where junit files, logs and summaries go: target/compat for the plain runs, a subfolder for
+# each analysis mode so its results never overwrite the plain ones.
+variant=""
+[ "$ISOLATE" = file ] && variant="per-file"
+[ "$REPAIR" = 1 ] && variant="${variant:+$variant-}repaired"
+RESULTS="${RESULTS:-$OUT${variant:+/$variant}}"
 
 say() { printf '[compat] %s\n' "$*"; }
 die() {
@@ -60,7 +77,10 @@ done
 for tool in redis-server redis-cli python3 timeout sha256sum tar; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not on PATH (redis: bash scripts/install-redis.sh)"
 done
-mkdir -p "$OUT"
+case "$ISOLATE" in '' | file) ;; *) die "ISOLATE: '$ISOLATE' is neither empty nor 'file'" ;; esac
+case "$REPAIR" in 0 | 1) ;; *) die "REPAIR: '$REPAIR' is neither 0 nor 1" ;; esac
+mkdir -p "$OUT" "$RESULTS"
+RESULTS="$(cd "$RESULTS" && pwd)"
 
 # --- redis-py's sdist and a venv with its test dependencies (idempotent) -------------------
 
@@ -162,9 +182,9 @@ cleanup() {
     set +e
     stop_servers
     if [ "$KEEP" = 1 ]; then
-        rm -rf "$OUT/logs"
-        cp -r "$WORK" "$OUT/logs"
-        say "logs kept in $OUT/logs"
+        rm -rf "$RESULTS/logs"
+        cp -r "$WORK" "$RESULTS/logs"
+        say "logs kept in $RESULTS/logs"
     fi
     rm -rf "$WORK"
     exit "$rc"
@@ -237,55 +257,102 @@ say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), r
 [ -n "${MOAT_BIN:-}" ] && say "moat: $MOAT_BIN (tree at $(git log -1 --format='%h %s' 2>/dev/null | cut -c1-70))"
 say "deselect list: $DESELECT ($(grep -c '^[a-z]' "$DESELECT") entries)"
 
+# One pytest over $1... (test paths) against a fresh redis-server, and a fresh moat for the moat
+# target, stopped afterwards. Uses $target, $proto, $run; $2 junit file, $3 log file, $4 name.
+# Sets rc.
+pytest_once() {
+    local junit=$1 log=$2 name=$3 port dead
+    shift 3
+    start_redis "$run/$name"
+    port="$RPORT"
+    if [ "$target" = moat ]; then
+        start_moat "$run/$name"
+        port="$MPORT"
+    fi
+    # A port nothing listens on: the suite's module, TLS and sentinel servers default to
+    # localhost:6479/6666/26379, where another engineer's server may run.
+    dead="$(free_port)"
+    local repair=()
+    if [ "$REPAIR" = 1 ]; then
+        # Straight to Redis, never through moat.
+        repair=(-p compat_repair)
+        export COMPAT_REPAIR_URL="redis://127.0.0.1:$RPORT/0" COMPAT_REPAIR_LOG="$RESULTS/repairs-$run.txt"
+    fi
+    local args=(
+        -m pytest "$@"
+        "--redis-url=redis://127.0.0.1:$port/0"
+        "--protocol=$proto"
+        "--redis-mod-url=redis://127.0.0.1:$dead"
+        "--redis-ssl-url=rediss://127.0.0.1:$dead"
+        "--sentinels=127.0.0.1:$dead"
+        -p compat_deselect "${repair[@]}"
+        --tb=line -q -p no:cacheprovider
+        "--timeout=$TEST_TIMEOUT"
+        "--junitxml=$junit" -o junit_family=xunit1
+    )
+    set +e
+    # shellcheck disable=SC2086 # PYTEST_ARGS is split into words on purpose
+    (cd "$SRC" && PYTHONPATH="$ROOT/$HERE" COMPAT_DESELECT="$DESELECT" exec timeout --kill-after=30 \
+        "$RUN_TIMEOUT" "$VENV/bin/python" "${args[@]}" $PYTEST_ARGS) >"$log" 2>&1 </dev/null &
+    PYTEST_PID=$!
+    wait "$PYTEST_PID"
+    rc=$?
+    PYTEST_PID=""
+    set -e
+    if [ "$target" = moat ] && ! kill -0 "$MOAT_PID" 2>/dev/null; then
+        say "$run/$name: moat exited during the run (KEEP=1 keeps its log)"
+        bad=1
+    fi
+    stop_servers
+}
+
 # One line per run: target, protocol, seconds, pytest exit, finish time, selection. A run replaces
 # its own earlier line; other runs' lines (and junit files) stay, dated, for summarize.py.
-runs_tsv="$OUT/runs.tsv"
+runs_tsv="$RESULTS/runs.tsv"
 touch "$runs_tsv"
 bad=0
 for target in $TARGETS; do
     for proto in $PROTOCOLS; do
         run="$target-resp$proto"
-        junit="$OUT/junit-$run.xml"
-        log="$OUT/pytest-$run.log"
-        rm -f "$junit"
-        start_redis "$run"
-        port="$RPORT"
-        if [ "$target" = moat ]; then
-            start_moat "$run"
-            port="$MPORT"
-        fi
-        # Ports nothing listens on: the suite's module, TLS and sentinel servers default to
-        # localhost:6479/6666/26379, where another engineer's server may run.
-        dead="$(free_port)"
-        printf '\n[compat] ===== %s: redis 127.0.0.1:%s%s =====\n' "$run" "$RPORT" \
-            "$([ "$target" = moat ] && echo ", moat 127.0.0.1:$MPORT")"
-        args=(
-            -m pytest $TESTS
-            "--redis-url=redis://127.0.0.1:$port/0"
-            "--protocol=$proto"
-            "--redis-mod-url=redis://127.0.0.1:$dead"
-            "--redis-ssl-url=rediss://127.0.0.1:$dead"
-            "--sentinels=127.0.0.1:$dead"
-            -p compat_deselect
-            --tb=line -q -p no:cacheprovider
-            "--timeout=$TEST_TIMEOUT"
-            "--junitxml=$junit" -o junit_family=xunit1
-        )
+        junit="$RESULTS/junit-$run.xml"
+        log="$RESULTS/pytest-$run.log"
+        rm -f "$junit" "$log" "$RESULTS/repairs-$run.txt"
+        printf '\n[compat] ===== %s =====\n' "$run"
         start=$SECONDS
-        set +e
-        # shellcheck disable=SC2086 # PYTEST_ARGS is split into words on purpose
-        (cd "$SRC" && PYTHONPATH="$ROOT/$HERE" COMPAT_DESELECT="$DESELECT" exec timeout --kill-after=30 "$RUN_TIMEOUT" "$VENV/bin/python" "${args[@]}" $PYTEST_ARGS) \
-            >"$log" 2>&1 </dev/null &
-        PYTEST_PID=$!
-        wait "$PYTEST_PID"
-        rc=$?
-        PYTEST_PID=""
-        set -e
+        if [ "$ISOLATE" = file ]; then
+            # Fresh servers for every test file: a file that leaves the server changed (a
+            # requirepass it could not reset) does not decide the fate of the files after it.
+            # shellcheck disable=SC2086 # TESTS is a list of paths
+            mapfile -t files < <(cd "$SRC" && find $TESTS -name 'test_*.py' | sort)
+            mkdir -p "$WORK/$run/junit"
+            worst=0
+            for i in "${!files[@]}"; do
+                f="${files[$i]}"
+                pytest_once "$WORK/$run/junit/$i.xml" "$WORK/$run/pytest.$i.log" "$i" "$f"
+                printf '[compat] %-55s exit %s: %s\n' "$f" "$rc" "$(tail -n 1 "$WORK/$run/pytest.$i.log")"
+                { echo "===== $f (exit $rc)"; cat "$WORK/$run/pytest.$i.log"; } >>"$log"
+                # 5: every test of the file deselected.
+                case "$rc" in 0 | 1 | 5) ;; *) worst=$rc ;; esac
+            done
+            rc=$worst
+            "$VENV/bin/python" - "$junit" "$WORK/$run/junit"/*.xml <<'PY'
+import sys, xml.etree.ElementTree as ET
+out = ET.Element("testsuites")
+for path in sys.argv[2:]:
+    root = ET.parse(path).getroot()
+    out.extend(root.iter("testsuite") if root.tag == "testsuites" else [root])
+ET.ElementTree(out).write(sys.argv[1], encoding="utf-8", xml_declaration=True)
+PY
+        else
+            # shellcheck disable=SC2086 # TESTS is a list of paths
+            pytest_once "$junit" "$log" all $TESTS
+            tail -n 1 "$log"
+        fi
         took=$((SECONDS - start))
-        tail -n 3 "$log"
         awk -F'\t' -v t="$target" -v p="$proto" '!($1 == t && $2 == p)' "$runs_tsv" >"$runs_tsv.tmp"
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$proto" "$took" "$rc" \
-            "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$TESTS $PYTEST_ARGS" >>"$runs_tsv.tmp"
+            "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(echo $TESTS $PYTEST_ARGS)${variant:+ ($variant)}" \
+            >>"$runs_tsv.tmp"
         mv "$runs_tsv.tmp" "$runs_tsv"
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
             say "$run: pytest hit RUN_TIMEOUT=${RUN_TIMEOUT}s (log: $log)"
@@ -296,14 +363,9 @@ for target in $TARGETS; do
         else
             say "$run: done in ${took}s (pytest exit $rc)"
         fi
-        if [ "$target" = moat ] && ! kill -0 "$MOAT_PID" 2>/dev/null; then
-            say "$run: moat exited during the run (log kept: KEEP=1)"
-            bad=1
-        fi
-        stop_servers
     done
 done
 
 echo
-"$VENV/bin/python" "$HERE/summarize.py" --out "$OUT"
+"$VENV/bin/python" "$HERE/summarize.py" --out "$RESULTS"
 exit "$bad"

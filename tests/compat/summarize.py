@@ -21,7 +21,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 
-STATUSES = ("passed", "failed", "error", "skipped")
+RANK = {"passed": 0, "skipped": 1, "error": 2, "failed": 3}
 
 
 def load(path):
@@ -52,7 +52,11 @@ def load(path):
             elif tag == "skipped" and status == "passed":
                 status = "skipped"
                 message = child.get("message", "")
-        results[tid] = (status, message)
+        # pytest writes a second testcase element for an error in teardown after a failed or
+        # passed call: keep the worse of the two (the failure's message over the error's).
+        prev = results.get(tid)
+        if prev is None or RANK[status] > RANK[prev[0]]:
+            results[tid] = (status, message)
     return results
 
 
@@ -95,7 +99,9 @@ def main():
                 if len(parts) >= 6:
                     info[(parts[0], parts[1])] = (parts[2], parts[3], parts[4], parts[5].strip())
 
-    lines = []
+    lines = [
+        "passed counts xpassed tests; a test failing in its call and erroring in teardown counts as failed",
+    ]
     lines.append(
         f"{'run':<14}{'passed':>8}{'failed':>8}{'errors':>8}{'skipped':>9}{'total':>7}"
         f"{'time':>8}{'exit':>6}  finished             selection"
@@ -163,6 +169,7 @@ def main():
             full.append(f"               {msg[:300]}")
             if tid not in seen:
                 seen.append(tid)
+        short.append(f"        first: {sorted(items)[0][2][:300]}")
         for tid in seen[: args.examples]:
             short.append(f"        e.g. {tid}")
         full.append("")
