@@ -530,6 +530,139 @@ fn unblock_ends_another_clients_blocking_call() {
     assert_eq!(a.call(&["CLIENT", "UNBLOCK", &id]), b":0\r\n");
 }
 
+/// The RESP2 way of client-side caching: A subscribes to `__redis__:invalidate`, B tracks
+/// with `REDIRECT <A's id>`, and A gets B's invalidations, as from Redis.
+#[test]
+fn tracking_redirect_sends_invalidations_to_the_named_client() {
+    let stack = Stack::start();
+    let mut a = Conn::connect(stack.addr());
+    let mut b = Conn::connect(stack.addr());
+    let mut writer = Conn::connect(stack.addr());
+    let ida = client_id(&mut a).to_string();
+    assert_eq!(
+        a.call(&["SUBSCRIBE", "__redis__:invalidate"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n"
+    );
+    assert_eq!(b.call(&["CLIENT", "GETREDIR"]), b":-1\r\n");
+    assert_eq!(
+        b.call(&["CLIENT", "TRACKING", "on", "REDIRECT", &ida]),
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        b.call(&["CLIENT", "GETREDIR"]),
+        format!(":{ida}\r\n").as_bytes()
+    );
+    assert_eq!(info(&mut b)["redir"], ida);
+    assert_eq!(info(&mut b)["flags"], "t");
+    assert_eq!(b.call(&["GET", "redir:k"]), b"$-1\r\n");
+    assert_eq!(writer.call(&["SET", "redir:k", "1"]), b"+OK\r\n");
+    assert_eq!(
+        a.reply(),
+        b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$7\r\nredir:k\r\n"
+    );
+    // B itself gets nothing unasked: its next reply is its own.
+    assert_eq!(b.call(&["PING"]), b"+PONG\r\n");
+    assert_eq!(b.call(&["CLIENT", "TRACKING", "off"]), b"+OK\r\n");
+    assert_eq!(b.call(&["CLIENT", "GETREDIR"]), b":-1\r\n");
+    assert_eq!(info(&mut b)["redir"], "-1");
+    assert_eq!(writer.call(&["SET", "redir:k", "2"]), b"+OK\r\n");
+    a.assert_quiet(HELD, "no invalidation once tracking is off");
+}
+
+/// The connection Redis sends B's invalidations to never serves another client: when the
+/// target's lease ends it is closed, and the next client to subscribe gets nothing of B's.
+#[test]
+fn a_redirect_target_connection_is_not_handed_on() {
+    let stack = Stack::start();
+    let mut a = Conn::connect(stack.addr());
+    let mut b = Conn::connect(stack.addr());
+    let mut writer = Conn::connect(stack.addr());
+    let ida = client_id(&mut a).to_string();
+    a.call(&["SUBSCRIBE", "__redis__:invalidate"]);
+    assert_eq!(
+        b.call(&["CLIENT", "TRACKING", "on", "REDIRECT", &ida]),
+        b"+OK\r\n"
+    );
+    // A's subscription ends, and with it its lease.
+    a.call(&["UNSUBSCRIBE"]);
+    eventually("A's lease ends", || {
+        !list(&mut writer, &[])
+            .iter()
+            .any(|f| f["id"] == ida && f["flags"].contains('P'))
+    });
+    // Others now subscribe; none may get what Redis still sends for B.
+    let mut others: Vec<Conn> = (0..3).map(|_| Conn::connect(stack.addr())).collect();
+    for c in &mut others {
+        c.call(&["SUBSCRIBE", "redir:other"]);
+    }
+    assert_eq!(b.call(&["GET", "redir:k2"]), b"$-1\r\n");
+    assert_eq!(writer.call(&["SET", "redir:k2", "1"]), b"+OK\r\n");
+    for c in &mut others {
+        c.assert_quiet(HELD, "another client's invalidation");
+    }
+    a.assert_quiet(
+        Duration::from_millis(50),
+        "an invalidation after unsubscribing",
+    );
+    assert_eq!(writer.call(&["PUBLISH", "redir:other", "m"]), b":3\r\n");
+}
+
+/// What redis-py's test_client_tracking does: a redirect to itself or to a client on shared
+/// connections is accepted; an id of no client gets Redis's error, ON or OFF.
+#[test]
+fn tracking_redirect_ids_are_moats() {
+    let stack = Stack::start();
+    let mut a = Conn::connect(stack.addr());
+    let mut b = Conn::connect(stack.addr());
+    let ida = client_id(&mut a).to_string();
+    let idb = client_id(&mut b).to_string();
+    for on in ["on", "ON"] {
+        assert_eq!(
+            a.call(&["CLIENT", "TRACKING", on, "REDIRECT", &ida]),
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            a.call(&["CLIENT", "GETREDIR"]),
+            format!(":{ida}\r\n").as_bytes()
+        );
+        assert_eq!(
+            a.call(&["CLIENT", "TRACKING", "off", "REDIRECT", &ida]),
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            a.call(&[
+                "CLIENT", "TRACKING", on, "bcast", "prefix", "x", "REDIRECT", &idb
+            ]),
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            b.call(&["CLIENT", "TRACKING", "off", "REDIRECT", &idb]),
+            b"+OK\r\n"
+        );
+        assert_eq!(a.call(&["CLIENT", "TRACKING", "off"]), b"+OK\r\n");
+    }
+    // Without redirection GETREDIR says 0 while tracking is on.
+    assert_eq!(a.call(&["CLIENT", "TRACKING", "on"]), b"+OK\r\n");
+    assert_eq!(a.call(&["CLIENT", "GETREDIR"]), b":0\r\n");
+    assert_eq!(a.call(&["CLIENT", "TRACKING", "off"]), b"+OK\r\n");
+    // Errors are Redis's, tracking on or off: compare with Redis itself.
+    let mut direct = Conn::connect(stack.redis.addr());
+    for args in [
+        ["CLIENT", "TRACKING", "on", "REDIRECT", "987654"],
+        ["CLIENT", "TRACKING", "off", "REDIRECT", "987654"],
+        ["CLIENT", "TRACKING", "on", "REDIRECT", "0"],
+        ["CLIENT", "TRACKING", "on", "REDIRECT", "-3"],
+        ["CLIENT", "TRACKING", "on", "REDIRECT", "x"],
+        ["CLIENT", "TRACKING", "off", "REDIRECT", "x"],
+    ] {
+        let want = direct.call(&args);
+        assert!(want.starts_with(b"-"), "{args:?}: {}", shown(&want));
+        assert_eq!(shown(&a.call(&args)), shown(&want), "{args:?}");
+        a.expect_working("after a refused redirect");
+    }
+    assert_eq!(a.call(&["CLIENT", "GETREDIR"]), b":-1\r\n");
+}
+
 #[test]
 fn no_evict_and_no_touch_are_session_flags() {
     let stack = Stack::start();
@@ -692,5 +825,25 @@ fn every_worker_is_listed_killed_unblocked_and_paused() {
     assert_eq!(left.len(), ids.len() + 2 - killed, "{left:?}");
     for c in clients.iter_mut().skip(4) {
         c.expect_working("a client not killed");
+    }
+    // Tracking redirects to a subscriber wherever it is.
+    let target = ids[4].to_string();
+    let (head, trackers) = clients.split_at_mut(5);
+    let subscriber = &mut head[4];
+    subscriber.call(&["SUBSCRIBE", "__redis__:invalidate"]);
+    for (i, c) in trackers.iter_mut().enumerate() {
+        assert_eq!(
+            c.call(&["CLIENT", "TRACKING", "on", "REDIRECT", &target]),
+            b"+OK\r\n"
+        );
+        let key = format!("workers:tracked:{i}");
+        assert_eq!(c.call(&["GET", &key]), b"$-1\r\n");
+        assert_eq!(admin.call(&["SET", &key, "1"]), b"+OK\r\n");
+        let message = subscriber.reply();
+        assert!(
+            shown(&message).contains(&key),
+            "invalidation of {key}: {}",
+            shown(&message)
+        );
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct PinSummary {
     pub(crate) monitor: bool,
     /// The dedicated connection's own client id on Redis (for CLIENT UNBLOCK).
     pub(crate) redis_id: Option<u64>,
+    /// The moat id tracking redirects to, if it does (CLIENT LIST's `redir=`).
+    pub(crate) redirect: Option<u64>,
 }
 
 impl PinSummary {
@@ -122,6 +124,7 @@ const NO_TOUCH: u8 = 1 << 2;
 const KILLED: u8 = 1 << 3;
 const PARKED: u8 = 1 << 4;
 const UNBLOCK_SENT: u8 = 1 << 5;
+const REDIRECT_TARGET: u8 = 1 << 6;
 
 impl Card {
     fn bit(&self, bit: u8) -> bool {
@@ -283,6 +286,18 @@ impl Card {
     /// A CLIENT UNBLOCK went to Redis for the session's dedicated connection.
     pub(crate) fn unblock_sent(&self) -> bool {
         self.bit(UNBLOCK_SENT)
+    }
+
+    /// Marks that another session's CLIENT TRACKING REDIRECT names this session's
+    /// dedicated connection: Redis sends that session's invalidations to it for as long as
+    /// it lives, so the lease closes it rather than hand it to another client.
+    pub(crate) fn set_redirect_target(&self, on: bool) {
+        self.set_bit(REDIRECT_TARGET, on);
+    }
+
+    /// The session's dedicated connection was named as a tracking redirect target.
+    pub(crate) fn redirect_target(&self) -> bool {
+        self.bit(REDIRECT_TARGET)
     }
 }
 

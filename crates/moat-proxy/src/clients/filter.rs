@@ -293,6 +293,31 @@ pub(crate) fn parse_unblock(args: &[&[u8]]) -> Result<(i64, UnblockMode), ArgErr
     Ok((id, mode))
 }
 
+/// Where the client id of the first `REDIRECT` option stands in the options of `CLIENT
+/// TRACKING on|off <options>` (`options`: the arguments after on|off), read the way Redis
+/// reads them: `REDIRECT` and `PREFIX` take a value, `BCAST`, `OPTIN`, `OPTOUT` and
+/// `NOLOOP` none. `None` when there is no REDIRECT before an option Redis would reject.
+pub(crate) fn tracking_redirect(options: &[&[u8]]) -> Option<usize> {
+    let mut at = 0;
+    while at < options.len() {
+        let option = options[at];
+        let more = at + 1 < options.len();
+        if option.eq_ignore_ascii_case(b"REDIRECT") && more {
+            return Some(at + 1);
+        } else if option.eq_ignore_ascii_case(b"PREFIX") && more {
+            at += 2;
+        } else if [&b"BCAST"[..], b"OPTIN", b"OPTOUT", b"NOLOOP"]
+            .iter()
+            .any(|flag| option.eq_ignore_ascii_case(flag))
+        {
+            at += 1;
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
 /// Parses `on` / `off` (CLIENT NO-EVICT, CLIENT NO-TOUCH).
 pub(crate) fn parse_on_off(arg: &[u8]) -> Result<bool, ArgError> {
     if arg.eq_ignore_ascii_case(b"on") {
@@ -307,6 +332,26 @@ pub(crate) fn parse_on_off(arg: &[u8]) -> Result<bool, ArgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redirect_id_is_found_where_redis_reads_it() {
+        let at = |args: &[&str]| {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            tracking_redirect(&args)
+        };
+        assert_eq!(at(&["REDIRECT", "7"]), Some(1));
+        assert_eq!(
+            at(&["bcast", "prefix", "redirect", "redirect", "9"]),
+            Some(4)
+        );
+        assert_eq!(at(&["OPTIN", "noloop", "Redirect", "x"]), Some(3));
+        // A prefix named REDIRECT is a prefix; a REDIRECT without a value is Redis's error.
+        assert_eq!(at(&["PREFIX", "REDIRECT"]), None);
+        assert_eq!(at(&["REDIRECT"]), None);
+        // Redis stops at an option it does not know.
+        assert_eq!(at(&["BOGUS", "REDIRECT", "7"]), None);
+        assert_eq!(at(&[]), None);
+    }
 
     fn kill(args: &[&str]) -> Result<KillFilter, ArgError> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();

@@ -87,6 +87,8 @@ pub(crate) struct LineFields<'a> {
     pub(crate) cmd: &'a str,
     /// The user the session acts as.
     pub(crate) user: &'a str,
+    /// Where tracking redirects to: the moat id, 0 to the session itself, -1 when off.
+    pub(crate) redir: i64,
     /// The session speaks RESP3 (`resp=3`).
     pub(crate) resp3: bool,
     /// CLIENT SETINFO's values.
@@ -108,7 +110,7 @@ pub(crate) fn write_line(out: &mut Vec<u8>, f: &LineFields<'_>) {
         out,
         " age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={multi} qbuf=0 \
          qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} \
-         events=r cmd={} user={} redir=-1 resp={} lib-name=",
+         events=r cmd={} user={} redir={} resp={} lib-name=",
         f.age,
         f.idle,
         f.flags.letters(),
@@ -120,6 +122,7 @@ pub(crate) fn write_line(out: &mut Vec<u8>, f: &LineFields<'_>) {
         f.omem,
         f.cmd,
         f.user,
+        f.redir,
         if f.resp3 { 3 } else { 2 },
     );
     out.extend_from_slice(f.lib_name);
@@ -149,6 +152,7 @@ mod tests {
             omem: 0,
             cmd: "client|list",
             user: "default",
+            redir: -1,
             resp3: false,
             lib_name: b"",
             lib_ver: b"",

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) use card::{Card, Extras, Identity, PinSummary};
 pub(crate) use filter::{
     ArgError, ClientType, KillFilter, ListRequest, UnblockMode, parse_kill, parse_list,
-    parse_on_off, parse_unblock,
+    parse_on_off, parse_unblock, tracking_redirect,
 };
 pub(crate) use line::{FlagState, LineFields, write_line};
 pub(crate) use pause::{Pause, must_hold, parse_pause};
@@ -94,6 +94,23 @@ pub(crate) enum Query {
         id: u64,
         reply: oneshot::Sender<Option<u64>>,
     },
+    /// Whether session `id` is here, and the Redis id of its dedicated connection if it
+    /// holds one (marked as a redirect target: see [`Card::set_redirect_target`]).
+    Redirect {
+        id: u64,
+        reply: oneshot::Sender<Option<Target>>,
+    },
+}
+
+/// A CLIENT TRACKING REDIRECT target that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The session holds a dedicated connection: Redis's id of it, where the invalidations
+    /// go (RESP3 pushes, or RESP2 messages while it is subscribed, as on Redis).
+    Held(u64),
+    /// The session runs on shared connections only: its invalidations have nowhere to go
+    /// that is its own.
+    Unheld,
 }
 
 /// What a session asks the directory.
@@ -105,6 +122,8 @@ pub(crate) enum Question {
     Kill(KillFilter),
     /// CLIENT UNBLOCK of a client id.
     Unblock(i64, UnblockMode),
+    /// CLIENT TRACKING ... REDIRECT of a client id.
+    Redirect(u64),
 }
 
 /// The directory's answer, ready for the session to reply with.
@@ -124,6 +143,8 @@ pub(crate) enum Answer {
         redis_id: Option<u64>,
         mode: UnblockMode,
     },
+    /// The redirect target, if such a session exists.
+    Redirect(Option<Target>),
 }
 
 /// One worker's part of an answer.
@@ -132,6 +153,7 @@ enum Partial {
     Lines(Vec<(u64, Vec<u8>)>),
     Killed { count: u64, me: bool },
     Unblock(Option<u64>),
+    Redirect(Option<Target>),
 }
 
 /// Sessions held by a pause, waiting to be woken.
@@ -314,6 +336,20 @@ impl WorkerClients {
         Some(redis_id)
     }
 
+    /// If session `id` is on this worker, what a tracking redirect to it reaches. A
+    /// dedicated connection named as a target is marked so it never serves another lease:
+    /// invalidations would keep reaching whoever held it next.
+    fn redirect_target(&self, id: u64) -> Option<Target> {
+        let link = self.link(id)?;
+        match link.card.pin().and_then(|p| p.redis_id) {
+            Some(redis_id) => {
+                link.card.set_redirect_target(true);
+                Some(Target::Held(redis_id))
+            }
+            None => Some(Target::Unheld),
+        }
+    }
+
     /// This worker's part of the answer to `question`.
     fn here(
         &self,
@@ -333,6 +369,7 @@ impl WorkerClients {
                     .ok()
                     .and_then(|id| self.unblock_target(id)),
             ),
+            Question::Redirect(id) => Partial::Redirect(self.redirect_target(*id)),
         }
     }
 
@@ -382,6 +419,11 @@ impl WorkerClients {
                     let more = self.ask_others(|reply| Query::Unblock { id, reply }).await;
                     *found = more.into_iter().flatten().next();
                 }
+            }
+            (Question::Redirect(id), Partial::Redirect(found @ None)) => {
+                let id = *id;
+                let more = self.ask_others(|reply| Query::Redirect { id, reply }).await;
+                *found = more.into_iter().flatten().next();
             }
             _ => {}
         }
@@ -446,6 +488,7 @@ fn finish(question: Question, partial: Partial) -> Answer {
         (Question::Unblock(_, mode), Partial::Unblock(redis_id)) => {
             Answer::Unblock { redis_id, mode }
         }
+        (Question::Redirect(_), Partial::Redirect(target)) => Answer::Redirect(target),
         // Each question makes its own kind of part; nothing else is built.
         (Question::List(_), _) => Answer::List(Vec::new()),
         (Question::Kill(filter), _) => Answer::Kill {
@@ -457,6 +500,7 @@ fn finish(question: Question, partial: Partial) -> Answer {
             redis_id: None,
             mode,
         },
+        (Question::Redirect(_), _) => Answer::Redirect(None),
     }
 }
 
@@ -517,6 +561,11 @@ pub(crate) fn describe(
             omem: link.out_len(),
             cmd: table.name(card.command()).unwrap_or("NULL"),
             user: user_of(extras),
+            redir: match pin.redirect {
+                _ if !pin.tracking => -1,
+                Some(id) => i64::try_from(id).unwrap_or(i64::MAX),
+                None => 0,
+            },
             resp3: card.resp3(),
             lib_name: bytes(&extras.lib_name),
             lib_ver: bytes(&extras.lib_ver),
@@ -548,6 +597,9 @@ async fn serve_queries(ctx: Weak<WorkerCtx>, mut queries: mpsc::Receiver<Query>)
             }
             Query::Unblock { id, reply } => {
                 let _ = reply.send(ctx.clients.unblock_target(id));
+            }
+            Query::Redirect { id, reply } => {
+                let _ = reply.send(ctx.clients.redirect_target(id));
             }
         }
     }

@@ -191,18 +191,8 @@ pub(super) fn interrupts_busy(name: &[u8], request: &Request<'_>) -> bool {
 fn client_route(request: &Request<'_>) -> Action {
     let sub = request.arg(1).unwrap_or_default();
     let arg2 = request.arg(2).unwrap_or_default();
-    if sub.eq_ignore_ascii_case(b"TRACKING") {
-        if request.args().any(|a| a.eq_ignore_ascii_case(b"REDIRECT")) {
-            // The id would name a backend connection; clients only know moat's ids.
-            return error(
-                "ERR moat: CLIENT TRACKING REDIRECT is not supported; use RESP3 (HELLO 3) \
-                 to receive invalidations on the same connection"
-                    .into(),
-            );
-        }
-        if arg2.eq_ignore_ascii_case(b"ON") {
-            return Action::Dedicated;
-        }
+    if sub.eq_ignore_ascii_case(b"TRACKING") && arg2.eq_ignore_ascii_case(b"ON") {
+        return Action::Dedicated;
     }
     if sub.eq_ignore_ascii_case(b"REPLY")
         && (arg2.eq_ignore_ascii_case(b"OFF") || arg2.eq_ignore_ascii_case(b"SKIP"))

@@ -5,7 +5,9 @@
 //! None of these reaches a shared backend connection: they act on the clients of moat, not
 //! on the connections moat multiplexes them onto. The one exception is CLIENT UNBLOCK of a
 //! client waiting on its dedicated connection: moat sends Redis `CLIENT UNBLOCK <that
-//! connection's Redis id>`, and the client gets Redis's own `:1` or `:0`.
+//! connection's Redis id>`, and the client gets Redis's own `:1` or `:0`. The other is
+//! CLIENT TRACKING ... REDIRECT: the moat id it names becomes the Redis id of a connection
+//! that session holds (see [`Core::client_tracking_redirect`]).
 
 use std::io;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -17,8 +19,8 @@ use super::classify::wrong_arity;
 use super::pinned::PinTag;
 use super::{Core, Step};
 use crate::clients::{
-    Answer, ArgError, Extras, Identity, Question, must_hold, parse_kill, parse_list, parse_on_off,
-    parse_pause, parse_unblock,
+    Answer, ArgError, Extras, Identity, Question, Target, must_hold, parse_kill, parse_list,
+    parse_on_off, parse_pause, parse_unblock, tracking_redirect,
 };
 use crate::command::Flags;
 use crate::net::Stream;
@@ -89,6 +91,7 @@ impl Core {
                 card.set_pin(None);
                 // A lease lost without its normal end leaves nothing to protect.
                 card.set_unblock_sent(false);
+                card.set_redirect_target(false);
             }
             None => {}
         }
@@ -368,5 +371,102 @@ impl Core {
             }
             None => self.forward(&unblock),
         }
+    }
+
+    /// `CLIENT TRACKING on|off ... REDIRECT id`: where the id argument stands, if the
+    /// request is that.
+    pub(super) fn redirect_at(req: &Request<'_>) -> Option<usize> {
+        if !is(req.arg(0), b"CLIENT") || !is(req.arg(1), b"TRACKING") {
+            return None;
+        }
+        let options: Vec<&[u8]> = req.args().skip(3).collect();
+        tracking_redirect(&options).map(|at| at + 3)
+    }
+
+    /// `CLIENT TRACKING on|off ... REDIRECT id` (argument `at` is the id). The id is one of
+    /// moat's; Redis knows only its own connections. So:
+    /// - a session holding a dedicated connection is named by that connection's Redis id:
+    ///   Redis sends the invalidations there (RESP3 pushes, or RESP2 messages on
+    ///   `__redis__:invalidate` while it is subscribed), as it would to that client. Such a
+    ///   connection is closed when its lease ends, never handed to another client;
+    /// - this session itself, or a session that runs on shared connections only, is named by
+    ///   this session's own dedicated connection: a RESP2 client gets nothing there unless it
+    ///   is subscribed, as Redis sends nothing to a RESP2 target that is not;
+    /// - an id of no session gets Redis's own error.
+    ///
+    /// Without a dedicated connection (OFF while tracking is off) Redis would only check the
+    /// id: so does moat, and answers `+OK`.
+    pub(super) fn client_tracking_redirect(&mut self, req: &Request<'_>, at: usize) -> Step {
+        if self
+            .pin
+            .as_deref()
+            .is_some_and(|p| p.state.outstanding() > 0)
+        {
+            // An error of moat's must not overtake replies still owed.
+            return Step::Blocked;
+        }
+        let Some(id) = req.arg(at).and_then(moat_protocol::parse_i64) else {
+            self.arg_error(&ArgError::NotInteger);
+            return Step::Done;
+        };
+        let target = if u64::try_from(id).is_ok_and(|id| id == self.state.id) {
+            Some(Target::Unheld)
+        } else if let Ok(id @ 1..) = u64::try_from(id) {
+            match self.directory(Question::Redirect(id)) {
+                Some(Answer::Redirect(target)) => target,
+                Some(_) => None,
+                None => return Step::Blocked,
+            }
+        } else {
+            None
+        };
+        let Some(target) = target else {
+            self.fail("ERR The client ID you want redirect to does not exist");
+            return Step::Done;
+        };
+        let (db, resp3) = (self.state.db, self.state.resp3);
+        let Some(pin) = self.pin.as_deref_mut() else {
+            encode::simple(&mut self.link.out(), "OK");
+            return Step::Done;
+        };
+        let redis_id = match target {
+            Target::Held(redis_id) => Some(redis_id),
+            Target::Unheld => pin.redis_id(),
+        };
+        let Some(redis_id) = redis_id else {
+            self.fail("ERR moat: CLIENT TRACKING REDIRECT needs a Redis that has CLIENT ID");
+            return Step::Done;
+        };
+        let redis_id = redis_id.to_string();
+        let args: Vec<&[u8]> = req
+            .args()
+            .enumerate()
+            .map(|(i, arg)| if i == at { redis_id.as_bytes() } else { arg })
+            .collect();
+        let mut raw = BytesMut::new();
+        encode::command(&mut raw, &args);
+        let mut parser = RequestParser::new(Limits::default());
+        let Ok(Some(rewritten)) = parser.parse(&raw) else {
+            self.fail("ERR moat: could not rewrite CLIENT TRACKING REDIRECT");
+            return Step::Done;
+        };
+        let tag = super::pinned::tag_of(req);
+        if tag == PinTag::Reply(Tag::TrackingOn) {
+            pin.redirect = u64::try_from(id).ok();
+        }
+        pin.forward(&rewritten, db, resp3, tag);
+        Step::Done
+    }
+
+    /// `CLIENT GETREDIR`: the moat id tracking redirects to, 0 when tracking sends
+    /// invalidations to the client itself, -1 when it is off.
+    pub(super) fn client_getredir(&mut self) {
+        let redirect = match self.pin.as_deref() {
+            Some(pin) if pin.state.tracking() => pin
+                .redirect
+                .map_or(0, |id| i64::try_from(id).unwrap_or(i64::MAX)),
+            _ => -1,
+        };
+        encode::integer(&mut self.link.out(), redirect);
     }
 }

@@ -249,13 +249,17 @@ impl Core {
             }
             b"setinfo" if exact(4) => self.client_setinfo(arg(2), arg(3)),
             b"info" if exact(2) => self.client_info(),
-            b"getredir" if exact(2) => encode::integer(&mut self.link.out(), -1),
+            b"getredir" if exact(2) => self.client_getredir(),
             b"id" | b"getname" | b"setname" | b"setinfo" | b"info" | b"getredir" => {
                 self.error(&wrong_arity(&full))
             }
             // TRACKING ON takes a dedicated connection (see classify); OFF without tracking
             // and REPLY ON change nothing, as in Redis.
-            b"tracking" | b"reply" => encode::simple(&mut self.link.out(), "OK"),
+            b"tracking" => match Self::redirect_at(req) {
+                Some(at) => return self.client_tracking_redirect(req, at),
+                None => encode::simple(&mut self.link.out(), "OK"),
+            },
+            b"reply" => encode::simple(&mut self.link.out(), "OK"),
             b"caching" => self.error(
                 "ERR CLIENT CACHING can be called only when the client is in tracking mode with \
                  OPTIN or OPTOUT mode enabled",

@@ -115,6 +115,8 @@ pub(crate) struct Pin {
     /// replicate (then CLIENT PAUSE WRITE holds the EXEC, as Redis does).
     queued: u32,
     queued_writes: bool,
+    /// The moat id the client's CLIENT TRACKING ON redirects to (CLIENT GETREDIR).
+    pub(super) redirect: Option<u64>,
 }
 
 /// One client in MONITOR mode, counted in [`crate::Metrics::monitors`] until its lease ends.
@@ -157,6 +159,7 @@ impl Pin {
             monitoring: None,
             queued: 0,
             queued_writes: false,
+            redirect: None,
         }
     }
 
@@ -177,6 +180,11 @@ impl Pin {
         self.state.multi_open() && self.queued_writes
     }
 
+    /// Redis's client id of the connection, when the server has CLIENT ID.
+    pub(super) fn redis_id(&self) -> Option<u64> {
+        self.conn.redis_id
+    }
+
     /// What CLIENT LIST shows of this connection.
     pub(super) fn summary(&self) -> crate::clients::PinSummary {
         let [channels, patterns, shards] = self
@@ -192,6 +200,7 @@ impl Pin {
             tracking: self.state.tracking(),
             monitor: self.state.monitor(),
             redis_id: self.conn.redis_id,
+            redirect: self.redirect,
         }
     }
 
@@ -337,6 +346,11 @@ impl Pin {
             core.link.card.set_unblock_sent(false);
             return;
         }
+        if core.link.card.redirect_target() {
+            // Another client's invalidations are sent to this connection while it lives.
+            core.link.card.set_redirect_target(false);
+            return;
+        }
         let pool = &core.worker.pinned;
         if self.state.outstanding() == 0 && self.wbuf.is_empty() && self.rbuf.is_empty() {
             let reset = core.worker.backend.facts().supports_reset();
@@ -378,6 +392,12 @@ impl Core {
                 }
                 if multi && tag.unfollowable_in_multi() {
                     return refuse_in_multi(pin, &self.link, request, settled);
+                }
+                if let Some(at) = Core::redirect_at(request) {
+                    return self.client_tracking_redirect(request, at);
+                }
+                if tag == PinTag::Reply(Tag::TrackingOn) {
+                    pin.redirect = None;
                 }
                 if tag == PinTag::Reply(Tag::Monitor) && pin.monitoring.is_none() {
                     pin.monitoring = Some(MonitorGauge::new(&self.worker.metrics));
@@ -434,6 +454,9 @@ impl Core {
                 }) =>
             {
                 // Tracking lives on the dedicated connection: let it answer.
+                if let Some(at) = Core::redirect_at(request) {
+                    return self.client_tracking_redirect(request, at);
+                }
                 pin.forward(request, self.state.db, self.state.resp3, tag_of(request));
                 Step::Done
             }
