@@ -12,6 +12,7 @@ mod budget;
 mod clients;
 mod command;
 pub mod config;
+pub mod control;
 #[cfg(feature = "harness")]
 pub mod harness;
 mod link;
@@ -21,6 +22,7 @@ mod net;
 mod pinned;
 mod session;
 mod shed;
+pub mod stats;
 mod worker;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 pub use config::{Config, ConfigError};
+pub use control::Control;
 pub use metrics::Metrics;
 
 /// Why the proxy could not start.
@@ -59,9 +62,15 @@ pub struct RunningProxy {
     workers: Vec<JoinHandle<()>>,
     guard: Arc<moat_guard::Guard>,
     metrics: Arc<Metrics>,
+    control: Control,
 }
 
 impl RunningProxy {
+    /// The operator's handle: stats, status, bans, clients, reload, drain.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
     /// Event counters (timeouts, breaker, reconnects, shedding...).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -176,11 +185,13 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
             .map_err(StartError::Thread)?;
         handles.push(handle);
     }
+    let control = Control::new(guard.clone(), metrics.clone(), config);
     Ok(RunningProxy {
         addr,
         shutdown: tx,
         workers: handles,
         guard,
         metrics,
+        control,
     })
 }

@@ -1,0 +1,74 @@
+//! What the proxy has done and holds now, as one plain snapshot for the exporter and the
+//! admin API. Built at scrape time from every worker's own counters and the guard's; the
+//! data path only ever writes its own worker's counters.
+
+/// A histogram as Prometheus exposes it: upper bounds in seconds, the count of
+/// observations at or below each bound (cumulative), their sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds, ascending (the `+Inf` bucket is `count`).
+    pub bounds: Vec<f64>,
+    /// Cumulative counts, one per bound.
+    pub cumulative: Vec<u64>,
+    /// Sum of the observed values, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Everything `/metrics` exports, summed over workers. Labelled values are `(label, value)`
+/// pairs with labels from a fixed, small set: never an address or a client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Connections admitted by the guard (`moat_connections_accepted_total`).
+    pub accepted: u64,
+    /// Connections refused, by reason (`moat_connections_refused_total{reason}`).
+    pub refused: Vec<(&'static str, u64)>,
+    /// Client connections held now, by class: trusted, authenticated, unauthenticated
+    /// (`moat_clients{class}`).
+    pub clients: Vec<(&'static str, u64)>,
+    /// Clients moat closed, by why (`moat_clients_closed_total{reason}`).
+    pub closed: Vec<(&'static str, u64)>,
+    /// Bans in force (`moat_bans_active`).
+    pub bans_active: u64,
+    /// Bans issued, by reason (`moat_bans_issued_total{reason}`).
+    pub bans_issued: Vec<(&'static str, u64)>,
+    /// Entries of each guard table (`moat_guard_table_entries{table}`).
+    pub guard_tables: Vec<(&'static str, u64)>,
+    /// Entries the guard's bounded tables dropped to make room (`moat_guard_evictions_total`).
+    pub guard_evictions: u64,
+    /// Backend connections by group (shared, pinned, control) and state
+    /// (`moat_backend_connections{group,state}`).
+    pub backend_connections: Vec<(&'static str, &'static str, u64)>,
+    /// Plain counters by metric name (without `moat_` and `_total`), e.g.
+    /// `backend_reconnects`, `backend_timeouts`: see the exporter for the full list.
+    pub counters: Vec<(&'static str, u64)>,
+    /// Plain gauges by metric name (without `moat_`).
+    pub gauges: Vec<(&'static str, u64)>,
+    /// Commands by how moat ran them: forwarded, local, pinned (`moat_commands_total{kind}`).
+    pub commands: Vec<(&'static str, u64)>,
+    /// Time a request spent in moat itself (parse, queue, write-out), excluding Redis
+    /// (`moat_request_duration_seconds{stage="proxy"}`).
+    pub proxy_latency: Histogram,
+    /// Time from a request's write to Redis to its reply's arrival
+    /// (`moat_request_duration_seconds{stage="backend"}`).
+    pub backend_latency: Histogram,
+    /// Workers whose circuit breaker is open now (`moat_breaker_open_workers`).
+    pub breaker_open: u64,
+    /// Breaker transitions by the state entered (`moat_breaker_transitions_total{to}`).
+    pub breaker_transitions: Vec<(&'static str, u64)>,
+    /// Reloads by outcome (`moat_reloads_total{outcome}`).
+    pub reloads: Vec<(&'static str, u64)>,
+    /// Moat is draining: accepting no new clients (`moat_draining`).
+    pub draining: bool,
+}
+
+impl Snapshot {
+    /// A plain counter by name, 0 when absent (tests, tools).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
