@@ -132,13 +132,15 @@ fn dashboard() -> serde_json::Value {
 }
 
 #[test]
-fn dashboard_and_rules_query_only_documented_moat_metrics() {
+fn dashboard_rules_and_runbooks_name_only_documented_moat_metrics() {
     let documented = documented_metrics();
     let mut queries = Vec::new();
     dashboard_queries(&dashboard(), &mut queries);
     let in_dashboard = names_with_prefix(&queries.join("\n"), "moat_");
     // The whole rules file: expressions, and the names its annotations tell operators to look at.
     let in_rules = names_with_prefix(&read(RULES), "moat_");
+    // The runbooks tell operators which metrics to look at.
+    let in_operations = names_with_prefix(&read(OPERATIONS), "moat_");
     assert!(
         in_dashboard.len() >= 25,
         "the dashboard should chart most of moat's metrics, found {in_dashboard:?}"
@@ -149,6 +151,7 @@ fn dashboard_and_rules_query_only_documented_moat_metrics() {
     );
     let unknown: Vec<String> = (in_dashboard.iter().map(|n| (DASHBOARD, n)))
         .chain(in_rules.iter().map(|n| (RULES, n)))
+        .chain(in_operations.iter().map(|n| (OPERATIONS, n)))
         .filter(|(_, name)| !is_documented(name, &documented))
         .map(|(file, name)| format!("{file}: {name}"))
         .collect();
@@ -162,7 +165,11 @@ fn dashboard_and_rules_query_only_documented_moat_metrics() {
 fn redis_metrics_are_redis_exporter_standard_names() {
     let mut queries = Vec::new();
     dashboard_queries(&dashboard(), &mut queries);
-    for (file, text) in [(DASHBOARD, queries.join("\n")), (RULES, read(RULES))] {
+    for (file, text) in [
+        (DASHBOARD, queries.join("\n")),
+        (RULES, read(RULES)),
+        (OPERATIONS, read(OPERATIONS)),
+    ] {
         let unknown: Vec<String> = names_with_prefix(&text, "redis_")
             .into_iter()
             // The exporter's own name, in descriptions and comments.
