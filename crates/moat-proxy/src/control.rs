@@ -10,9 +10,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::Metrics;
 use crate::config::Config;
 use crate::stats::Snapshot;
-use crate::Metrics;
 
 /// Shared state behind every [`Control`] clone.
 #[derive(Debug)]
@@ -95,7 +95,11 @@ pub struct Status {
 }
 
 impl Control {
-    pub(crate) fn new(guard: Arc<moat_guard::Guard>, metrics: Arc<Metrics>, config: Arc<Config>) -> Self {
+    pub(crate) fn new(
+        guard: Arc<moat_guard::Guard>,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 guard,
@@ -163,7 +167,9 @@ impl Control {
     /// needing a restart. On error nothing changes.
     pub fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
         config.validate()?;
-        Err(ReloadError::Refused("live reload is not available yet".into()))
+        Err(ReloadError::Refused(
+            "live reload is not available yet".into(),
+        ))
     }
 
     /// Stops accepting clients and lets the connected ones finish: each closes once it has
