@@ -290,12 +290,16 @@ impl Control {
                     );
                 }
             }
-            Err(e) => {
-                inner.reloads_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "configuration reload rejected; nothing changed");
-            }
+            Err(e) => self.reload_rejected(e),
         }
         outcome
+    }
+
+    /// Counts and logs a reload refused before it reached [`Control::reload`] (the file
+    /// could not be read or parsed); the running configuration stays.
+    pub fn reload_rejected(&self, error: &dyn std::fmt::Display) {
+        self.inner.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %error, "configuration reload rejected; nothing changed");
     }
 
     fn try_reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
