@@ -305,31 +305,7 @@ impl Control {
     fn try_reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
         config.validate()?;
         let old = self.config();
-        let mut report = ReloadReport::default();
-        for key in changed_keys(&old, &config)? {
-            let restart = NEEDS_RESTART.iter().any(|r| {
-                key == *r
-                    || key
-                        .strip_prefix(r)
-                        .is_some_and(|rest| rest.starts_with('.'))
-            });
-            if restart {
-                report.needs_restart.push(key);
-            } else {
-                report.applied.push(key);
-            }
-        }
-        // The mode follows from the users when it is not set: a change of mode needs a
-        // restart, and so then do the users.
-        if old.auth_mode() != config.auth_mode() {
-            if !report.needs_restart.iter().any(|k| k == "auth.mode") {
-                report.needs_restart.push("auth.mode".into());
-            }
-            if let Some(at) = report.applied.iter().position(|k| k == "users") {
-                report.applied.remove(at);
-                report.needs_restart.push("users".into());
-            }
-        }
+        let report = plan(&old, &config)?;
         let effective = keep_running(&old, config);
         // Checked again with the running values kept (proxy.workers bounds the pools).
         effective.validate()?;
@@ -373,6 +349,36 @@ impl Control {
     pub fn draining(&self) -> bool {
         self.inner.draining.load(Ordering::Relaxed)
     }
+}
+
+/// Which changed keys a reload applies and which need a restart.
+fn plan(old: &Config, config: &Config) -> Result<ReloadReport, ReloadError> {
+    let mut report = ReloadReport::default();
+    for key in changed_keys(old, config)? {
+        let restart = NEEDS_RESTART.iter().any(|r| {
+            key == *r
+                || key
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if restart {
+            report.needs_restart.push(key);
+        } else {
+            report.applied.push(key);
+        }
+    }
+    // The mode follows from the users when it is not set: a change of mode needs a
+    // restart, and so then do the users.
+    if old.auth_mode() != config.auth_mode() {
+        if !report.needs_restart.iter().any(|k| k == "auth.mode") {
+            report.needs_restart.push("auth.mode".into());
+        }
+        if let Some(at) = report.applied.iter().position(|k| k == "users") {
+            report.applied.remove(at);
+            report.needs_restart.push("users".into());
+        }
+    }
+    Ok(report)
 }
 
 /// The dotted keys whose values differ between `old` and `new` (arrays and the users
@@ -439,4 +445,50 @@ fn digest(config: &Config) -> String {
     let text = toml::to_string(config).unwrap_or_default();
     let hash = sha2::Sha256::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_sorts_changes_into_live_and_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.guard.max_per_ip = 3;
+        new.guard.deny = vec!["10.0.0.0/8".parse().expect("net")];
+        new.backend.breaker.probes = 9;
+        new.proxy.workers = 2;
+        new.proxy.drain_timeout = std::time::Duration::from_secs(1);
+        let report = plan(&old, &new).expect("comparable");
+        assert_eq!(
+            report.applied,
+            ["guard.deny", "guard.max_per_ip", "proxy.drain_timeout"]
+        );
+        assert_eq!(
+            report.needs_restart,
+            ["backend.breaker.probes", "proxy.workers"]
+        );
+        let kept = keep_running(&old, new);
+        assert_eq!(kept.proxy.workers, 1);
+        assert_eq!(kept.backend.breaker.probes, old.backend.breaker.probes);
+        assert_eq!(kept.guard.max_per_ip, 3);
+        assert!(plan(&old, &old).expect("same").applied.is_empty());
+    }
+
+    #[test]
+    fn a_change_of_auth_mode_keeps_the_users() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.users = vec![crate::config::UserConfig {
+            name: "app".into(),
+            password: Some("pw".into()),
+            password_sha256: None,
+            deny_commands: Vec::new(),
+        }];
+        let report = plan(&old, &new).expect("comparable");
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(report.needs_restart, ["auth.mode", "users"]);
+        assert!(keep_running(&old, new).users.is_empty());
+    }
 }
