@@ -181,7 +181,17 @@ fn shrinking_the_pools_cuts_no_transaction() {
 
 #[test]
 fn drain_delivers_what_is_owed_closes_the_rest_and_refuses_new_clients() {
+    drain_scenario(1);
+}
+
+#[test]
+fn drain_and_top_clients_span_every_worker() {
+    drain_scenario(2);
+}
+
+fn drain_scenario(workers: usize) {
     let stack = Stack::with(RedisServer::builder(), |c| {
+        c.proxy.workers = workers;
         c.proxy.drain_timeout = Duration::from_secs(120);
     });
     let addr = stack.addr();
