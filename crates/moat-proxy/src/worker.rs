@@ -351,7 +351,11 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();
         let (mut drain_open, mut live_open) = (true, true);
-        live.mark_unchanged();
+        // A reload may have come while the worker was starting.
+        let current = live.borrow_and_update().clone();
+        if !Arc::ptr_eq(&current, &config) {
+            ctx.apply(&current, index);
+        }
         if *drain.borrow_and_update() {
             listener = None;
             ctx.start_drain(index, live.borrow().proxy.drain_timeout);
