@@ -133,8 +133,36 @@ pub struct GuardStats {
     pub sources: usize,
 }
 
+/// The settings in force and what is derived from them; swapped whole by
+/// [`Guard::reconfigure`], so one admission sees one consistent set.
+#[derive(Debug)]
+struct Settings {
+    config: Arc<GuardConfig>,
+    trusted: NetList,
+    allow: NetList,
+    deny: NetList,
+    ip_rate: Gcra,
+    subnet_rate: Gcra,
+}
+
+impl Settings {
+    fn new(config: GuardConfig) -> Arc<Self> {
+        Arc::new(Self {
+            trusted: NetList::new(&config.trusted),
+            allow: NetList::new(&config.allow),
+            deny: NetList::new(&config.deny),
+            ip_rate: Gcra::new(config.ip_rate, config.ip_burst),
+            subnet_rate: Gcra::new(config.subnet_rate, config.subnet_burst),
+            config: Arc::new(config),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct State {
+    /// Kept inside the lock every admission takes anyway, so a reload costs the
+    /// admission path nothing more.
+    settings: Arc<Settings>,
     sources: LruCache<IpAddr, Source>,
     subnets: LruCache<IpNet, Subnet>,
     /// Open connections by address and subnet. Entries exist only while connections do,
@@ -153,12 +181,6 @@ struct State {
 /// accepted connection and per reported event.
 #[derive(Debug)]
 pub struct Guard {
-    config: GuardConfig,
-    trusted: NetList,
-    allow: NetList,
-    deny: NetList,
-    ip_rate: Gcra,
-    subnet_rate: Gcra,
     state: Mutex<State>,
 }
 
@@ -217,11 +239,104 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
+fn check_untrusted(
+    settings: &Settings,
+    st: &mut State,
+    ip: IpAddr,
+    subnet: IpNet,
+    now: Instant,
+) -> Result<(), Reject> {
+    let c = &settings.config;
+    if settings.deny.contains(ip) || (!settings.allow.is_empty() && !settings.allow.contains(ip)) {
+        return Err(Reject::Denied);
+    }
+    if let Some(ban) = st.bans.covering(ip, now) {
+        return Err(Reject::Banned(ban.until.saturating_duration_since(now)));
+    }
+    // An address's rate is charged for every attempt, refused or not, so hammering
+    // keeps it refused. Its subnet is charged only for attempts the address's own rate
+    // let through: one flooder must not use up its neighbours' share.
+    let source = st.sources.get_or_insert_mut(ip, Source::default);
+    let ip_ok = settings.ip_rate.attempt(&mut source.tat, now);
+    let known = source
+        .last_success
+        .is_some_and(|t| now.saturating_duration_since(t) <= c.recent_success);
+    if !ip_ok {
+        return Err(Reject::IpRate);
+    }
+    let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
+    if !settings.subnet_rate.attempt(&mut net.tat, now) {
+        return Err(Reject::SubnetRate);
+    }
+    if st.active_ip.get(&ip).copied().unwrap_or(0) >= c.max_per_ip {
+        return Err(Reject::TooManyFromIp);
+    }
+    if st.active_subnet.get(&subnet).copied().unwrap_or(0) >= c.max_per_subnet {
+        return Err(Reject::TooManyFromSubnet);
+    }
+    if st.active_total >= c.max_clients - c.reserved_for_trusted {
+        return Err(Reject::Full);
+    }
+    if st.active_total >= c.high_water && !known {
+        return Err(Reject::Shed);
+    }
+    Ok(())
+}
+
+/// Counts a strike; enough of them within the window ban the source.
+fn strike(settings: &Settings, st: &mut State, ip: IpAddr, now: Instant) {
+    if settings.trusted.contains(ip) {
+        return;
+    }
+    let c = &settings.config;
+    let source = st.sources.get_or_insert_mut(ip, Source::default);
+    let fresh = source
+        .window_start
+        .is_none_or(|start| now.saturating_duration_since(start) > c.strike_window);
+    if fresh {
+        source.window_start = Some(now);
+        source.strikes = 0;
+    }
+    source.strikes += 1;
+    if source.strikes < c.strikes_to_ban {
+        return;
+    }
+    source.strikes = 0;
+    source.window_start = None;
+    let repeat = source.bans;
+    source.bans = source.bans.saturating_add(1);
+    let length = ban_length(c.ban_time, c.ban_max, repeat, c.ban_jitter, &mut st.rng);
+    st.bans.insert(
+        host(ip),
+        Ban {
+            until: now + length,
+            repeat,
+        },
+    );
+    st.bans_issued += 1;
+    let subnet = subnet_of(ip, c.subnet_prefix_v4, c.subnet_prefix_v6);
+    let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
+    net.banned_sources += 1;
+    if c.subnet_ban_after > 0 && net.banned_sources >= c.subnet_ban_after {
+        let repeat = net.banned_sources / c.subnet_ban_after - 1;
+        let length = ban_length(c.ban_time, c.ban_max, repeat, c.ban_jitter, &mut st.rng);
+        st.bans.insert(
+            subnet,
+            Ban {
+                until: now + length,
+                repeat,
+            },
+        );
+        st.bans_issued += 1;
+    }
+}
+
 impl Guard {
     /// A guard with validated settings.
     pub fn new(config: GuardConfig) -> Arc<Self> {
         let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
         let state = State {
+            settings: Settings::new(config.clone()),
             sources: LruCache::new(cap(config.table_capacity)),
             subnets: LruCache::new(cap(config.table_capacity / 4)),
             active_ip: FxHashMap::default(),
@@ -234,19 +349,22 @@ impl Guard {
             bans_issued: 0,
         };
         Arc::new(Self {
-            trusted: NetList::new(&config.trusted),
-            allow: NetList::new(&config.allow),
-            deny: NetList::new(&config.deny),
-            ip_rate: Gcra::new(config.ip_rate, config.ip_burst),
-            subnet_rate: Gcra::new(config.subnet_rate, config.subnet_burst),
-            config,
             state: Mutex::new(state),
         })
     }
 
-    /// The settings in force.
-    pub fn config(&self) -> &GuardConfig {
-        &self.config
+    /// The settings in force (the last ones [`Guard::reconfigure`] applied).
+    pub fn config(&self) -> Arc<GuardConfig> {
+        self.lock().settings.config.clone()
+    }
+
+    /// Applies new (validated) settings to the admissions and events that follow. What the
+    /// guard remembers is kept: per-source rate and strike state, bans, the counts of open
+    /// connections (a lowered cap refuses new connections; it closes none). The tables'
+    /// capacities (`table_capacity`, `ban_capacity`) are fixed at start.
+    pub fn reconfigure(&self, config: GuardConfig) {
+        let settings = Settings::new(config);
+        self.lock().settings = settings;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -257,28 +375,29 @@ impl Guard {
 
     /// Whether `ip` is on a trusted network.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.contains(ip)
+        self.lock().settings.trusted.contains(ip)
     }
 
     /// Decides on a just-accepted connection from `ip` at `now`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Reject> {
         let ip = canonical(ip);
-        let trusted = self.trusted.contains(ip);
+        let mut st = self.lock();
+        let settings = st.settings.clone();
+        let trusted = settings.trusted.contains(ip);
         let subnet = subnet_of(
             ip,
-            self.config.subnet_prefix_v4,
-            self.config.subnet_prefix_v6,
+            settings.config.subnet_prefix_v4,
+            settings.config.subnet_prefix_v6,
         );
-        let mut st = self.lock();
         let verdict = if trusted {
             // Trusted networks skip per-source limits and may use the reserve.
-            if st.active_total >= self.config.max_clients {
+            if st.active_total >= settings.config.max_clients {
                 Err(Reject::Full)
             } else {
                 Ok(())
             }
         } else {
-            self.check_untrusted(&mut st, ip, subnet, now)
+            check_untrusted(&settings, &mut st, ip, subnet, now)
         };
         match verdict {
             Ok(()) => {
@@ -286,7 +405,7 @@ impl Guard {
                 *st.active_ip.entry(ip).or_default() += 1;
                 *st.active_subnet.entry(subnet).or_default() += 1;
                 st.admitted += 1;
-                let over_high_water = st.active_total > self.config.high_water;
+                let over_high_water = st.active_total > settings.config.high_water;
                 drop(st);
                 Ok(Ticket {
                     guard: self.clone(),
@@ -299,55 +418,11 @@ impl Guard {
             Err(reject) => {
                 *st.rejected.entry(reject.label()).or_default() += 1;
                 if reject.strikes() {
-                    self.strike(&mut st, ip, now);
+                    strike(&settings, &mut st, ip, now);
                 }
                 Err(reject)
             }
         }
-    }
-
-    fn check_untrusted(
-        &self,
-        st: &mut State,
-        ip: IpAddr,
-        subnet: IpNet,
-        now: Instant,
-    ) -> Result<(), Reject> {
-        let c = &self.config;
-        if self.deny.contains(ip) || (!self.allow.is_empty() && !self.allow.contains(ip)) {
-            return Err(Reject::Denied);
-        }
-        if let Some(ban) = st.bans.covering(ip, now) {
-            return Err(Reject::Banned(ban.until.saturating_duration_since(now)));
-        }
-        // An address's rate is charged for every attempt, refused or not, so hammering
-        // keeps it refused. Its subnet is charged only for attempts the address's own rate
-        // let through: one flooder must not use up its neighbours' share.
-        let source = st.sources.get_or_insert_mut(ip, Source::default);
-        let ip_ok = self.ip_rate.attempt(&mut source.tat, now);
-        let known = source
-            .last_success
-            .is_some_and(|t| now.saturating_duration_since(t) <= c.recent_success);
-        if !ip_ok {
-            return Err(Reject::IpRate);
-        }
-        let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
-        if !self.subnet_rate.attempt(&mut net.tat, now) {
-            return Err(Reject::SubnetRate);
-        }
-        if st.active_ip.get(&ip).copied().unwrap_or(0) >= c.max_per_ip {
-            return Err(Reject::TooManyFromIp);
-        }
-        if st.active_subnet.get(&subnet).copied().unwrap_or(0) >= c.max_per_subnet {
-            return Err(Reject::TooManyFromSubnet);
-        }
-        if st.active_total >= c.max_clients - c.reserved_for_trusted {
-            return Err(Reject::Full);
-        }
-        if st.active_total >= c.high_water && !known {
-            return Err(Reject::Shed);
-        }
-        Ok(())
     }
 
     /// Records what a connection from `ip` did.
@@ -364,67 +439,20 @@ impl Guard {
             | Event::ProtocolError
             | Event::SlowRequest
             | Event::Closed { commands: 0 } => {
-                self.strike(&mut st, ip, now);
+                let settings = st.settings.clone();
+                strike(&settings, &mut st, ip, now);
             }
             Event::Closed { .. } => {}
-        }
-    }
-
-    /// Counts a strike; enough of them within the window ban the source.
-    fn strike(&self, st: &mut State, ip: IpAddr, now: Instant) {
-        if self.trusted.contains(ip) {
-            return;
-        }
-        let c = &self.config;
-        let source = st.sources.get_or_insert_mut(ip, Source::default);
-        let fresh = source
-            .window_start
-            .is_none_or(|start| now.saturating_duration_since(start) > c.strike_window);
-        if fresh {
-            source.window_start = Some(now);
-            source.strikes = 0;
-        }
-        source.strikes += 1;
-        if source.strikes < c.strikes_to_ban {
-            return;
-        }
-        source.strikes = 0;
-        source.window_start = None;
-        let repeat = source.bans;
-        source.bans = source.bans.saturating_add(1);
-        let length = ban_length(c.ban_time, c.ban_max, repeat, c.ban_jitter, &mut st.rng);
-        st.bans.insert(
-            host(ip),
-            Ban {
-                until: now + length,
-                repeat,
-            },
-        );
-        st.bans_issued += 1;
-        let subnet = subnet_of(ip, c.subnet_prefix_v4, c.subnet_prefix_v6);
-        let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
-        net.banned_sources += 1;
-        if c.subnet_ban_after > 0 && net.banned_sources >= c.subnet_ban_after {
-            let repeat = net.banned_sources / c.subnet_ban_after - 1;
-            let length = ban_length(c.ban_time, c.ban_max, repeat, c.ban_jitter, &mut st.rng);
-            st.bans.insert(
-                subnet,
-                Ban {
-                    until: now + length,
-                    repeat,
-                },
-            );
-            st.bans_issued += 1;
         }
     }
 
     /// Bans `net` for `length` from `now` (the admin API). Trusted networks cannot be banned.
     pub fn ban(&self, net: IpNet, length: Duration, now: Instant) -> bool {
         let net = net.trunc();
-        if self.trusted.contains(net.network()) {
+        let mut st = self.lock();
+        if st.settings.trusted.contains(net.network()) {
             return false;
         }
-        let mut st = self.lock();
         let repeat = st.bans.active(&net, now).map_or(0, |b| b.repeat + 1);
         st.bans.insert(
             net,
@@ -454,7 +482,8 @@ impl Guard {
     /// Whether moat holds more clients than the high-water mark, so the oldest connections
     /// that never sent a command should be closed.
     pub fn over_high_water(&self) -> bool {
-        self.lock().active_total > self.config.high_water
+        let st = self.lock();
+        st.active_total > st.settings.config.high_water
     }
 
     /// Counts for metrics.

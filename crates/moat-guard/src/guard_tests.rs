@@ -361,3 +361,30 @@ fn a_million_sources_stay_within_the_table_bounds() {
     assert!(bans <= 1024, "{bans}");
     assert_eq!(g.clients(), 0);
 }
+
+#[test]
+fn reconfigure_applies_to_new_admissions_and_keeps_what_is_held() {
+    let g = Guard::new(config());
+    let t = clock();
+    let held: Vec<_> = (0..3)
+        .map(|i| g.admit(ip("11.1.1.1"), t.at(i * 200)).unwrap())
+        .collect();
+    g.reconfigure(GuardConfig {
+        max_per_ip: 2,
+        deny: vec!["12.0.0.0/8".parse().unwrap()],
+        ..config()
+    });
+    assert_eq!(g.config().max_per_ip, 2);
+    // Connections held stay counted; the lower cap refuses the next one.
+    assert_eq!(g.clients(), 3);
+    assert_eq!(
+        g.admit(ip("11.1.1.1"), t.at(1000)).unwrap_err(),
+        Reject::TooManyFromIp
+    );
+    assert_eq!(
+        g.admit(ip("12.1.1.1"), t.at(1000)).unwrap_err(),
+        Reject::Denied
+    );
+    drop(held);
+    assert!(g.admit(ip("11.1.1.1"), t.at(2000)).is_ok());
+}

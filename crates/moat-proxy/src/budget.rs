@@ -7,7 +7,7 @@ use std::cell::Cell;
 /// Bytes buffered by a worker's sessions, against a limit.
 #[derive(Debug)]
 pub(crate) struct Budget {
-    limit: usize,
+    limit: Cell<usize>,
     used: Cell<usize>,
     sessions: Cell<usize>,
 }
@@ -15,10 +15,15 @@ pub(crate) struct Budget {
 impl Budget {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
-            limit,
+            limit: Cell::new(limit),
             used: Cell::new(0),
             sessions: Cell::new(0),
         }
+    }
+
+    /// Changes the limit (a reload); sessions are measured against it from their next turn.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.set(limit);
     }
 
     /// A session started.
@@ -47,7 +52,8 @@ impl Budget {
     /// Whether a session holding `held` bytes should be shed: the worker is over its
     /// budget and this session holds more than an equal share of it.
     pub(crate) fn should_shed(&self, held: usize) -> bool {
-        self.used.get() > self.limit && held > self.limit / self.sessions.get().max(1)
+        let limit = self.limit.get();
+        self.used.get() > limit && held > limit / self.sessions.get().max(1)
     }
 }
 

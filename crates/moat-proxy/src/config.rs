@@ -61,6 +61,10 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Listen backlog passed to `listen(2)`; the kernel truncates it to `net.core.somaxconn`.
     pub backlog: u32,
+    /// Longest a drain (or graceful shutdown) waits for clients to finish what they owe
+    /// before closing those still open.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +73,7 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6380)),
             workers: 1,
             backlog: 4096,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -358,6 +363,7 @@ impl Config {
             ("backend.breaker.window", b.breaker.window),
             ("backend.breaker.open_for", b.breaker.open_for),
             ("pinned.wait", self.pinned.wait),
+            ("proxy.drain_timeout", p.drain_timeout),
         ] {
             if d > YEAR {
                 return Err(invalid(key, "must be at most a year"));

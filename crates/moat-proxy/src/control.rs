@@ -5,14 +5,16 @@
 //! on the data path; questions about sessions go to the workers over the directory's
 //! channels (see `crate::clients`), so a worker answers between its own tasks.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
+use crate::Metrics;
 use crate::config::Config;
 use crate::stats::Snapshot;
-use crate::Metrics;
 
 /// Shared state behind every [`Control`] clone.
 #[derive(Debug)]
@@ -22,6 +24,61 @@ struct Inner {
     config: RwLock<Arc<Config>>,
     started: Instant,
     started_at: SystemTime,
+    authority: Arc<crate::auth::Authority>,
+    leases: Arc<crate::pinned::LeaseLimits>,
+    clients: Arc<crate::clients::Shared>,
+    /// Each worker follows the configuration in force through this.
+    live: watch::Sender<Arc<Config>>,
+    /// Turns true once, when a drain starts.
+    drain: watch::Sender<bool>,
+    draining: AtomicBool,
+    /// One reload at a time: two at once could leave parts applied from different files.
+    reloading: Mutex<()>,
+    reloads_applied: AtomicU64,
+    reloads_rejected: AtomicU64,
+    /// Unix time of the last applied reload (the start before any).
+    last_reload_unix: AtomicU64,
+}
+
+/// What [`Control`] is made of (see `crate::start`).
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) guard: Arc<moat_guard::Guard>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) authority: Arc<crate::auth::Authority>,
+    pub(crate) leases: Arc<crate::pinned::LeaseLimits>,
+    pub(crate) clients: Arc<crate::clients::Shared>,
+    pub(crate) live: watch::Sender<Arc<Config>>,
+    pub(crate) drain: watch::Sender<bool>,
+}
+
+/// Settings a running proxy cannot change: a reload reports them and keeps the running
+/// value. A key here covers the keys below it (`backend.breaker` covers its fields).
+const NEEDS_RESTART: &[&str] = &[
+    "proxy.listen",
+    "proxy.workers",
+    "proxy.backlog",
+    "backend.address",
+    "backend.username",
+    "backend.password",
+    "backend.connect_timeout",
+    "backend.databases",
+    "backend.request_timeout",
+    "backend.min_idle",
+    "backend.max_lifetime",
+    "backend.health_check_interval",
+    "backend.breaker",
+    "auth.mode",
+    "guard.table_capacity",
+    "guard.ban_capacity",
+    "limits.max_reply_depth",
+];
+
+fn unix_secs(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// A handle on a running proxy for operators (the admin API, signal handlers, tests).
@@ -95,14 +152,25 @@ pub struct Status {
 }
 
 impl Control {
-    pub(crate) fn new(guard: Arc<moat_guard::Guard>, metrics: Arc<Metrics>, config: Arc<Config>) -> Self {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let started_at = SystemTime::now();
         Self {
             inner: Arc::new(Inner {
-                guard,
-                metrics,
-                config: RwLock::new(config),
+                guard: parts.guard,
+                metrics: parts.metrics,
+                config: RwLock::new(parts.config),
                 started: Instant::now(),
-                started_at: SystemTime::now(),
+                started_at,
+                authority: parts.authority,
+                leases: parts.leases,
+                clients: parts.clients,
+                live: parts.live,
+                drain: parts.drain,
+                draining: AtomicBool::new(false),
+                reloading: Mutex::new(()),
+                reloads_applied: AtomicU64::new(0),
+                reloads_rejected: AtomicU64::new(0),
+                last_reload_unix: AtomicU64::new(unix_secs(started_at)),
             }),
         }
     }
@@ -129,6 +197,13 @@ impl Control {
         snap.refused = g.rejected.clone();
         snap.bans_active = g.bans_active as u64;
         snap.counters = self.inner.metrics.snapshot();
+        let inner = &self.inner;
+        snap.reloads = vec![
+            ("applied", inner.reloads_applied.load(Ordering::Relaxed)),
+            ("rejected", inner.reloads_rejected.load(Ordering::Relaxed)),
+        ];
+        snap.last_reload_unix = inner.last_reload_unix.load(Ordering::Relaxed);
+        snap.draining = self.draining();
         snap
     }
 
@@ -154,27 +229,214 @@ impl Control {
 
     /// The `n` heaviest clients (most unread output, then most in flight, then oldest),
     /// from every worker.
+    ///
+    /// Each worker answers between its own tasks; one that does not answer within a couple
+    /// of seconds is left out. Call from a tokio runtime with timers enabled.
     pub async fn top_clients(&self, n: usize) -> Vec<ClientSummary> {
-        let _ = n;
-        Vec::new()
+        let answers = self
+            .inner
+            .clients
+            .ask_all(|reply| crate::clients::Query::Summaries { reply })
+            .await;
+        let mut all: Vec<ClientSummary> = answers.into_iter().flatten().collect();
+        all.sort_by(|a, b| {
+            (b.unread_output, b.in_flight, b.age_secs, a.id).cmp(&(
+                a.unread_output,
+                a.in_flight,
+                a.age_secs,
+                b.id,
+            ))
+        });
+        all.truncate(n);
+        all
     }
 
     /// Validates `config` and applies what can change live; the rest is reported as
     /// needing a restart. On error nothing changes.
+    ///
+    /// Applied live, without dropping a client: the guard's lists, rates, caps and deadlines
+    /// (connections held stay; a lowered cap refuses new ones), table mode's users (clients
+    /// signed in stay signed in; new AUTHs meet the new table), limits, pool sizes (a
+    /// smaller pool closes its excess connections once idle, a leased one when its lease
+    /// ends), the lease caps and wait, and the drain timeout. The settings in
+    /// `NEEDS_RESTART` keep their running value. The outcome is logged.
     pub fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        let inner = &self.inner;
+        let _one = inner
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let outcome = self.try_reload(config);
+        match &outcome {
+            Ok(report) => {
+                inner.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .last_reload_unix
+                    .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
+                if report.applied.is_empty() && report.needs_restart.is_empty() {
+                    tracing::info!("configuration reloaded: nothing changed");
+                } else {
+                    tracing::info!(
+                        applied = %report.applied.join(","),
+                        needs_restart = %report.needs_restart.join(","),
+                        "configuration reloaded"
+                    );
+                }
+                if !report.needs_restart.is_empty() {
+                    tracing::warn!(
+                        keys = %report.needs_restart.join(","),
+                        "settings changed that take effect only after a restart; their \
+                         running values stay"
+                    );
+                }
+            }
+            Err(e) => self.reload_rejected(e),
+        }
+        outcome
+    }
+
+    /// Counts and logs a reload refused before it reached [`Control::reload`] (the file
+    /// could not be read or parsed); the running configuration stays.
+    pub fn reload_rejected(&self, error: &dyn std::fmt::Display) {
+        self.inner.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %error, "configuration reload rejected; nothing changed");
+    }
+
+    fn try_reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
         config.validate()?;
-        Err(ReloadError::Refused("live reload is not available yet".into()))
+        let old = self.config();
+        let report = plan(&old, &config)?;
+        let effective = keep_running(&old, config);
+        // Checked again with the running values kept (proxy.workers bounds the pools).
+        effective.validate()?;
+        if report.applied.is_empty() {
+            return Ok(report);
+        }
+        let inner = &self.inner;
+        inner.guard.reconfigure(effective.guard.clone());
+        if report.applied.iter().any(|k| k == "users") {
+            inner.authority.replace_users(&effective);
+        }
+        let p = &effective.pinned;
+        inner.leases.set(p.max_per_ip, p.max_per_user);
+        let effective = Arc::new(effective);
+        *inner.config.write().unwrap_or_else(PoisonError::into_inner) = effective.clone();
+        // Each worker applies limits, deadlines and its pool shares on its own thread.
+        inner.live.send_replace(effective);
+        Ok(report)
     }
 
     /// Stops accepting clients and lets the connected ones finish: each closes once it has
     /// its replies and no transaction, subscription or blocking call, or at the drain
     /// timeout. The process keeps running (rolling restarts behind a load balancer).
-    pub fn drain(&self) {}
+    ///
+    /// Every worker closes its listening socket, so the kernel refuses new connections.
+    /// Idle clients, and subscribers once the messages already read are written, close at
+    /// once. A drain cannot be undone; calling this again does nothing.
+    pub fn drain(&self) {
+        if self.inner.draining.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::info!(
+            clients = self.inner.guard.clients(),
+            timeout = ?self.config().proxy.drain_timeout,
+            "drain started"
+        );
+        self.inner.drain.send_replace(true);
+    }
 
     /// Whether a drain (or shutdown) is under way.
     pub fn draining(&self) -> bool {
-        false
+        self.inner.draining.load(Ordering::Relaxed)
     }
+}
+
+/// Which changed keys a reload applies and which need a restart.
+fn plan(old: &Config, config: &Config) -> Result<ReloadReport, ReloadError> {
+    let mut report = ReloadReport::default();
+    for key in changed_keys(old, config)? {
+        let restart = NEEDS_RESTART.iter().any(|r| {
+            key == *r
+                || key
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if restart {
+            report.needs_restart.push(key);
+        } else {
+            report.applied.push(key);
+        }
+    }
+    // The mode follows from the users when it is not set: a change of mode needs a
+    // restart, and so then do the users.
+    if old.auth_mode() != config.auth_mode() {
+        if !report.needs_restart.iter().any(|k| k == "auth.mode") {
+            report.needs_restart.push("auth.mode".into());
+        }
+        if let Some(at) = report.applied.iter().position(|k| k == "users") {
+            report.applied.remove(at);
+            report.needs_restart.push("users".into());
+        }
+    }
+    Ok(report)
+}
+
+/// The dotted keys whose values differ between `old` and `new` (arrays and the users
+/// table compare whole: `guard.trusted`, `users`).
+fn changed_keys(old: &Config, new: &Config) -> Result<Vec<String>, ReloadError> {
+    let value = |c: &Config| {
+        toml::Value::try_from(c).map_err(|e| ReloadError::Refused(format!("cannot compare: {e}")))
+    };
+    let (old, new) = (value(old)?, value(new)?);
+    let mut changed = Vec::new();
+    diff("", Some(&old), Some(&new), &mut changed);
+    Ok(changed)
+}
+
+fn diff(key: &str, old: Option<&toml::Value>, new: Option<&toml::Value>, out: &mut Vec<String>) {
+    match (old, new) {
+        (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+            let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+            names.sort();
+            names.dedup();
+            for name in names {
+                let sub = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                diff(&sub, a.get(name), b.get(name), out);
+            }
+        }
+        (a, b) if a != b => out.push(key.to_owned()),
+        _ => {}
+    }
+}
+
+/// `new`, with the settings a running proxy cannot change kept at their running values.
+fn keep_running(old: &Config, mut new: Config) -> Config {
+    new.proxy.listen = old.proxy.listen;
+    new.proxy.workers = old.proxy.workers;
+    new.proxy.backlog = old.proxy.backlog;
+    let (b, o) = (&mut new.backend, &old.backend);
+    b.address = o.address;
+    b.username.clone_from(&o.username);
+    b.password.clone_from(&o.password);
+    b.connect_timeout = o.connect_timeout;
+    b.databases = o.databases;
+    b.request_timeout = o.request_timeout;
+    b.min_idle = o.min_idle;
+    b.max_lifetime = o.max_lifetime;
+    b.health_check_interval = o.health_check_interval;
+    b.breaker = o.breaker.clone();
+    new.guard.table_capacity = old.guard.table_capacity;
+    new.guard.ban_capacity = old.guard.ban_capacity;
+    new.limits.max_reply_depth = old.limits.max_reply_depth;
+    if old.auth_mode() != new.auth_mode() {
+        new.users.clone_from(&old.users);
+    }
+    new.auth = old.auth.clone();
+    new
 }
 
 /// Hex SHA-256 of the effective configuration.
@@ -183,4 +445,50 @@ fn digest(config: &Config) -> String {
     let text = toml::to_string(config).unwrap_or_default();
     let hash = sha2::Sha256::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_sorts_changes_into_live_and_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.guard.max_per_ip = 3;
+        new.guard.deny = vec!["10.0.0.0/8".parse().expect("net")];
+        new.backend.breaker.probes = 9;
+        new.proxy.workers = 2;
+        new.proxy.drain_timeout = std::time::Duration::from_secs(1);
+        let report = plan(&old, &new).expect("comparable");
+        assert_eq!(
+            report.applied,
+            ["guard.deny", "guard.max_per_ip", "proxy.drain_timeout"]
+        );
+        assert_eq!(
+            report.needs_restart,
+            ["backend.breaker.probes", "proxy.workers"]
+        );
+        let kept = keep_running(&old, new);
+        assert_eq!(kept.proxy.workers, 1);
+        assert_eq!(kept.backend.breaker.probes, old.backend.breaker.probes);
+        assert_eq!(kept.guard.max_per_ip, 3);
+        assert!(plan(&old, &old).expect("same").applied.is_empty());
+    }
+
+    #[test]
+    fn a_change_of_auth_mode_keeps_the_users() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.users = vec![crate::config::UserConfig {
+            name: "app".into(),
+            password: Some("pw".into()),
+            password_sha256: None,
+            deny_commands: Vec::new(),
+        }];
+        let report = plan(&old, &new).expect("comparable");
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(report.needs_restart, ["auth.mode", "users"]);
+        assert!(keep_running(&old, new).users.is_empty());
+    }
 }

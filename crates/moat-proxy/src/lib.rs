@@ -101,7 +101,18 @@ impl RunningProxy {
 
     /// A handle that can stop the proxy from another thread (a signal handler).
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.shutdown.clone())
+        Stopper {
+            shutdown: self.shutdown.clone(),
+            control: self.control.clone(),
+        }
+    }
+
+    /// Graceful shutdown: drains (see [`Control::drain`]), waits until no client remains
+    /// or `proxy.drain_timeout` has passed (and the workers closed the rest), then stops.
+    /// Blocks the calling thread; a [`Stopper`] can still stop at once meanwhile.
+    pub fn shutdown_gracefully(mut self) {
+        self.stopper().drain_then_stop();
+        self.stop();
     }
 
     fn stop(&mut self) {
@@ -120,12 +131,44 @@ impl Drop for RunningProxy {
 
 /// Stops a [`RunningProxy`] from anywhere.
 #[derive(Debug, Clone)]
-pub struct Stopper(watch::Sender<bool>);
+pub struct Stopper {
+    shutdown: watch::Sender<bool>,
+    control: Control,
+}
+
+/// How often a graceful shutdown looks whether clients remain.
+const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Time past the drain timeout a graceful shutdown allows the workers to close the
+/// clients still open before it stops them outright.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Stopper {
-    /// Asks every worker to stop.
+    /// Asks every worker to stop at once: sessions are dropped.
     pub fn stop(&self) {
-        let _ = self.0.send(true);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Whether the workers were asked to stop.
+    pub fn stopped(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Graceful shutdown from another thread: drains, blocks until no client remains or the
+    /// drain timeout (plus a little) has passed, or [`Stopper::stop`] was called meanwhile,
+    /// then asks the workers to stop. No reply Redis already sent is lost: a session closes
+    /// by drain only once it has written everything it owes.
+    pub fn drain_then_stop(&self) {
+        self.control.drain();
+        let deadline =
+            std::time::Instant::now() + self.control.config().proxy.drain_timeout + SHUTDOWN_GRACE;
+        while self.control.guard().clients() > 0
+            && std::time::Instant::now() < deadline
+            && !self.stopped()
+        {
+            std::thread::sleep(SHUTDOWN_POLL);
+        }
+        self.stop();
     }
 }
 
@@ -142,6 +185,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         .unwrap_or(config.proxy.listen);
     let authority = Arc::new(auth::Authority::from_config(&config));
     let (tx, rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (live_tx, live_rx) = watch::channel(config.clone());
     let total = config.backend.shared_connections;
     let pinned_total = config.pinned.max_connections;
     let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
@@ -152,9 +197,10 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         // Split the backend cap so the sum over workers never exceeds it.
-        let cap = total / workers + usize::from(index < total % workers);
-        let pinned_cap = pinned_total / workers + usize::from(index < pinned_total % workers);
+        let cap = worker::share(total, workers, index);
+        let pinned_cap = worker::share(pinned_total, workers, index);
         let (config, authority, rx) = (config.clone(), authority.clone(), rx.clone());
+        let (drain, live) = (drain_rx.clone(), live_rx.clone());
         let leases = leases.clone();
         let guard = guard.clone();
         let metrics = metrics.clone();
@@ -177,6 +223,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     clients,
                     queries,
                     shutdown: rx,
+                    drain,
+                    live,
                 };
                 if let Err(e) = worker::run(setup) {
                     tracing::error!(worker = index, error = %e, "worker failed");
@@ -185,7 +233,16 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
             .map_err(StartError::Thread)?;
         handles.push(handle);
     }
-    let control = Control::new(guard.clone(), metrics.clone(), config);
+    let control = Control::new(control::Parts {
+        guard: guard.clone(),
+        metrics: metrics.clone(),
+        config,
+        authority,
+        leases,
+        clients,
+        live: live_tx,
+        drain: drain_tx,
+    });
     Ok(RunningProxy {
         addr,
         shutdown: tx,

@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub breaker_transitions: Vec<(&'static str, u64)>,
     /// Reloads by outcome (`moat_reloads_total{outcome}`).
     pub reloads: Vec<(&'static str, u64)>,
+    /// Unix time of the last applied reload, the start time before any
+    /// (`moat_config_last_reload_success_timestamp_seconds`).
+    pub last_reload_unix: u64,
     /// Moat is draining: accepting no new clients (`moat_draining`).
     pub draining: bool,
 }

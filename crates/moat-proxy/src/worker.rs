@@ -2,6 +2,7 @@
 //! its own share of the backend pool. Work-stealing runtimes cost more CPU per request here
 //! and batch fewer requests per backend write, so moat scales with one worker per core.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,15 +28,21 @@ pub(crate) struct WorkerCtx {
     pub(crate) authority: Arc<Authority>,
     /// Asks Redis about credentials in passthrough mode.
     pub(crate) verifier: Verifier,
-    pub(crate) limits: Limits,
-    pub(crate) max_inflight: usize,
-    pub(crate) max_output_bytes: usize,
-    pub(crate) max_output_bytes_hard: usize,
-    pub(crate) max_inflight_bytes: usize,
+    // The limits below are `Cell`s so a reload can change them (see `WorkerCtx::apply`):
+    // sessions read them on the worker's own thread, with no lock and no shared atomic.
+    pub(crate) limits: Cell<Limits>,
+    pub(crate) max_inflight: Cell<usize>,
+    pub(crate) max_output_bytes: Cell<usize>,
+    pub(crate) max_output_bytes_hard: Cell<usize>,
+    pub(crate) max_inflight_bytes: Cell<usize>,
     /// This worker's share of `limits.memory_budget`.
     pub(crate) budget: crate::budget::Budget,
-    pub(crate) max_queue: usize,
-    pub(crate) max_reply_depth: usize,
+    pub(crate) max_queue: Cell<usize>,
+    pub(crate) max_reply_depth: Cell<usize>,
+    /// The guard's per-session deadlines, copied here so a session's timer reads no lock.
+    pub(crate) deadlines: Cell<Deadlines>,
+    /// A drain is under way: sessions close once they owe nothing and hold no state.
+    pub(crate) draining: Cell<bool>,
     pub(crate) listen: SocketAddr,
     pub(crate) pinned: Rc<PinnedPool>,
     pub(crate) metrics: Arc<crate::Metrics>,
@@ -56,7 +63,96 @@ pub(crate) struct Shares {
     pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
 }
 
+/// The guard's settings a session's timer needs (see `GuardConfig` for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    pub(crate) handshake: Duration,
+    pub(crate) auth: Duration,
+    pub(crate) request_read: Duration,
+    pub(crate) request_min_rate: u32,
+    pub(crate) idle_unauthenticated: Duration,
+    pub(crate) idle_authenticated: Duration,
+    pub(crate) idle_trusted: Duration,
+}
+
+impl Deadlines {
+    pub(crate) fn from_guard(g: &moat_guard::GuardConfig) -> Self {
+        Self {
+            handshake: g.handshake_timeout,
+            auth: g.auth_timeout,
+            request_read: g.request_read_timeout,
+            request_min_rate: g.request_min_rate,
+            idle_unauthenticated: g.idle_timeout_unauthenticated,
+            idle_authenticated: g.idle_timeout_authenticated,
+            idle_trusted: g.idle_timeout_trusted,
+        }
+    }
+}
+
+/// Worker `index`'s share of `total` over `workers`: the shares add up to `total`.
+pub(crate) fn share(total: usize, workers: usize, index: usize) -> usize {
+    let workers = workers.max(1);
+    total / workers + usize::from(index < total % workers)
+}
+
+fn protocol_limits(l: &crate::config::LimitsConfig) -> Limits {
+    Limits {
+        max_args: l.max_args,
+        max_bulk_len: l.max_bulk_len,
+        max_request_bytes: l.max_request_bytes,
+        max_inline_len: l.max_inline_len,
+    }
+}
+
 impl WorkerCtx {
+    /// Applies what a reload may change to this worker: limits, deadlines, and its share
+    /// of the pools (growing opens more on demand; shrinking closes idle excess
+    /// connections as they become idle, never one in use).
+    pub(crate) fn apply(&self, config: &Config, index: usize) {
+        let l = &config.limits;
+        self.limits.set(protocol_limits(l));
+        self.max_inflight.set(l.max_inflight);
+        self.max_output_bytes.set(l.max_output_bytes);
+        self.max_output_bytes_hard.set(l.max_output_bytes_hard);
+        self.max_inflight_bytes.set(l.max_inflight_bytes);
+        self.max_queue.set(config.backend.max_queue);
+        self.max_reply_depth.set(l.max_reply_depth);
+        self.budget
+            .set_limit(l.memory_budget / config.proxy.workers.max(1));
+        self.deadlines.set(Deadlines::from_guard(&config.guard));
+        let workers = config.proxy.workers;
+        self.backend
+            .resize(share(config.backend.shared_connections, workers, index));
+        self.pinned
+            .resize(share(config.pinned.max_connections, workers, index));
+        self.pinned.set_wait(config.pinned.wait);
+    }
+
+    /// Starts a drain on this worker: every session is woken to see whether it may close
+    /// now; those still open after `timeout` are closed.
+    fn start_drain(self: &Rc<Self>, index: usize, timeout: Duration) {
+        self.draining.set(true);
+        let open = self.clients.wake_all();
+        tracing::info!(
+            worker = index,
+            clients = open,
+            "draining: no longer accepting clients"
+        );
+        let ctx = Rc::downgrade(self);
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(ctx) = ctx.upgrade() else { return };
+            let left = ctx.clients.kill_all();
+            if left > 0 {
+                tracing::info!(
+                    worker = index,
+                    clients = left,
+                    "drain timeout: closing the clients still open"
+                );
+            }
+        });
+    }
+
     /// Builds a worker's context and opens its first backend connections (waiting for the
     /// first attempt to end, so early clients do not all find the pool connecting). Runs
     /// inside the worker's `LocalSet`: it starts the worker's local tasks (the directory's
@@ -95,19 +191,16 @@ impl WorkerCtx {
             backend,
             authority,
             verifier,
-            limits: Limits {
-                max_args: l.max_args,
-                max_bulk_len: l.max_bulk_len,
-                max_request_bytes: l.max_request_bytes,
-                max_inline_len: l.max_inline_len,
-            },
-            max_inflight: l.max_inflight,
-            max_output_bytes: l.max_output_bytes,
-            max_output_bytes_hard: l.max_output_bytes_hard,
-            max_inflight_bytes: l.max_inflight_bytes,
+            limits: Cell::new(protocol_limits(l)),
+            max_inflight: Cell::new(l.max_inflight),
+            max_output_bytes: Cell::new(l.max_output_bytes),
+            max_output_bytes_hard: Cell::new(l.max_output_bytes_hard),
+            max_inflight_bytes: Cell::new(l.max_inflight_bytes),
             budget: crate::budget::Budget::new(l.memory_budget / config.proxy.workers.max(1)),
-            max_queue: config.backend.max_queue,
-            max_reply_depth: l.max_reply_depth,
+            max_queue: Cell::new(config.backend.max_queue),
+            max_reply_depth: Cell::new(l.max_reply_depth),
+            deadlines: Cell::new(Deadlines::from_guard(&config.guard)),
+            draining: Cell::new(false),
             listen,
             pinned,
             metrics,
@@ -160,6 +253,10 @@ pub(crate) struct WorkerSetup {
     /// This worker's queue of questions from the others about its sessions.
     pub(crate) queries: Option<tokio::sync::mpsc::Receiver<crate::clients::Query>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Turns true when a drain starts.
+    pub(crate) drain: watch::Receiver<bool>,
+    /// The configuration in force; a reload sends the new one.
+    pub(crate) live: watch::Receiver<Arc<Config>>,
 }
 
 /// Connections accepted per listener wake-up before other tasks get a turn.
@@ -224,6 +321,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         clients,
         queries,
         mut shutdown,
+        mut drain,
+        mut live,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -238,7 +337,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // AsyncFd owns the listener for its whole life, so that cannot happen, and the safe
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
-        let listener = AsyncFd::new(listener)?;
+        let mut listener = Some(AsyncFd::new(listener)?);
         let connector = Connector::Tcp(config.backend.address);
         let shares = Shares {
             backend_cap,
@@ -251,9 +350,25 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         let ctx = ctx.await;
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();
+        let (mut drain_open, mut live_open) = (true, true);
+        // A reload may have come while the worker was starting.
+        let current = live.borrow_and_update().clone();
+        if !Arc::ptr_eq(&current, &config) {
+            ctx.apply(&current, index);
+        }
+        if *drain.borrow_and_update() {
+            listener = None;
+            ctx.start_drain(index, live.borrow().proxy.drain_timeout);
+        }
         loop {
+            let accepting = async {
+                match &listener {
+                    Some(l) => l.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                ready = listener.readable() => {
+                ready = accepting => {
                     let mut ready = ready?;
                     // A bounded batch per wake-up keeps sessions served during a flood.
                     for _ in 0..ACCEPT_BATCH {
@@ -271,6 +386,24 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
                                 break;
                             }
                         }
+                    }
+                }
+                changed = drain.changed(), if drain_open => {
+                    if changed.is_err() {
+                        drain_open = false;
+                    } else if *drain.borrow_and_update() && listener.is_some() {
+                        // Closing the listening socket (not just ignoring it) makes the
+                        // kernel refuse new connections, which a load balancer sees.
+                        listener = None;
+                        ctx.start_drain(index, live.borrow().proxy.drain_timeout);
+                    }
+                }
+                changed = live.changed(), if live_open => {
+                    if changed.is_err() {
+                        live_open = false;
+                    } else {
+                        let config = live.borrow_and_update().clone();
+                        ctx.apply(&config, index);
                     }
                 }
                 _ = shutdown.changed() => break,

@@ -54,9 +54,21 @@ struct ProxyArgs {
     /// Total shared backend connections.
     #[arg(long)]
     shared_connections: Option<usize>,
-    /// Log lines as JSON instead of text.
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Same as `--log-format json`.
     #[arg(long)]
     log_json: bool,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,8 +102,9 @@ fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }
 
-fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+/// The config file (or the defaults) with the command-line flags applied over it: at start,
+/// and again at each SIGHUP so the flags keep precedence.
+fn load_config(args: &ProxyArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -108,35 +121,79 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.shared_connections {
         config.backend.shared_connections = n;
     }
+    // Flags are not validated by serde: check the result as a whole.
+    config.validate()?;
+    Ok(config)
+}
+
+fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json || args.log_format == LogFormat::Json);
+    let config = load_config(&args)?;
     let fds = raise_fd_limit();
     let running = moat_proxy::start(config.clone()).context("starting the proxy")?;
+    let (g, c) = (&config.guard, &config);
     tracing::info!(
         listen = %running.local_addr(),
-        backend = %config.backend.address,
-        shared_connections = config.backend.shared_connections,
+        backend = %c.backend.address,
+        workers = c.proxy.workers,
+        shared_connections = c.backend.shared_connections,
+        pinned_connections = c.pinned.max_connections,
+        auth = ?c.auth_mode(),
+        max_clients = g.max_clients,
+        max_per_ip = g.max_per_ip,
+        max_per_subnet = g.max_per_subnet,
+        ip_rate = g.ip_rate,
+        drain_timeout = ?c.proxy.drain_timeout,
         fd_limit = fds,
         "moat proxy running"
     );
-    let stopper = running.stopper();
+    let (stopper, control) = (running.stopper(), running.control());
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::spawn(move || {
-        signals.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                },
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        });
-        tracing::info!("stopping");
-        stopper.stop();
-    });
+    std::thread::spawn(move || signals.block_on(handle_signals(args, stopper, control)));
     running.wait();
     Ok(())
+}
+
+/// SIGHUP reloads the config file; the first SIGTERM or SIGINT drains and then stops, a
+/// second one stops at once.
+async fn handle_signals(
+    args: ProxyArgs,
+    stopper: moat_proxy::Stopper,
+    control: moat_proxy::Control,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop moat with SIGKILL");
+        return;
+    };
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // Control::reload logs what it applied, or why it refused.
+                match load_config(&args) {
+                    Ok(config) => { let _ = control.reload(config); }
+                    Err(e) => control.reload_rejected(&format!("{e:#}")),
+                }
+            }
+            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+                if stopping {
+                    tracing::info!("second signal: stopping now");
+                    stopper.stop();
+                    return;
+                }
+                stopping = true;
+                tracing::info!("shutting down gracefully: draining clients (signal again to stop now)");
+                let stopper = stopper.clone();
+                std::thread::spawn(move || stopper.drain_then_stop());
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@
 pub(crate) mod table;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rustc_hash::FxHashMap;
 
@@ -126,11 +126,49 @@ pub(crate) struct RedisUsers {
     known: Mutex<FxHashMap<String, Arc<Principal>>>,
 }
 
+/// Table mode's users, replaceable by a reload: sessions signed in keep the user they
+/// signed in as; new AUTHs meet the new table.
+#[derive(Debug)]
+pub(crate) struct TableUsers {
+    /// Read at AUTH and at connect, never per request.
+    current: RwLock<Arc<Users>>,
+    /// The current table's `auth_required`, read per session deadline without a lock.
+    required: AtomicBool,
+}
+
+impl TableUsers {
+    fn new(users: Users) -> Self {
+        Self {
+            required: AtomicBool::new(users.auth_required()),
+            current: RwLock::new(Arc::new(users)),
+        }
+    }
+
+    /// The table in force.
+    pub(crate) fn current(&self) -> Arc<Users> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the table (a reload).
+    pub(crate) fn replace(&self, users: Users) {
+        let required = users.auth_required();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(users);
+        self.required.store(required, Ordering::Relaxed);
+    }
+
+    fn auth_required(&self) -> bool {
+        self.required.load(Ordering::Relaxed)
+    }
+}
+
 /// Who checks credentials, shared by all workers.
 #[derive(Debug)]
 pub(crate) enum Authority {
     /// Moat's own user table.
-    Table(Users),
+    Table(TableUsers),
     /// Redis itself.
     Redis(RedisUsers),
 }
@@ -139,12 +177,24 @@ impl Authority {
     /// The authority the config asks for.
     pub(crate) fn from_config(config: &Config) -> Self {
         match config.auth_mode() {
-            AuthMode::Table => Authority::Table(Users::from_config(&config.users)),
+            AuthMode::Table => Authority::Table(TableUsers::new(Users::from_config(&config.users))),
             AuthMode::Passthrough => Authority::Redis(RedisUsers {
                 default_requires_auth: AtomicBool::new(false),
                 anonymous: Arc::new(Principal::Redis(Credential::new("default", None))),
                 known: Mutex::new(FxHashMap::default()),
             }),
+        }
+    }
+
+    /// Replaces table mode's users with `config`'s; false (nothing changed) in
+    /// passthrough mode, where Redis holds the users.
+    pub(crate) fn replace_users(&self, config: &Config) -> bool {
+        match self {
+            Authority::Table(users) => {
+                users.replace(Users::from_config(&config.users));
+                true
+            }
+            Authority::Redis(_) => false,
         }
     }
 
@@ -175,7 +225,7 @@ impl Authority {
     pub(crate) fn initial_principal(&self) -> Option<Arc<Principal>> {
         match self {
             Authority::Table(users) if users.auth_required() => None,
-            Authority::Table(users) => users.default_user(),
+            Authority::Table(users) => users.current().default_user(),
             Authority::Redis(r) if r.default_requires_auth.load(Ordering::Relaxed) => None,
             Authority::Redis(r) => Some(r.anonymous.clone()),
         }

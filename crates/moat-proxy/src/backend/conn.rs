@@ -116,6 +116,9 @@ pub(crate) struct BackendConn {
     rebind: Notify,
     /// Asked to finish what it owes so another user can take it over: takes no new work.
     draining: Cell<bool>,
+    /// The pool was made smaller and this connection is the excess: it takes no new work
+    /// and closes for good at its first moment owing nothing.
+    removed: Cell<bool>,
     /// Sessions waiting for a connection to become free, woken when this one owes nothing.
     idle_waiters: Rc<RefCell<Vec<Weak<ClientLink>>>>,
 }
@@ -131,6 +134,7 @@ impl BackendConn {
             rebinding: Cell::new(false),
             rebind: Notify::new(),
             draining: Cell::new(false),
+            removed: Cell::new(false),
             idle_waiters,
             slot,
             state: Cell::new(ConnState::Connecting),
@@ -209,6 +213,18 @@ impl BackendConn {
     /// Asks the connection to finish what it owes and take no new work.
     pub(crate) fn drain(&self) {
         self.draining.set(true);
+    }
+
+    /// Marks the connection as excess (a smaller pool): see `removed`.
+    pub(crate) fn remove(&self) {
+        self.removed.set(true);
+        self.draining.set(true);
+        self.rebind.notify_one();
+    }
+
+    /// Whether the connection is excess and closes once it owes nothing.
+    pub(crate) fn removed(&self) -> bool {
+        self.removed.get()
     }
 
     /// When the connection last made progress (the least recently used one is taken over).
@@ -312,10 +328,15 @@ impl BackendConn {
     /// Ends the connection when another user takes it over.
     async fn rebound(&self) -> BackendError {
         loop {
-            if self.rebinding.get() {
+            if self.rebinding.get() || (self.removed.get() && self.pending.borrow().is_empty()) {
                 return BackendError::Retired;
             }
-            self.rebind.notified().await;
+            if self.removed.get() {
+                // Excess: looked at again shortly, until what it owes is answered.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                self.rebind.notified().await;
+            }
         }
     }
 

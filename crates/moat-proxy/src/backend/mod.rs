@@ -184,7 +184,8 @@ impl PickError {
 #[derive(Debug)]
 pub(crate) struct Backend {
     settings: Settings,
-    cap: usize,
+    /// This worker's share of `backend.shared_connections` (a reload may change it).
+    cap: Cell<usize>,
     conns: RefCell<Vec<Rc<BackendConn>>>,
     facts: RefCell<Rc<BackendFacts>>,
     /// Set at start and whenever a connection was lost: the next handshake re-reads the
@@ -221,7 +222,7 @@ impl Backend {
             authority,
             idle_waiters: Rc::default(),
             settings,
-            cap: cap.max(1),
+            cap: Cell::new(cap.max(1)),
             conns: RefCell::new(Vec::new()),
             facts: RefCell::new(Rc::new(facts)),
             facts_stale: Cell::new(true),
@@ -235,7 +236,7 @@ impl Backend {
         let waiting = self.attempted.notified();
         // Until clients sign in, connections serve clients that never send AUTH.
         let who = self.authority.initial_login();
-        for _ in 0..self.settings.min_idle.clamp(1, self.cap) {
+        for _ in 0..self.settings.min_idle.clamp(1, self.cap.get()) {
             self.open_slot(who.clone());
         }
         waiting.await;
@@ -287,7 +288,11 @@ impl Backend {
         }
         let group = (db, resp3);
         let conns = self.conns.borrow();
-        let up = || conns.iter().filter(|c| c.state() != ConnState::Down);
+        let up = || {
+            conns
+                .iter()
+                .filter(|c| c.state() != ConnState::Down && !c.removed())
+        };
         let mine = || up().filter(|c| !c.retiring() && !c.draining() && c.serves(who));
         // A connection stuck behind a slow command is passed over while another can take
         // the request: Redis may well answer it there (a `-BUSY` during a script, or the
@@ -296,7 +301,7 @@ impl Backend {
         if let Some(c) = free().find(|c| c.group() == group && c.pending_len() < SPILL_AT) {
             return Ok(c.clone());
         }
-        if conns.len() < self.cap {
+        if conns.len() < self.cap.get() {
             drop(conns);
             return Ok(self.open_slot(who.cloned()));
         }
@@ -345,6 +350,33 @@ impl Backend {
         }
     }
 
+    /// Changes this worker's share of the pool (a reload). A larger one opens connections on
+    /// demand; for a smaller one the excess connections (idle ones first) take no new work
+    /// and close once they owe nothing, so no request in flight is cut.
+    pub(crate) fn resize(&self, cap: usize) {
+        let cap = cap.max(1);
+        self.cap.set(cap);
+        let conns = self.conns.borrow();
+        let mut kept: Vec<&Rc<BackendConn>> = conns.iter().filter(|c| !c.removed()).collect();
+        if kept.len() <= cap {
+            return;
+        }
+        // The busiest stay; among equals, the newest go first.
+        kept.sort_by_key(|c| (std::cmp::Reverse(c.pending_len()), c.slot));
+        for conn in &kept[cap..] {
+            tracing::debug!(
+                slot = conn.slot,
+                "backend connection closing: pool made smaller"
+            );
+            conn.remove();
+        }
+    }
+
+    /// Forgets a connection that closed for good (the pool was made smaller).
+    fn forget(&self, conn: &Rc<BackendConn>) {
+        self.conns.borrow_mut().retain(|c| !Rc::ptr_eq(c, conn));
+    }
+
     /// Wakes `link` when a connection next owes nothing (after [`PickError::Busy`]).
     pub(crate) fn wait_for_idle(&self, link: &Rc<ClientLink>) {
         let mut waiters = self.idle_waiters.borrow_mut();
@@ -381,6 +413,11 @@ impl Backend {
 async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
+        if conn.removed() && conn.pending_len() == 0 {
+            conn.set_state(ConnState::Down);
+            backend.forget(&conn);
+            return;
+        }
         conn.set_state(ConnState::Connecting);
         conn.take_rebinding();
         let who = conn.principal();

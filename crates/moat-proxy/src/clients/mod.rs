@@ -72,6 +72,38 @@ impl Shared {
         });
         (shared, receivers)
     }
+
+    /// Sends a question to every worker (from outside them: the operator's [`Control`])
+    /// and collects the answers that come within [`ASK_TIMEOUT`].
+    ///
+    /// [`Control`]: crate::Control
+    pub(crate) async fn ask_all<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<T> {
+        ask(self.queries.iter().collect(), make).await
+    }
+}
+
+/// Sends a question to each of `workers` and collects the answers that come within
+/// [`ASK_TIMEOUT`].
+async fn ask<T>(
+    workers: Vec<&mpsc::Sender<Query>>,
+    make: impl Fn(oneshot::Sender<T>) -> Query,
+) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+    let mut waiting = Vec::new();
+    for worker in workers {
+        let (reply, answer) = oneshot::channel();
+        let sent = tokio::time::timeout_at(deadline, worker.send(make(reply))).await;
+        if matches!(sent, Ok(Ok(()))) {
+            waiting.push(answer);
+        }
+    }
+    let mut answers = Vec::with_capacity(waiting.len());
+    for answer in waiting {
+        if let Ok(Ok(value)) = tokio::time::timeout_at(deadline, answer).await {
+            answers.push(value);
+        }
+    }
+    answers
 }
 
 /// A question a worker answers about its own sessions, for a session on another worker.
@@ -99,6 +131,10 @@ pub(crate) enum Query {
     Redirect {
         id: u64,
         reply: oneshot::Sender<Option<Target>>,
+    },
+    /// A summary of every session of the worker (the operator's heaviest clients).
+    Summaries {
+        reply: oneshot::Sender<Vec<crate::control::ClientSummary>>,
     },
 }
 
@@ -196,9 +232,8 @@ impl WorkerClients {
     /// are other workers) and the one waking sessions held by a pause.
     pub(crate) fn start(ctx: &Rc<WorkerCtx>, queries: Option<mpsc::Receiver<Query>>) {
         let clients = &ctx.clients;
-        if let Some(rx) = queries
-            && clients.shared.queries.len() > 1
-        {
+        // Even alone: the operator's handle asks every worker from outside.
+        if let Some(rx) = queries {
             tokio::task::spawn_local(serve_queries(Rc::downgrade(ctx), rx));
         }
         tokio::task::spawn_local(wake_on_pause_change(
@@ -253,6 +288,63 @@ impl WorkerClients {
                 None => false,
             });
         live
+    }
+
+    /// Wakes every session so it looks at its state again (a drain started); the count.
+    pub(crate) fn wake_all(&self) -> usize {
+        let live = self.live();
+        for link in &live {
+            link.wake();
+        }
+        live.len()
+    }
+
+    /// Closes every session (a drain's timeout); the count.
+    pub(crate) fn kill_all(&self) -> usize {
+        let live = self.live();
+        for link in &live {
+            link.kill();
+        }
+        live.len()
+    }
+
+    /// What the operator sees of each session: unread output, requests in flight, age,
+    /// idle time, user and what it holds.
+    fn summaries(&self, now: Instant) -> Vec<crate::control::ClientSummary> {
+        self.live()
+            .iter()
+            .filter_map(|link| {
+                let card = &link.card;
+                let ident = card.identity()?;
+                let secs = |since: Instant| now.saturating_duration_since(since).as_secs();
+                let holds = card.pin().map(|p| {
+                    let what = if p.monitor {
+                        "monitor"
+                    } else if p.subscribed() {
+                        "pubsub"
+                    } else if p.multi.is_some() {
+                        "multi"
+                    } else if p.blocked {
+                        "blocked"
+                    } else if p.tracking {
+                        "tracking"
+                    } else {
+                        "dedicated"
+                    };
+                    what.to_owned()
+                });
+                Some(crate::control::ClientSummary {
+                    id: ident.id,
+                    addr: ident.peer.to_string(),
+                    user: card.with_extras(|e| user_of(e).to_owned()),
+                    unread_output: link.out_len() as u64,
+                    in_flight: link.inflight() as u64,
+                    age_secs: secs(ident.created),
+                    idle_secs: card.last_activity().map_or(0, secs),
+                    holds,
+                })
+            })
+            .collect()
     }
 
     fn link(&self, id: u64) -> Option<Rc<ClientLink>> {
@@ -433,25 +525,11 @@ impl WorkerClients {
     /// Sends a question to every other worker and collects the answers that come within
     /// [`ASK_TIMEOUT`].
     async fn ask_others<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<T> {
-        let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
-        let mut waiting = Vec::new();
-        for (index, worker) in self.shared.queries.iter().enumerate() {
-            if index == self.index {
-                continue;
-            }
-            let (reply, answer) = oneshot::channel();
-            let sent = tokio::time::timeout_at(deadline, worker.send(make(reply))).await;
-            if matches!(sent, Ok(Ok(()))) {
-                waiting.push(answer);
-            }
-        }
-        let mut answers = Vec::with_capacity(waiting.len());
-        for answer in waiting {
-            if let Ok(Ok(value)) = tokio::time::timeout_at(deadline, answer).await {
-                answers.push(value);
-            }
-        }
-        answers
+        let others = (self.shared.queries.iter().enumerate())
+            .filter(|(index, _)| *index != self.index)
+            .map(|(_, worker)| worker)
+            .collect();
+        ask(others, make).await
     }
 }
 
@@ -600,6 +678,9 @@ async fn serve_queries(ctx: Weak<WorkerCtx>, mut queries: mpsc::Receiver<Query>)
             }
             Query::Redirect { id, reply } => {
                 let _ = reply.send(ctx.clients.redirect_target(id));
+            }
+            Query::Summaries { reply } => {
+                let _ = reply.send(ctx.clients.summaries(now));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! workers, so no single source or account can take the pinned pool.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustc_hash::FxHashMap;
@@ -27,8 +28,9 @@ struct Counts {
 /// The shared lease counters.
 #[derive(Debug)]
 pub(crate) struct LeaseLimits {
-    per_ip: usize,
-    per_user: usize,
+    // Atomics only so a reload can change them; read under `counts`' lock, at lease time.
+    per_ip: AtomicUsize,
+    per_user: AtomicUsize,
     counts: Mutex<Counts>,
     /// Signalled whenever a lease ends, for sessions waiting on a cap.
     pub(crate) released: Notify,
@@ -37,11 +39,17 @@ pub(crate) struct LeaseLimits {
 impl LeaseLimits {
     pub(crate) fn new(per_ip: usize, per_user: usize) -> Arc<Self> {
         Arc::new(Self {
-            per_ip,
-            per_user,
+            per_ip: AtomicUsize::new(per_ip),
+            per_user: AtomicUsize::new(per_user),
             counts: Mutex::new(Counts::default()),
             released: Notify::new(),
         })
+    }
+
+    /// Changes the caps (a reload): leases held stay; new ones meet the new caps.
+    pub(crate) fn set(&self, per_ip: usize, per_user: usize) {
+        self.per_ip.store(per_ip, Ordering::Relaxed);
+        self.per_user.store(per_user, Ordering::Relaxed);
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -56,13 +64,17 @@ impl LeaseLimits {
         user: &Arc<str>,
     ) -> Result<LeaseTicket, LimitHit> {
         let mut counts = self.counts();
+        let (per_ip, per_user) = (
+            self.per_ip.load(Ordering::Relaxed),
+            self.per_user.load(Ordering::Relaxed),
+        );
         let at_ip = counts.by_ip.get(&ip).copied().unwrap_or(0);
-        if at_ip >= self.per_ip {
-            return Err(LimitHit::PerIp(self.per_ip));
+        if at_ip >= per_ip {
+            return Err(LimitHit::PerIp(per_ip));
         }
         let at_user = counts.by_user.get(user).copied().unwrap_or(0);
-        if at_user >= self.per_user {
-            return Err(LimitHit::PerUser(self.per_user));
+        if at_user >= per_user {
+            return Err(LimitHit::PerUser(per_user));
         }
         counts.by_ip.insert(ip, at_ip + 1);
         counts.by_user.insert(user.clone(), at_user + 1);

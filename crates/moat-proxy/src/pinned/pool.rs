@@ -104,12 +104,13 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub(crate) struct PinnedPool {
     settings: Settings,
-    cap: usize,
+    /// This worker's share of `pinned.max_connections` (a reload may change it).
+    cap: Cell<usize>,
     open: Cell<usize>,
     idle: RefCell<Vec<PinnedConn>>,
     available: Notify,
     limits: Arc<LeaseLimits>,
-    wait: Duration,
+    wait: Cell<Duration>,
 }
 
 impl PinnedPool {
@@ -121,13 +122,36 @@ impl PinnedPool {
     ) -> Rc<Self> {
         Rc::new(Self {
             settings,
-            cap,
+            cap: Cell::new(cap),
             open: Cell::new(0),
             idle: RefCell::new(Vec::new()),
             available: Notify::new(),
             limits,
-            wait,
+            wait: Cell::new(wait),
         })
+    }
+
+    /// Changes this worker's share (a reload). A larger one opens more on demand; past a
+    /// smaller one, idle connections are closed now and leased ones when their lease ends,
+    /// so no transaction or subscription is cut.
+    pub(crate) fn resize(&self, cap: usize) {
+        self.cap.set(cap);
+        self.trim();
+        self.available.notify_waiters();
+    }
+
+    /// Changes how long a session waits for a lease.
+    pub(crate) fn set_wait(&self, wait: Duration) {
+        self.wait.set(wait);
+    }
+
+    /// Closes idle connections while more are open than the cap allows.
+    fn trim(&self) {
+        let mut idle = self.idle.borrow_mut();
+        // Each closed connection frees its slot on drop (lowering `open`).
+        while self.open.get() > self.cap.get() && !idle.is_empty() {
+            drop(idle.remove(0));
+        }
     }
 
     /// Leases a connection for a client at `ip` acting as `user` (logged in as `who`: its
@@ -146,7 +170,7 @@ impl PinnedPool {
                 "Redis no longer accepts this connection's user".into(),
             ));
         }
-        let deadline = Instant::now() + self.wait;
+        let deadline = Instant::now() + self.wait.get();
         loop {
             // Registered before looking, so a release between the look and the wait is seen.
             let released = self.limits.released.notified();
@@ -180,8 +204,9 @@ impl PinnedPool {
         // Pool room first: taking a ticket and giving it back would wake every waiter.
         self.drop_dead_idle();
         let has_idle = !self.idle.borrow().is_empty();
-        if !has_idle && self.open.get() >= self.cap {
-            return Err(LeaseError::Pool(self.cap));
+        let cap = self.cap.get();
+        if !has_idle && self.open.get() >= cap {
+            return Err(LeaseError::Pool(cap));
         }
         let ticket = self.limits.try_take(ip, user).map_err(|hit| match hit {
             LimitHit::PerIp(n) => LeaseError::PerIp(n),
@@ -191,7 +216,7 @@ impl PinnedPool {
         if let Some(at) = idle.iter().rposition(|c| c.serves(who)) {
             return Ok(Acquired::Idle(idle.swap_remove(at), ticket));
         }
-        if self.open.get() >= self.cap {
+        if self.open.get() >= cap {
             // Only other users' connections are idle: close the oldest to make room (its
             // slot is freed when it drops, before the new one is counted).
             drop(idle.remove(0));
@@ -250,6 +275,11 @@ impl PinnedPool {
     /// RESET (and re-authenticated) first, in the background; a connection that fails that
     /// is closed.
     pub(crate) fn give_back(self: &Rc<Self>, mut conn: PinnedConn, reset: bool) {
+        if self.open.get() > self.cap.get() {
+            // The pool was made smaller: this connection is the excess.
+            drop(conn);
+            return;
+        }
         if !reset {
             self.idle.borrow_mut().push(conn);
             self.available.notify_waiters();
@@ -264,6 +294,7 @@ impl PinnedPool {
                     conn.db = 0;
                     conn.resp3 = false;
                     pool.idle.borrow_mut().push(conn);
+                    pool.trim();
                     pool.available.notify_waiters();
                 }
                 Ok(Err(e)) => {

@@ -107,7 +107,7 @@ impl Core {
     ) -> Option<Result<(), String>> {
         let authority = self.worker.authority.clone();
         match &*authority {
-            Authority::Table(users) => Some(match users.authenticate(user, password) {
+            Authority::Table(users) => Some(match users.current().authenticate(user, password) {
                 (AuthOutcome::Ok, Some(u)) => {
                     self.signed_in(u);
                     Ok(())

@@ -215,7 +215,7 @@ pub(crate) async fn serve(
 ) {
     let user = worker.authority.initial_principal();
     let mut session = Session {
-        parser: RequestParser::new(worker.limits),
+        parser: RequestParser::new(worker.limits.get()),
         inbuf: BytesMut::new(),
         core: Core {
             link,
@@ -334,7 +334,7 @@ impl Session {
             let held = core.link.out_len() + self.inbuf.len() + core.request_bytes_held();
             core.worker.budget.update(core.budgeted, held);
             core.budgeted = held;
-            if core.link.out_len() > core.worker.max_output_bytes_hard
+            if core.link.out_len() > core.worker.max_output_bytes_hard.get()
                 || core.worker.budget.should_shed(held)
             {
                 crate::Metrics::bump(&core.worker.metrics.shed_clients);
@@ -347,6 +347,10 @@ impl Session {
             }
             let owed = core.owed() > 0 || core.link.out_len() > 0;
             if core.closing && !owed {
+                return Ok(());
+            }
+            if !owed && core.worker.draining.get() && core.drain_done() {
+                tracing::debug!(client = core.state.id, "closed by drain");
                 return Ok(());
             }
             if core.blocked_inbuf
@@ -369,7 +373,8 @@ impl Session {
             // (its requests are bounded); a stream of messages is read on, so the overflow
             // check above can end a subscriber that does not keep up.
             let want_pin_read = pin.is_some_and(|p| {
-                core.link.out_len() < core.worker.max_output_bytes || p.state.streams_unsolicited()
+                core.link.out_len() < core.worker.max_output_bytes.get()
+                    || p.state.streams_unsolicited()
             });
             let want_pin_write = pin.is_some_and(|p| p.has_unwritten());
             let link = &core.link;
@@ -439,7 +444,7 @@ impl Session {
             .await
         {
             Ok((conn, ticket)) => {
-                let depth = core.worker.max_reply_depth;
+                let depth = core.worker.max_reply_depth.get();
                 core.pin = Some(Box::new(pinned::Pin::new(conn, ticket, depth)));
             }
             Err(e) => {
@@ -605,18 +610,18 @@ impl Core {
     /// When the request being received must be complete (none for trusted clients).
     fn slow_request_deadline(&self) -> Option<Instant> {
         let (since, bytes) = self.partial?;
-        let g = self.ticket.guard().config();
-        if g.request_read_timeout.is_zero() || self.ticket.trusted() {
+        let g = self.worker.deadlines.get();
+        if g.request_read.is_zero() || self.ticket.trusted() {
             return None;
         }
         let grace = u64::from(bytes) / u64::from(g.request_min_rate.max(1));
-        Some(since + g.request_read_timeout + Duration::from_secs(grace))
+        Some(since + g.request_read + Duration::from_secs(grace))
     }
 
     /// The earliest deadline that applies now: the first command, authentication, a request
     /// being received, idle.
     fn deadline(&self) -> Option<Instant> {
-        let g = self.ticket.guard().config();
+        let g = self.worker.deadlines.get();
         let auth_required = self.worker.authority.auth_required();
         let mut deadline: Option<Instant> = None;
         let mut earliest = |at: Instant| {
@@ -624,11 +629,11 @@ impl Core {
         };
         // A first command held by CLIENT PAUSE was sent: the client is not silent.
         if self.commands == 0 && !self.link.card.parked() {
-            earliest(self.state.created + g.handshake_timeout);
+            earliest(self.state.created + g.handshake);
         }
         let authenticated = self.state.user.is_some();
         if auth_required && !authenticated {
-            earliest(self.state.created + g.auth_timeout);
+            earliest(self.state.created + g.auth);
         }
         if let Some(at) = self.slow_request_deadline() {
             earliest(at);
@@ -637,11 +642,11 @@ impl Core {
         // idleness.
         if self.owed() == 0 && self.pin.is_none() && !self.link.card.parked() {
             let idle = if self.ticket.trusted() {
-                g.idle_timeout_trusted
+                g.idle_trusted
             } else if (auth_required && authenticated) || (!auth_required && self.commands > 0) {
-                g.idle_timeout_authenticated
+                g.idle_authenticated
             } else {
-                g.idle_timeout_unauthenticated
+                g.idle_unauthenticated
             };
             if !idle.is_zero() {
                 let since = self.link.card.last_activity().unwrap_or(self.state.created);
@@ -701,10 +706,23 @@ impl Core {
     /// Request limits for the session's state: Redis's tight ones until it authenticates.
     fn parser_limits(&self) -> Limits {
         if self.state.user.is_some() {
-            self.worker.limits
+            self.worker.limits.get()
         } else {
-            unauthenticated_limits(self.worker.limits)
+            unauthenticated_limits(self.worker.limits.get())
         }
+    }
+
+    /// During a drain: nothing in progress would be cut by closing now. A transaction, a
+    /// WATCH or a request waiting for a dedicated connection or Redis's verdict is let
+    /// finish; subscriptions, MONITOR and tracking never finish, so they do not hold it.
+    fn drain_done(&self) -> bool {
+        matches!(self.wait, Wait::None)
+            && self.pin.as_deref().is_none_or(|p| {
+                !p.state.multi_open()
+                    && !p.state.watching()
+                    && p.state.outstanding() == 0
+                    && !p.has_unwritten()
+            })
     }
 
     /// Replies the client waits for, on shared and dedicated connections.
@@ -732,7 +750,7 @@ impl Core {
         // the output limit instead, and a big reply it asked for is not falling behind.
         self.pin
             .as_deref()
-            .is_some_and(|p| p.unsolicited() > self.worker.max_output_bytes)
+            .is_some_and(|p| p.unsolicited() > self.worker.max_output_bytes.get())
     }
 
     /// Bytes of this client's requests moat holds for the backend: queued or in flight on
@@ -743,9 +761,9 @@ impl Core {
 
     /// True while the client has as much in flight or unread as it may.
     fn backpressured(&self) -> bool {
-        self.owed() >= self.worker.max_inflight
-            || self.request_bytes_held() >= self.worker.max_inflight_bytes
-            || self.link.out_len() >= self.worker.max_output_bytes
+        self.owed() >= self.worker.max_inflight.get()
+            || self.request_bytes_held() >= self.worker.max_inflight_bytes.get()
+            || self.link.out_len() >= self.worker.max_output_bytes.get()
     }
 
     /// Writes as much pending output as the socket takes now.
@@ -939,7 +957,7 @@ impl Core {
                 }
             },
         };
-        if conn.pending_len() >= self.worker.max_queue {
+        if conn.pending_len() >= self.worker.max_queue.get() {
             if self.link.inflight() > 0 {
                 return Step::Blocked;
             }
@@ -948,7 +966,7 @@ impl Core {
                 &mut self.link.out(),
                 format!(
                     "ERR moat: backend queue full (limit {} requests)",
-                    self.worker.max_queue
+                    self.worker.max_queue.get()
                 ),
             );
             return Step::Done;
@@ -995,14 +1013,18 @@ mod tests {
                 ),
                 authority: Arc::new(crate::auth::Authority::from_config(&config)),
                 verifier: crate::backend::verify::Verifier::new(Settings::from_config(&config, 0)),
-                limits: moat_protocol::Limits::default(),
-                max_inflight: 1,
-                max_output_bytes: 1,
-                max_output_bytes_hard: 1,
-                max_inflight_bytes: 1,
+                limits: std::cell::Cell::new(moat_protocol::Limits::default()),
+                max_inflight: std::cell::Cell::new(1),
+                max_output_bytes: std::cell::Cell::new(1),
+                max_output_bytes_hard: std::cell::Cell::new(1),
+                max_inflight_bytes: std::cell::Cell::new(1),
                 budget: crate::budget::Budget::new(1),
-                max_queue: 1,
-                max_reply_depth: 8,
+                max_queue: std::cell::Cell::new(1),
+                max_reply_depth: std::cell::Cell::new(8),
+                deadlines: std::cell::Cell::new(crate::worker::Deadlines::from_guard(
+                    &config.guard,
+                )),
+                draining: std::cell::Cell::new(false),
                 listen: addr,
                 clients: crate::clients::WorkerClients::new(0, crate::clients::Shared::new(1).0),
                 pinned: crate::pinned::PinnedPool::new(
