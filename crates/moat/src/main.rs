@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ctl;
 mod demo;
 
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ enum Command {
     },
     /// Start a real Redis and moat in front of it, and show what moat saves it from.
     Demo(demo::DemoArgs),
+    /// Talk to a running moat's admin API: status, bans, sources, clients, reload, drain.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +57,9 @@ struct ProxyArgs {
     /// Total shared backend connections.
     #[arg(long)]
     shared_connections: Option<usize>,
+    /// Address of the admin API (overrides admin.listen and enables it).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Log lines as JSON instead of text.
     #[arg(long)]
     log_json: bool,
@@ -69,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args),
+        Command::Ctl(args) => ctl::main(args),
     }
 }
 
@@ -108,6 +115,10 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.shared_connections {
         config.backend.shared_connections = n;
     }
+    if let Some(admin) = args.admin {
+        config.admin.listen = admin;
+        config.admin.enabled = true;
+    }
     let fds = raise_fd_limit();
     let running = moat_proxy::start(config.clone()).context("starting the proxy")?;
     tracing::info!(
@@ -117,6 +128,8 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         fd_limit = fds,
         "moat proxy running"
     );
+    let _admin = moat_admin::start(running.control(), args.config.clone(), &config.admin)
+        .context("starting the admin API")?;
     let stopper = running.stopper();
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
