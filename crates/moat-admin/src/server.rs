@@ -23,13 +23,15 @@ use moat_proxy::control::{Control, ReloadError};
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::api::{self, BadRequest, BanRequest, BanView};
 use crate::lockout::Lockout;
 
 /// Largest request body accepted (a ban request is a few hundred bytes).
 const MAX_BODY: usize = 16 * 1024;
+/// Time requests in flight get to finish once the listener is asked to stop.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +59,7 @@ pub enum AdminError {
 #[derive(Debug)]
 pub struct AdminServer {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -74,7 +76,7 @@ impl AdminServer {
 
     fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -146,7 +148,7 @@ pub fn start(
         addr,
     });
     let router = router(app.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("moat-admin".into())
         .spawn(move || {
@@ -159,11 +161,23 @@ pub fn start(
                     }
                 };
                 let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                let served = axum::serve(listener, service).with_graceful_shutdown(async {
-                    let _ = stopped.await;
+                let mut asked = stopped.clone();
+                let served = axum::serve(listener, service).with_graceful_shutdown(async move {
+                    let _ = asked.wait_for(|stop| *stop).await;
                 });
-                if let Err(e) = served.await {
-                    tracing::error!(error = %e, "admin API stopped");
+                // A client that never finishes its request must not hold up moat's exit.
+                let mut asked = stopped;
+                let grace = async move {
+                    let _ = asked.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(STOP_GRACE).await;
+                };
+                tokio::select! {
+                    served = served => {
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "admin API stopped");
+                        }
+                    }
+                    () = grace => {}
                 }
             });
         })
