@@ -456,7 +456,15 @@ async fn add_ban(
     ConnectInfo(by): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, BadRequest> {
-    let body = body.map_err(|e| BadRequest(format!("cannot read the body: {}", e.body_text())))?;
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(error(
+                e.status(),
+                format!("cannot read the body: {}", e.body_text()),
+            ));
+        }
+    };
     let req = BanRequest::parse(&body)?;
     let guard = app.control.guard();
     let length = req.length.unwrap_or(guard.config().ban_time);

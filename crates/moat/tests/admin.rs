@@ -324,6 +324,22 @@ fn every_endpoint_answers_and_bans_refuse_and_release_a_client() {
         assert_eq!(status, 400, "{path}: {v}");
         assert!(v["error"].as_str().unwrap().contains(expect), "{v}");
     }
+    let huge = format!(
+        r#"{{"net": "127.0.0.5", "reason": "{}"}}"#,
+        "x".repeat(64 * 1024)
+    );
+    // On a connection of its own: the server closes it after refusing the unread body.
+    let mut resp = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .post(stack.url("/bans"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send(&huge)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let text = resp.body_mut().read_to_string().unwrap();
+    assert!(text.contains("length limit"), "{text}");
     let (status, v) = stack.call("GET", "/nope", None);
     assert_eq!(status, 404, "{v}");
     let (status, v) = stack.call("DELETE", "/bans/nonsense", None);
