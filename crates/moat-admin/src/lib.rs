@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod exposition;
+mod listener;
 mod lockout;
 mod server;
 

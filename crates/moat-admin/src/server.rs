@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::api::{self, BadRequest, BanRequest, BanView};
+use crate::listener::{Bounded, Peer};
 use crate::lockout::Lockout;
 
 /// Largest request body accepted (a ban request is a few hundred bytes).
@@ -154,13 +155,13 @@ pub fn start(
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
+                    Ok(l) => Bounded::new(l),
                     Err(e) => {
                         tracing::error!(error = %e, "admin API cannot use its listener");
                         return;
                     }
                 };
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                let service = router.into_make_service_with_connect_info::<Peer>();
                 let mut asked = stopped.clone();
                 let served = axum::serve(listener, service).with_graceful_shutdown(async move {
                     let _ = asked.wait_for(|stop| *stop).await;
@@ -245,9 +246,9 @@ impl IntoResponse for BadRequest {
 
 fn peer(req: &Request) -> IpAddr {
     req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
+        .get::<ConnectInfo<Peer>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| {
-            moat_guard::canonical(c.0.ip())
+            moat_guard::canonical(c.0.0.ip())
         })
 }
 
@@ -453,7 +454,7 @@ async fn list_bans(
 
 async fn add_ban(
     State(app): State<Arc<App>>,
-    ConnectInfo(by): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(by)): ConnectInfo<Peer>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, BadRequest> {
     let body = match body {
@@ -488,7 +489,7 @@ async fn add_ban(
 
 async fn remove_ban_path(
     State(app): State<Arc<App>>,
-    ConnectInfo(by): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(by)): ConnectInfo<Peer>,
     Path(net): Path<String>,
 ) -> Result<Response, BadRequest> {
     unban(&app, &net, by)
@@ -496,7 +497,7 @@ async fn remove_ban_path(
 
 async fn remove_ban_query(
     State(app): State<Arc<App>>,
-    ConnectInfo(by): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(by)): ConnectInfo<Peer>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, BadRequest> {
     let q = query(q)?;
@@ -522,7 +523,7 @@ fn unban(app: &App, text: &str, by: SocketAddr) -> Result<Response, BadRequest> 
     Ok(axum::Json(json!({ "net": net.to_string(), "removed": true })).into_response())
 }
 
-async fn reload(State(app): State<Arc<App>>, ConnectInfo(by): ConnectInfo<SocketAddr>) -> Response {
+async fn reload(State(app): State<Arc<App>>, ConnectInfo(Peer(by)): ConnectInfo<Peer>) -> Response {
     let Some(path) = &app.config_path else {
         return error(
             StatusCode::CONFLICT,
@@ -558,7 +559,7 @@ async fn reload(State(app): State<Arc<App>>, ConnectInfo(by): ConnectInfo<Socket
     }
 }
 
-async fn drain(State(app): State<Arc<App>>, ConnectInfo(by): ConnectInfo<SocketAddr>) -> Response {
+async fn drain(State(app): State<Arc<App>>, ConnectInfo(Peer(by)): ConnectInfo<Peer>) -> Response {
     app.control.drain();
     tracing::info!(by = %by.ip(), "admin drain: accepting no new clients");
     (

@@ -637,3 +637,35 @@ fn the_admin_listener_refuses_to_start_unsafely_or_on_a_taken_port() {
         "{err}"
     );
 }
+
+#[test]
+fn a_hoard_of_admin_connections_is_capped_and_never_reaches_the_data_path() {
+    let stack = Stack::start(&format!("token = \"{TOKEN}\""));
+    // 64 idle connections take every place the admin listener gives out.
+    let hoard: Vec<TcpStream> = (0..64)
+        .map(|_| connect_from([127, 0, 0, 40], stack.admin))
+        .collect();
+    // The next one is accepted by the kernel but waits for a place: no answer yet.
+    let mut waiting = connect_from([127, 0, 0, 41], stack.admin);
+    write!(
+        waiting,
+        "GET /status HTTP/1.1\r\nHost: moat\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    let early = waiting.read(&mut first);
+    assert!(
+        early.is_err(),
+        "answered while 64 connections were held: {early:?}"
+    );
+    // Clients of the proxy are not affected.
+    assert_eq!(ping_from([127, 0, 0, 42], stack.proxy), "+PONG\r\n");
+    drop(hoard);
+    waiting.set_read_timeout(Some(WAIT)).unwrap();
+    let mut text = String::new();
+    waiting.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
