@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Proxy(args) => proxy(args),
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
+            config.admin.resolve_token()?;
             println!("# {}: valid\n{}", file.display(), config.to_redacted_toml());
             Ok(())
         }
