@@ -75,9 +75,11 @@ impl AdminConfig {
         match (&self.token, &self.token_file) {
             (Some(token), _) => Ok(Some(token.clone())),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
                 let token = text.trim();
                 check_token("admin.token_file", token)?;

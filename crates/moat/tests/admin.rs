@@ -630,6 +630,27 @@ fn the_admin_listener_refuses_to_start_unsafely_or_on_a_taken_port() {
         "{err}"
     );
 
+    // A token file that cannot be read: check-config and proxy both say so.
+    let missing = dir.path().join("no-such.token");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = moat().arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("admin.token_file") && stderr(&out).contains("no-such.token"),
+        "{}",
+        stderr(&out)
+    );
+    let err = failed_start(&bad, &[]);
+    assert!(err.contains("admin.token_file"), "{err}");
+
     // Off loopback without a token: refused before anything listens.
     let err = failed_start(&config, &["--admin", "0.0.0.0:0"]);
     assert!(
