@@ -132,7 +132,7 @@ pub struct BanView {
     pub repeat: u32,
     /// `strikes` (the guard's) or `admin`.
     pub reason: String,
-    /// The operator's note, for admin bans.
+    /// The operator's note, for admin bans that have one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub note: Option<String>,
 }
@@ -146,7 +146,11 @@ impl BanView {
             remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
             repeat: ban.repeat,
             reason: ban.reason.label().to_string(),
-            note: ban.reason.note().map(str::to_string),
+            note: ban
+                .reason
+                .note()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
         }
     }
 }
