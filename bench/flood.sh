@@ -33,7 +33,7 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$
     --protected-mode no --logfile "$work/redis.log" --daemonize no &
 RPID=$!; pids+=("$RPID")
 MPORT=$(free_port)
-"$MOAT" proxy --listen "127.0.0.1:$MPORT" --backend "127.0.0.1:$RPORT" 2>"$work/moat.log" &
+"$MOAT" proxy --admin 127.0.0.1:0 --listen "127.0.0.1:$MPORT" --backend "127.0.0.1:$RPORT" 2>"$work/moat.log" &
 MPID=$!; pids+=("$MPID")
 for _ in $(seq 100); do
     redis-cli -p "$MPORT" ping 2>/dev/null | grep -q PONG && break

@@ -126,7 +126,7 @@ start_moat() {
     local attempt
     for attempt in 1 2 3 4 5; do
         moat_port=$(pick_port)
-        "$MOAT_BIN" proxy --listen "127.0.0.1:$moat_port" --backend "127.0.0.1:$redis_port" \
+        "$MOAT_BIN" proxy --admin 127.0.0.1:0 --listen "127.0.0.1:$moat_port" --backend "127.0.0.1:$redis_port" \
             >"$work/moat.log" 2>&1 &
         moat_pid=$!
         if wait_pong "$moat_port" "$moat_pid"; then

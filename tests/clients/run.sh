@@ -166,7 +166,7 @@ say "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on
 
 if [ "$TARGET" = moat ]; then
     PORT="$(free_port)"
-    NO_COLOR=1 "$MOAT_BIN" proxy --listen "127.0.0.1:$PORT" --backend "127.0.0.1:$RPORT" \
+    NO_COLOR=1 "$MOAT_BIN" proxy --admin 127.0.0.1:0 --listen "127.0.0.1:$PORT" --backend "127.0.0.1:$RPORT" \
         2>"$WORK/moat.log" &
     MOAT_PID=$!
     if ! wait_pong "$PORT" 20; then

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -9,12 +10,42 @@ use rand::Rng;
 use rustc_hash::FxHashMap;
 
 /// One ban.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
     /// When it ends.
     pub until: Instant,
     /// How many times this network was banned before (0 for a first ban).
     pub repeat: u32,
+    /// Who issued it and why.
+    pub reason: BanReason,
+}
+
+/// Why a ban exists: the guard's own strikes, or an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanReason {
+    /// The source (or enough sources of its subnet) collected `strikes_to_ban` strikes.
+    Strikes,
+    /// An operator banned it through the admin API, with this note (may be empty). Shared
+    /// text, so listing bans copies a pointer, not the note.
+    Admin(Arc<str>),
+}
+
+impl BanReason {
+    /// A short label for metrics and listings: `strikes` or `admin`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BanReason::Strikes => "strikes",
+            BanReason::Admin(_) => "admin",
+        }
+    }
+
+    /// The operator's note, if any.
+    pub fn note(&self) -> Option<&str> {
+        match self {
+            BanReason::Strikes => None,
+            BanReason::Admin(text) => Some(text),
+        }
+    }
 }
 
 /// Bans by network. When full, the ban that ends soonest is dropped to make room, so a
@@ -41,18 +72,20 @@ impl BanTable {
     }
 
     /// The ban covering `net`, if still running at `now`.
-    pub(crate) fn active(&self, net: &IpNet, now: Instant) -> Option<Ban> {
-        self.bans.get(net).copied().filter(|b| b.until > now)
+    pub(crate) fn active(&self, net: &IpNet, now: Instant) -> Option<&Ban> {
+        self.bans.get(net).filter(|b| b.until > now)
     }
 
-    /// The longest-running active ban on a network containing `ip`.
-    pub(crate) fn covering(&self, ip: IpAddr, now: Instant) -> Option<Ban> {
+    /// The end of the longest-running active ban on a network containing `ip` (only the
+    /// end: the admission path must not copy a ban's note).
+    pub(crate) fn covering(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
         self.prefixes
             .keys()
             .filter(|(v4, _)| *v4 == ip.is_ipv4())
             .filter_map(|&(_, len)| IpNet::new(ip, len).ok())
             .filter_map(|net| self.active(&net.trunc(), now))
-            .max_by_key(|b| b.until)
+            .map(|b| b.until)
+            .max()
     }
 
     pub(crate) fn insert(&mut self, net: IpNet, ban: Ban) {
@@ -92,7 +125,7 @@ impl BanTable {
             .bans
             .iter()
             .filter(|(_, b)| b.until > now)
-            .map(|(n, b)| (*n, *b))
+            .map(|(n, b)| (*n, b.clone()))
             .collect();
         out.sort_by_key(|(n, _)| *n);
         out
@@ -156,6 +189,7 @@ mod tests {
         let ban = |secs| Ban {
             until: now + Duration::from_secs(secs),
             repeat: 0,
+            reason: BanReason::Strikes,
         };
         t.insert(net("10.0.0.1/32"), ban(100));
         t.insert(net("10.0.0.2/32"), ban(10));

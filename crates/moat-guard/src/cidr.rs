@@ -19,6 +19,14 @@ impl NetList {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
+    /// A listed network that overlaps `net` (contains it or lies within it).
+    pub(crate) fn overlapping(&self, net: &IpNet) -> Option<IpNet> {
+        self.0
+            .iter()
+            .find(|n| n.contains(net) || net.contains(*n))
+            .copied()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

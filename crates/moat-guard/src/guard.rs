@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rustc_hash::FxHashMap;
 
-use crate::bans::{Ban, BanTable, ban_length};
+use crate::bans::{Ban, BanReason, BanTable, ban_length};
 use crate::cidr::{NetList, canonical, subnet_of};
 use crate::config::GuardConfig;
 use crate::gcra::Gcra;
@@ -100,7 +100,8 @@ pub enum Event {
     },
 }
 
-/// Per-address memory: rate state, strikes, last success, and how often it was banned.
+/// Per-address memory: rate state, strikes, last success, how often it was banned, and its
+/// recent refusals (for the admin API's top sources).
 #[derive(Debug, Clone, Copy, Default)]
 struct Source {
     tat: Option<Instant>,
@@ -108,6 +109,38 @@ struct Source {
     window_start: Option<Instant>,
     last_success: Option<Instant>,
     bans: u32,
+    /// Refusals in the current streak (no gap longer than the strike window).
+    refused: u32,
+    last_refused: Option<Instant>,
+}
+
+impl Source {
+    fn note_refusal(&mut self, now: Instant, window: Duration) {
+        if self
+            .last_refused
+            .is_none_or(|t| now.saturating_duration_since(t) > window)
+        {
+            self.refused = 0;
+        }
+        self.refused = self.refused.saturating_add(1);
+        self.last_refused = Some(now);
+    }
+
+    /// Refusals of the streak still running at `now`, 0 once it has ended.
+    fn recent_refusals(&self, now: Instant, window: Duration) -> u32 {
+        match self.last_refused {
+            Some(t) if now.saturating_duration_since(t) <= window => self.refused,
+            _ => 0,
+        }
+    }
+
+    /// Strikes of the window still open at `now`, 0 once it has closed.
+    fn recent_strikes(&self, now: Instant, window: Duration) -> u32 {
+        match self.window_start {
+            Some(t) if now.saturating_duration_since(t) <= window => self.strikes,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,6 +158,8 @@ pub struct GuardStats {
     pub rejected: Vec<(&'static str, u64)>,
     /// Bans issued automatically.
     pub bans_issued: u64,
+    /// Bans issued by an operator ([`Guard::ban_admin`]).
+    pub bans_issued_admin: u64,
     /// Client connections held now.
     pub clients: u32,
     /// Bans in force.
@@ -175,6 +210,7 @@ struct State {
     admitted: u64,
     rejected: FxHashMap<&'static str, u64>,
     bans_issued: u64,
+    bans_issued_admin: u64,
 }
 
 /// The admission guard. Cheap to share: workers hold an `Arc` and lock it briefly per
@@ -250,8 +286,8 @@ fn check_untrusted(
     if settings.deny.contains(ip) || (!settings.allow.is_empty() && !settings.allow.contains(ip)) {
         return Err(Reject::Denied);
     }
-    if let Some(ban) = st.bans.covering(ip, now) {
-        return Err(Reject::Banned(ban.until.saturating_duration_since(now)));
+    if let Some(until) = st.bans.covering(ip, now) {
+        return Err(Reject::Banned(until.saturating_duration_since(now)));
     }
     // An address's rate is charged for every attempt, refused or not, so hammering
     // keeps it refused. Its subnet is charged only for attempts the address's own rate
@@ -311,6 +347,7 @@ fn strike(settings: &Settings, st: &mut State, ip: IpAddr, now: Instant) {
         Ban {
             until: now + length,
             repeat,
+            reason: BanReason::Strikes,
         },
     );
     st.bans_issued += 1;
@@ -325,6 +362,7 @@ fn strike(settings: &Settings, st: &mut State, ip: IpAddr, now: Instant) {
             Ban {
                 until: now + length,
                 repeat,
+                reason: BanReason::Strikes,
             },
         );
         st.bans_issued += 1;
@@ -347,6 +385,7 @@ impl Guard {
             admitted: 0,
             rejected: FxHashMap::default(),
             bans_issued: 0,
+            bans_issued_admin: 0,
         };
         Arc::new(Self {
             state: Mutex::new(state),
@@ -417,6 +456,13 @@ impl Guard {
             }
             Err(reject) => {
                 *st.rejected.entry(reject.label()).or_default() += 1;
+                // Only sources the checks already looked up: a denied or banned flood must
+                // not churn the table.
+                if !matches!(reject, Reject::Denied | Reject::Banned(_))
+                    && let Some(source) = st.sources.peek_mut(&ip)
+                {
+                    source.note_refusal(now, settings.config.strike_window);
+                }
                 if reject.strikes() {
                     strike(&settings, &mut st, ip, now);
                 }
@@ -446,27 +492,49 @@ impl Guard {
         }
     }
 
-    /// Bans `net` for `length` from `now` (the admin API). Trusted networks cannot be banned.
+    /// Bans `net` (host bits ignored) for `length` from `now`, without a note; false when
+    /// [`Guard::ban_admin`] refuses it (a trusted network, this host's loopback address...).
     pub fn ban(&self, net: IpNet, length: Duration, now: Instant) -> bool {
-        let net = net.trunc();
+        self.ban_admin(net.trunc(), length, "", now).is_ok()
+    }
+
+    /// An operator's ban of `net` for `length` from `now`, with a note saying why. Refuses,
+    /// changing nothing: networks overlapping a trusted one, networks holding this host's
+    /// own loopback address (`127.0.0.1`, `::1`: local tools), host bits set, prefixes
+    /// wider than /8 (IPv4) or /16 (IPv6), unspecified addresses, lengths outside 1s..1
+    /// year and notes longer than [`MAX_BAN_NOTE`]. An IPv4-mapped IPv6 network is banned
+    /// as the IPv4 network. Returns the network as banned and the ban.
+    pub fn ban_admin(
+        &self,
+        net: IpNet,
+        length: Duration,
+        note: &str,
+        now: Instant,
+    ) -> Result<(IpNet, Ban), BanError> {
         let mut st = self.lock();
-        if st.settings.trusted.contains(net.network()) {
-            return false;
+        let net = check_admin_ban(net, &st.settings.trusted)?;
+        if length < Duration::from_secs(1) || length > MAX_BAN_LENGTH {
+            return Err(BanError::Length {
+                max_secs: MAX_BAN_LENGTH.as_secs(),
+            });
+        }
+        if note.len() > MAX_BAN_NOTE {
+            return Err(BanError::NoteTooLong { max: MAX_BAN_NOTE });
         }
         let repeat = st.bans.active(&net, now).map_or(0, |b| b.repeat + 1);
-        st.bans.insert(
-            net,
-            Ban {
-                until: now + length,
-                repeat,
-            },
-        );
-        true
+        let ban = Ban {
+            until: now + length,
+            repeat,
+            reason: BanReason::Admin(note.into()),
+        };
+        st.bans.insert(net, ban.clone());
+        st.bans_issued_admin += 1;
+        Ok((net, ban))
     }
 
     /// Lifts a ban; true if there was one.
     pub fn unban(&self, net: IpNet) -> bool {
-        self.lock().bans.remove(&net.trunc())
+        self.lock().bans.remove(&mapped_to_v4(net).trunc())
     }
 
     /// Bans in force at `now`.
@@ -495,8 +563,66 @@ impl Guard {
             admitted: st.admitted,
             rejected,
             bans_issued: st.bans_issued,
+            bans_issued_admin: st.bans_issued_admin,
             clients: st.active_total,
             bans_active: st.bans.len(),
+            sources: st.sources.len(),
+        }
+    }
+
+    /// The `n` (at most [`MAX_TOP`]) sources holding the most connections, and the `n`
+    /// remembered sources with the most recent refusals and strikes. Bounded work under the
+    /// lock: the first list is a pass over the open connections' map (at most `max_clients`
+    /// entries), the second over the [`TOP_SCAN`] most recently seen sources.
+    pub fn top_sources(&self, n: usize, now: Instant) -> TopSources {
+        let n = n.min(MAX_TOP);
+        let st = self.lock();
+        let window = st.settings.config.strike_window;
+        let mut by_connections: Vec<SourceConnections> = st
+            .active_ip
+            .iter()
+            .map(|(ip, count)| SourceConnections {
+                ip: *ip,
+                connections: *count,
+            })
+            .collect();
+        top_n(&mut by_connections, n, |s| {
+            (std::cmp::Reverse(s.connections), s.ip)
+        });
+        let scanned = st.sources.len().min(TOP_SCAN);
+        let mut by_refusals: Vec<SourceRefusals> = st
+            .sources
+            .iter()
+            .take(TOP_SCAN)
+            .filter_map(|(ip, s)| {
+                let refusals = s.recent_refusals(now, window);
+                let strikes = s.recent_strikes(now, window);
+                (refusals > 0 || strikes > 0).then_some(SourceRefusals {
+                    ip: *ip,
+                    refusals,
+                    strikes,
+                    bans: s.bans,
+                    banned_for: None,
+                })
+            })
+            .collect();
+        top_n(&mut by_refusals, n, |s| {
+            (
+                std::cmp::Reverse(s.refusals),
+                std::cmp::Reverse(s.strikes),
+                s.ip,
+            )
+        });
+        for s in &mut by_refusals {
+            s.banned_for = st
+                .bans
+                .covering(s.ip, now)
+                .map(|until| until.saturating_duration_since(now));
+        }
+        TopSources {
+            by_connections,
+            by_refusals,
+            scanned,
             sources: st.sources.len(),
         }
     }
@@ -513,4 +639,159 @@ impl Guard {
             st.bans.len(),
         ]
     }
+}
+
+/// Most entries [`Guard::top_sources`] returns per list.
+pub const MAX_TOP: usize = 1000;
+/// Most recently seen sources [`Guard::top_sources`] examines for refusals and strikes.
+pub const TOP_SCAN: usize = 16_384;
+/// Longest admin ban.
+pub const MAX_BAN_LENGTH: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest note an admin ban keeps, in bytes.
+pub const MAX_BAN_NOTE: usize = 256;
+
+/// Sorts `items` by `key` and keeps the first `n`, in linear time for the selection.
+fn top_n<T, K: Ord>(items: &mut Vec<T>, n: usize, key: impl Fn(&T) -> K) {
+    if n == 0 {
+        items.clear();
+        return;
+    }
+    if items.len() > n {
+        items.select_nth_unstable_by_key(n - 1, &key);
+        items.truncate(n);
+    }
+    items.sort_unstable_by_key(key);
+}
+
+/// One source in [`TopSources::by_connections`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConnections {
+    /// The address.
+    pub ip: IpAddr,
+    /// Connections it holds now.
+    pub connections: u32,
+}
+
+/// One source in [`TopSources::by_refusals`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRefusals {
+    /// The address.
+    pub ip: IpAddr,
+    /// Connections refused in its current streak (rates, caps, shedding; no gap longer than
+    /// `strike_window`).
+    pub refusals: u32,
+    /// Strikes in its current strike window.
+    pub strikes: u32,
+    /// Times the guard banned it.
+    pub bans: u32,
+    /// Time left on a ban covering it, if any.
+    pub banned_for: Option<Duration>,
+}
+
+/// The heaviest sources now, for the admin API's `/sources`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopSources {
+    /// Most connections held first.
+    pub by_connections: Vec<SourceConnections>,
+    /// Most recent refusals (then strikes) first; sources with neither are left out.
+    pub by_refusals: Vec<SourceRefusals>,
+    /// Sources examined for `by_refusals` (at most [`TOP_SCAN`], most recently seen first).
+    pub scanned: usize,
+    /// Sources remembered in all.
+    pub sources: usize,
+}
+
+/// Why [`Guard::ban_admin`] refused a ban; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanError {
+    /// The network overlaps a trusted network, which is never banned.
+    #[error("{net} overlaps the trusted network {trusted}: trusted networks are never banned")]
+    Trusted {
+        /// The network asked for.
+        net: IpNet,
+        /// The trusted network it overlaps.
+        trusted: IpNet,
+    },
+    /// The network holds this host's own loopback address, which local tools use.
+    #[error(
+        "{net} contains {addr}, this host's own loopback address (moat ctl, health checks); \
+         ban other loopback addresses or a narrower network"
+    )]
+    Loopback {
+        /// The network asked for.
+        net: IpNet,
+        /// The loopback address it holds.
+        addr: IpAddr,
+    },
+    /// Bits beyond the prefix are set: probably a typo.
+    #[error("{net} has host bits set: did you mean {}?", .net.trunc())]
+    HostBits {
+        /// The network asked for.
+        net: IpNet,
+    },
+    /// The prefix is too short: the ban would cover too much of the internet.
+    #[error("{net} is too wide: the prefix must be at least /{min}")]
+    TooWide {
+        /// The network asked for.
+        net: IpNet,
+        /// The shortest prefix allowed for its family.
+        min: u8,
+    },
+    /// The unspecified address (`0.0.0.0`, `::`) is no client's.
+    #[error("{net} is the unspecified address, never a client's")]
+    Unspecified {
+        /// The network asked for.
+        net: IpNet,
+    },
+    /// The length is zero or longer than a year.
+    #[error("a ban must last between 1s and {max_secs}s")]
+    Length {
+        /// The longest ban, in seconds.
+        max_secs: u64,
+    },
+    /// The note is too long.
+    #[error("the ban's reason must be at most {max} bytes")]
+    NoteTooLong {
+        /// The longest note, in bytes.
+        max: usize,
+    },
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/N`, N >= 96) as the IPv4 network, since the
+/// guard sees IPv4 peers of a dual-stack listener as IPv4.
+fn mapped_to_v4(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
+}
+
+/// The checks of [`Guard::ban_admin`] on the network itself.
+fn check_admin_ban(net: IpNet, trusted: &NetList) -> Result<IpNet, BanError> {
+    let net = mapped_to_v4(net);
+    if net.trunc() != net {
+        return Err(BanError::HostBits { net });
+    }
+    let min = if net.addr().is_ipv4() { 8 } else { 16 };
+    if net.prefix_len() < min {
+        return Err(BanError::TooWide { net, min });
+    }
+    if net.addr().is_unspecified() {
+        return Err(BanError::Unspecified { net });
+    }
+    if let Some(trusted) = trusted.overlapping(&net) {
+        return Err(BanError::Trusted { net, trusted });
+    }
+    let own: [IpAddr; 2] = [
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    if let Some(addr) = own.into_iter().find(|a| net.contains(a)) {
+        return Err(BanError::Loopback { net, addr });
+    }
+    Ok(net)
 }

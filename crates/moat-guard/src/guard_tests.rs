@@ -388,3 +388,154 @@ fn reconfigure_applies_to_new_admissions_and_keeps_what_is_held() {
     drop(held);
     assert!(g.admit(ip("11.1.1.1"), t.at(2000)).is_ok());
 }
+
+#[test]
+fn admin_bans_carry_their_reason_and_refuse_what_must_not_be_banned() {
+    use crate::{BanError, BanReason};
+    let g = Guard::new(config());
+    let t = clock();
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    let min = Duration::from_secs(60);
+    let (banned, ban) = g
+        .ban_admin(net("127.3.0.0/24"), min, "scraper", t.at(0))
+        .expect("a plain /24");
+    assert_eq!(banned, net("127.3.0.0/24"));
+    assert_eq!(ban.reason, BanReason::Admin("scraper".into()));
+    assert_eq!(ban.reason.label(), "admin");
+    assert_eq!(ban.reason.note(), Some("scraper"));
+    assert!(matches!(
+        g.admit(ip("127.3.0.9"), t.at(1)),
+        Err(Reject::Banned(_))
+    ));
+    // Banning again while it runs counts as a repeat.
+    let (_, again) = g
+        .ban_admin(net("127.3.0.0/24"), min, "", t.at(2))
+        .expect("again");
+    assert_eq!(again.repeat, 1);
+    // An IPv4-mapped IPv6 address is banned as the IPv4 address.
+    let (mapped, _) = g
+        .ban_admin(net("::ffff:127.4.0.1/128"), min, "", t.at(0))
+        .expect("mapped");
+    assert_eq!(mapped, net("127.4.0.1/32"));
+    assert_eq!(g.stats().bans_issued_admin, 3);
+    assert_eq!(g.stats().bans_issued, 0);
+
+    let refused = |n: &str, length: Duration, note: &str| {
+        g.ban_admin(net(n), length, note, t.at(0))
+            .expect_err("refused")
+    };
+    assert!(matches!(
+        refused("127.0.0.1/32", min, ""),
+        BanError::Trusted { .. }
+    ));
+    assert!(matches!(
+        refused("127.0.0.0/8", min, ""),
+        BanError::Trusted { .. }
+    ));
+    assert!(matches!(
+        refused("10.0.0.1/24", min, ""),
+        BanError::HostBits { .. }
+    ));
+    assert!(
+        refused("10.0.0.1/24", min, "")
+            .to_string()
+            .contains("10.0.0.0/24")
+    );
+    assert!(matches!(
+        refused("10.0.0.0/7", min, ""),
+        BanError::TooWide { min: 8, .. }
+    ));
+    assert!(matches!(
+        refused("0.0.0.0/32", min, ""),
+        BanError::Unspecified { .. }
+    ));
+    assert!(matches!(
+        refused("10.0.0.0/8", Duration::ZERO, ""),
+        BanError::Length { .. }
+    ));
+    assert!(matches!(
+        refused("10.0.0.0/8", Duration::from_secs(400 * 24 * 3600), ""),
+        BanError::Length { .. }
+    ));
+    assert!(matches!(
+        refused("10.0.0.0/8", min, &"x".repeat(300)),
+        BanError::NoteTooLong { .. }
+    ));
+    // With loopback untrusted, this host's own loopback address still cannot be banned.
+    let open = Guard::new(GuardConfig {
+        trusted: Vec::new(),
+        ..config()
+    });
+    assert!(matches!(
+        open.ban_admin(net("127.0.0.1/32"), min, "", t.at(0)),
+        Err(BanError::Loopback { .. })
+    ));
+    assert!(
+        open.ban_admin(net("127.0.0.2/32"), min, "", t.at(0))
+            .is_ok()
+    );
+    // Nothing refused reached the table.
+    assert_eq!(g.bans(t.at(3)).len(), 2);
+}
+
+#[test]
+fn strike_bans_say_so() {
+    let g = Guard::new(config());
+    let t = clock();
+    for i in 0..3 {
+        g.record(ip("127.8.0.1"), Event::AuthFailed, t.at(i));
+    }
+    let bans = g.bans(t.at(5));
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].1.reason, crate::BanReason::Strikes);
+    assert_eq!(g.stats().bans_issued, 1);
+    assert_eq!(g.stats().bans_issued_admin, 0);
+}
+
+#[test]
+fn top_sources_ranks_connections_and_refusals() {
+    let g = Guard::new(config());
+    let t = clock();
+    let mut tickets = Vec::new();
+    for (host, n) in [("127.1.0.1", 3), ("127.1.1.2", 1), ("127.1.2.3", 2)] {
+        for i in 0..n {
+            tickets.push(g.admit(ip(host), t.at(i * 200)).expect("admitted"));
+        }
+    }
+    // 127.1.0.1 holds 3 of its 4; one more is fine, the next two are refused.
+    tickets.push(g.admit(ip("127.1.0.1"), t.at(1000)).expect("fourth"));
+    assert!(g.admit(ip("127.1.0.1"), t.at(1200)).is_err());
+    assert!(g.admit(ip("127.1.0.1"), t.at(1400)).is_err());
+    g.record(ip("127.1.9.9"), Event::ProtocolError, t.at(1500));
+
+    let top = g.top_sources(2, t.at(1600));
+    let conns: Vec<_> = top
+        .by_connections
+        .iter()
+        .map(|s| (s.ip.to_string(), s.connections))
+        .collect();
+    assert_eq!(
+        conns,
+        [("127.1.0.1".to_string(), 4), ("127.1.2.3".to_string(), 2)]
+    );
+    let refused: Vec<_> = top
+        .by_refusals
+        .iter()
+        .map(|s| (s.ip.to_string(), s.refusals, s.strikes))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("127.1.0.1".to_string(), 2, 2),
+            ("127.1.9.9".to_string(), 0, 1)
+        ]
+    );
+    assert!(top.sources >= 4 && top.scanned == top.sources);
+    // A streak ends after a quiet strike window.
+    let later = g.top_sources(10, t.at(1600) + g.config().strike_window * 2);
+    assert!(later.by_refusals.is_empty(), "{later:?}");
+    assert_eq!(later.by_connections.len(), 3);
+    assert!(g.top_sources(0, t.at(0)).by_connections.is_empty());
+    drop(tickets);
+    assert!(g.top_sources(10, t.at(2000)).by_connections.is_empty());
+}

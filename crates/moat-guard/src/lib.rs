@@ -15,8 +15,11 @@ mod guard;
 #[cfg(test)]
 mod guard_tests;
 
-pub use bans::Ban;
+pub use bans::{Ban, BanReason};
 pub use cidr::canonical;
 pub use config::{GuardConfig, GuardConfigError};
-pub use guard::{Event, Guard, GuardStats, Reject, Ticket};
+pub use guard::{
+    BanError, Event, Guard, GuardStats, MAX_BAN_LENGTH, MAX_BAN_NOTE, MAX_TOP, Reject,
+    SourceConnections, SourceRefusals, TOP_SCAN, Ticket, TopSources,
+};
 pub use ipnet::IpNet;

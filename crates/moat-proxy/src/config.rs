@@ -3,7 +3,7 @@
 //! `moat.example.toml` at the repository root lists every key; keep the two in step.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,127 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Who checks clients' credentials: Redis itself (passthrough) or moat's own table.
     pub auth: AuthConfig,
+    /// The admin HTTP API: metrics, status, bans, reload, drain.
+    pub admin: AdminConfig,
     /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`), in table mode only.
     pub users: Vec<UserConfig>,
+}
+
+/// The `[admin]` section: the admin HTTP API (`/metrics`, `/status`, `/bans`...) on its own
+/// listener, loopback by default. Changes need a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether to run the admin API at all.
+    pub enabled: bool,
+    /// Address of the admin listener; port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry (`Authorization: Bearer <token>`). Required
+    /// (or `token_file`) when `listen` is not a loopback address.
+    pub token: Option<String>,
+    /// File holding the token (surrounding whitespace ignored), so the config file need not.
+    pub token_file: Option<PathBuf>,
+    /// Failed token checks from one address within `lockout_window` that lock it out.
+    pub lockout_after: u32,
+    /// Window in which failed token checks add up.
+    #[serde(with = "humantime_serde")]
+    pub lockout_window: Duration,
+    /// How long a locked-out address is refused, even with the right token.
+    #[serde(with = "humantime_serde")]
+    pub lockout_for: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6390)),
+            token: None,
+            token_file: None,
+            lockout_after: 10,
+            lockout_window: Duration::from_secs(60),
+            lockout_for: Duration::from_secs(300),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token requests must carry, read from `token_file` when set; `None` when no token
+    /// is configured (then only a loopback listener is allowed).
+    pub fn resolve_token(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let token = text.trim();
+                check_token("admin.token_file", token)?;
+                Ok(Some(token.to_string()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(invalid(
+                "admin.token_file",
+                "set either admin.token or admin.token_file, not both",
+            ));
+        }
+        if let Some(token) = &self.token {
+            check_token("admin.token", token)?;
+        }
+        if self.enabled
+            && !self.listen.ip().is_loopback()
+            && self.token.is_none()
+            && self.token_file.is_none()
+        {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "required when admin.listen ({}) is not a loopback address: anyone who \
+                     reaches it could lift bans and reload the config (set admin.token or \
+                     admin.token_file, or listen on 127.0.0.1)",
+                    self.listen
+                ),
+            ));
+        }
+        if self.lockout_after == 0 {
+            return Err(invalid("admin.lockout_after", "must be positive"));
+        }
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        for (key, d) in [
+            ("admin.lockout_window", self.lockout_window),
+            ("admin.lockout_for", self.lockout_for),
+        ] {
+            if d.is_zero() || d > DAY {
+                return Err(invalid(key, "must be between 1ms and a day"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A usable bearer token: long enough to resist guessing, and sendable in a header.
+fn check_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    if token.len() < 16 {
+        return Err(invalid(
+            key,
+            "the admin token must be at least 16 characters",
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            key,
+            "the admin token must be printable ASCII without spaces",
+        ));
+    }
+    Ok(())
 }
 
 /// Who is the authority for users and passwords.
@@ -438,6 +557,7 @@ impl Config {
         if l.max_inline_len < 64 {
             return Err(invalid("limits.max_inline_len", "must be at least 64"));
         }
+        self.admin.validate()?;
         if self.auth.mode == Some(AuthMode::Passthrough) {
             if !self.users.is_empty() {
                 return Err(invalid(
@@ -514,6 +634,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.backend.password.is_some() {
             shown.backend.password = Some("<redacted>".into());
+        }
+        if shown.admin.token.is_some() {
+            shown.admin.token = Some("<redacted-admin-token>".into());
         }
         for user in &mut shown.users {
             if user.password.is_some() {
@@ -656,6 +779,69 @@ mod tests {
     }
 
     #[test]
+    fn admin_needs_a_token_off_loopback() {
+        let c = Config::from_toml("").expect("defaults");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:6390");
+        assert_eq!(c.admin.resolve_token().expect("none"), None);
+        let err = Config::from_toml("[admin]\nlisten = \"0.0.0.0:6390\"\n")
+            .expect_err("no token")
+            .to_string();
+        assert!(
+            err.contains("admin.token") && err.contains("0.0.0.0:6390"),
+            "{err}"
+        );
+        assert!(
+            Config::from_toml("[admin]\nlisten = \"0.0.0.0:6390\"\nenabled = false\n").is_ok(),
+            "a disabled listener needs no token"
+        );
+        let c =
+            Config::from_toml("[admin]\nlisten = \"[::]:6390\"\ntoken = \"0123456789abcdef\"\n")
+                .expect("token given");
+        assert_eq!(
+            c.admin.resolve_token().expect("inline").as_deref(),
+            Some("0123456789abcdef")
+        );
+        for (text, key) in [
+            ("[admin]\ntoken = \"short\"\n", "admin.token"),
+            ("[admin]\ntoken = \"has a space in it!!\"\n", "admin.token"),
+            (
+                "[admin]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/x\"\n",
+                "admin.token_file",
+            ),
+            ("[admin]\nlockout_after = 0\n", "admin.lockout_after"),
+            ("[admin]\nlockout_for = \"0s\"\n", "admin.lockout_for"),
+            ("[admin]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
+        ] {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_token_file_is_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("moat-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "  fedcba9876543210fedcba\n").expect("write");
+        let c = Config::from_toml(&format!(
+            "[admin]\nlisten = \"0.0.0.0:0\"\ntoken_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .expect("token_file given");
+        assert_eq!(
+            c.admin.resolve_token().expect("read").as_deref(),
+            Some("fedcba9876543210fedcba")
+        );
+        std::fs::write(&file, "short\n").expect("write");
+        assert!(c.admin.resolve_token().is_err());
+        std::fs::remove_file(&file).expect("remove");
+        let err = c.admin.resolve_token().expect_err("missing").to_string();
+        assert!(err.contains("token"), "{err}");
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
     fn durations_parse_humanely() {
         let c = Config::from_toml("[backend]\nconnect_timeout = \"750ms\"\n").expect("valid");
         assert_eq!(c.backend.connect_timeout, Duration::from_millis(750));
@@ -664,12 +850,14 @@ mod tests {
     #[test]
     fn redaction_hides_passwords() {
         let c = Config::from_toml(
-            "[backend]\npassword = \"s3cret\"\n[[users]]\nname = \"default\"\npassword = \"hunter2\"\n",
+            "[backend]\npassword = \"s3cret\"\n[admin]\ntoken = \"admin-token-0123456\"\n[[users]]\nname = \"default\"\npassword = \"hunter2\"\n",
         )
         .expect("valid");
         let shown = c.to_redacted_toml();
         assert!(
-            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            !shown.contains("s3cret")
+                && !shown.contains("hunter2")
+                && !shown.contains("admin-token-0123456"),
             "{shown}"
         );
         assert!(

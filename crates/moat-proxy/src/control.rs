@@ -73,6 +73,7 @@ const NEEDS_RESTART: &[&str] = &[
     "guard.table_capacity",
     "guard.ban_capacity",
     "limits.max_reply_depth",
+    "admin",
 ];
 
 fn unix_secs(at: SystemTime) -> u64 {
@@ -436,6 +437,8 @@ fn keep_running(old: &Config, mut new: Config) -> Config {
         new.users.clone_from(&old.users);
     }
     new.auth = old.auth.clone();
+    // The admin listener was bound and its token read at start.
+    new.admin = old.admin.clone();
     new
 }
 

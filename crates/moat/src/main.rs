@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ctl;
 mod demo;
 
 use std::net::SocketAddr;
@@ -35,9 +36,11 @@ enum Command {
     },
     /// Start a real Redis and moat in front of it, and show what moat saves it from.
     Demo(demo::DemoArgs),
+    /// Talk to a running moat's admin API: status, bans, sources, clients, reload, drain.
+    Ctl(ctl::CtlArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct ProxyArgs {
     /// TOML config file (see moat.example.toml); flags override its values.
     #[arg(long, short, env = "MOAT_CONFIG")]
@@ -54,6 +57,9 @@ struct ProxyArgs {
     /// Total shared backend connections.
     #[arg(long)]
     shared_connections: Option<usize>,
+    /// Address of the admin API (overrides admin.listen and enables it).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -77,10 +83,12 @@ fn main() -> anyhow::Result<()> {
         Command::Proxy(args) => proxy(args),
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
+            config.admin.resolve_token()?;
             println!("# {}: valid\n{}", file.display(), config.to_redacted_toml());
             Ok(())
         }
         Command::Demo(args) => demo::run(args),
+        Command::Ctl(args) => ctl::main(args),
     }
 }
 
@@ -121,6 +129,10 @@ fn load_config(args: &ProxyArgs) -> anyhow::Result<Config> {
     if let Some(n) = args.shared_connections {
         config.backend.shared_connections = n;
     }
+    if let Some(admin) = args.admin {
+        config.admin.listen = admin;
+        config.admin.enabled = true;
+    }
     // Flags are not validated by serde: check the result as a whole.
     config.validate()?;
     Ok(config)
@@ -147,6 +159,13 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         fd_limit = fds,
         "moat proxy running"
     );
+    let loader: Option<moat_admin::ConfigLoader> = args.config.is_some().then(|| {
+        let args = args.clone();
+        std::sync::Arc::new(move || load_config(&args).map_err(|e| format!("{e:#}")))
+            as moat_admin::ConfigLoader
+    });
+    let _admin = moat_admin::start(running.control(), loader, &config.admin)
+        .context("starting the admin API")?;
     let (stopper, control) = (running.stopper(), running.control());
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()

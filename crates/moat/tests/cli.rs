@@ -72,6 +72,8 @@ fn proxy_flags_run_a_proxy_in_front_of_redis() {
     let port = moat_testkit::free_port();
     let child = moat()
         .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        // Port 0: tests running side by side must not fight over the default admin port.
+        .args(["--admin", "127.0.0.1:0"])
         .args(["--backend", &redis.addr().to_string()])
         .stderr(Stdio::null())
         .spawn()
