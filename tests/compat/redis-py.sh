@@ -240,6 +240,9 @@ address = "127.0.0.1:$RPORT"
 max_connections = 512
 max_per_ip = 512
 max_per_user = 512
+
+[admin]
+listen = "127.0.0.1:0"
 EOF
     "$MOAT_BIN" check-config "$dir/moat.toml" >"$dir/effective.toml" 2>&1 ||
         die "moat check-config $dir/moat.toml failed: $(cat "$dir/effective.toml")"

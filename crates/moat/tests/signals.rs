@@ -58,7 +58,8 @@ fn write(path: &Path, text: &str) {
 
 fn config_text(port: u16, redis: &RedisServer, extra: &str) -> String {
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[backend]\naddress = \"{}\"\n",
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n[backend]\naddress = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
         redis.addr()
     )
 }
