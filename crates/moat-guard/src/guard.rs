@@ -123,8 +123,15 @@ pub struct GuardStats {
     pub admitted: u64,
     /// Connections refused, by [`Reject::label`].
     pub rejected: Vec<(&'static str, u64)>,
-    /// Bans issued automatically.
+    /// Bans issued automatically (strikes).
     pub bans_issued: u64,
+    /// Bans issued by an operator (the admin API).
+    pub bans_issued_admin: u64,
+    /// Entries dropped from a full `sources` or `subnets` table to make room.
+    pub evictions: u64,
+    /// Entries of each bounded table by name: `sources`, `subnets`, `active_ips`,
+    /// `active_subnets`, `bans`.
+    pub tables: Vec<(&'static str, u64)>,
     /// Client connections held now.
     pub clients: u32,
     /// Bans in force.
@@ -147,6 +154,21 @@ struct State {
     admitted: u64,
     rejected: FxHashMap<&'static str, u64>,
     bans_issued: u64,
+    bans_issued_admin: u64,
+    evictions: u64,
+}
+
+/// `cache`'s entry for `key`, created if missing; counts in `evictions` the entry a full
+/// table drops to make room for it.
+fn entry<'a, K: std::hash::Hash + Eq, V: Default>(
+    cache: &'a mut LruCache<K, V>,
+    key: K,
+    evictions: &mut u64,
+) -> &'a mut V {
+    if cache.len() >= cache.cap().get() && !cache.contains(&key) {
+        *evictions += 1;
+    }
+    cache.get_or_insert_mut(key, V::default)
 }
 
 /// The admission guard. Cheap to share: workers hold an `Arc` and lock it briefly per
@@ -232,6 +254,8 @@ impl Guard {
             admitted: 0,
             rejected: FxHashMap::default(),
             bans_issued: 0,
+            bans_issued_admin: 0,
+            evictions: 0,
         };
         Arc::new(Self {
             trusted: NetList::new(&config.trusted),
@@ -323,7 +347,7 @@ impl Guard {
         // An address's rate is charged for every attempt, refused or not, so hammering
         // keeps it refused. Its subnet is charged only for attempts the address's own rate
         // let through: one flooder must not use up its neighbours' share.
-        let source = st.sources.get_or_insert_mut(ip, Source::default);
+        let source = entry(&mut st.sources, ip, &mut st.evictions);
         let ip_ok = self.ip_rate.attempt(&mut source.tat, now);
         let known = source
             .last_success
@@ -331,7 +355,7 @@ impl Guard {
         if !ip_ok {
             return Err(Reject::IpRate);
         }
-        let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
+        let net = entry(&mut st.subnets, subnet, &mut st.evictions);
         if !self.subnet_rate.attempt(&mut net.tat, now) {
             return Err(Reject::SubnetRate);
         }
@@ -353,18 +377,17 @@ impl Guard {
     /// Records what a connection from `ip` did.
     pub fn record(&self, ip: IpAddr, event: Event, now: Instant) {
         let ip = canonical(ip);
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         match event {
             Event::Command => {
-                st.sources
-                    .get_or_insert_mut(ip, Source::default)
-                    .last_success = Some(now);
+                entry(&mut st.sources, ip, &mut st.evictions).last_success = Some(now);
             }
             Event::AuthFailed
             | Event::ProtocolError
             | Event::SlowRequest
             | Event::Closed { commands: 0 } => {
-                self.strike(&mut st, ip, now);
+                self.strike(st, ip, now);
             }
             Event::Closed { .. } => {}
         }
@@ -376,7 +399,7 @@ impl Guard {
             return;
         }
         let c = &self.config;
-        let source = st.sources.get_or_insert_mut(ip, Source::default);
+        let source = entry(&mut st.sources, ip, &mut st.evictions);
         let fresh = source
             .window_start
             .is_none_or(|start| now.saturating_duration_since(start) > c.strike_window);
@@ -402,7 +425,7 @@ impl Guard {
         );
         st.bans_issued += 1;
         let subnet = subnet_of(ip, c.subnet_prefix_v4, c.subnet_prefix_v6);
-        let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
+        let net = entry(&mut st.subnets, subnet, &mut st.evictions);
         net.banned_sources += 1;
         if c.subnet_ban_after > 0 && net.banned_sources >= c.subnet_ban_after {
             let repeat = net.banned_sources / c.subnet_ban_after - 1;
@@ -466,6 +489,15 @@ impl Guard {
             admitted: st.admitted,
             rejected,
             bans_issued: st.bans_issued,
+            bans_issued_admin: st.bans_issued_admin,
+            evictions: st.evictions,
+            tables: vec![
+                ("sources", st.sources.len() as u64),
+                ("subnets", st.subnets.len() as u64),
+                ("active_ips", st.active_ip.len() as u64),
+                ("active_subnets", st.active_subnet.len() as u64),
+                ("bans", st.bans.len() as u64),
+            ],
             clients: st.active_total,
             bans_active: st.bans.len(),
             sources: st.sources.len(),
