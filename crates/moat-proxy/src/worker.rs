@@ -388,3 +388,29 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn refusals_make_one_line_per_reason_per_second() {
+        let mut log = RefusalLog::new(0);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // The first refusal of a reason is logged at once; the rest of its second wait.
+        assert_eq!(log.note(2, at(0)), Some(1));
+        for ms in 1..500 {
+            assert_eq!(log.note(2, at(ms)), None);
+        }
+        // Another reason has its own second.
+        assert_eq!(log.note(0, at(10)), Some(1));
+        assert_eq!(log.overdue(at(999)).count(), 0, "not a second yet");
+        // The flood stopped: the tick logs what is left, once.
+        assert_eq!(log.overdue(at(1000)).collect::<Vec<_>>(), vec![(2, 499)]);
+        assert_eq!(log.overdue(at(5000)).count(), 0);
+        // A refusal long after is logged at once again.
+        assert_eq!(log.note(2, at(9000)), Some(1));
+    }
+}
