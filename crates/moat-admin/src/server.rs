@@ -333,20 +333,20 @@ fn query(
         .map_err(|e| BadRequest(format!("invalid query string: {}", e.body_text())))
 }
 
-/// The `/metrics` body: the exposition of the snapshot, plus the admin API's own counter.
+/// The `/metrics` body: the exposition of the snapshot, with the admin API's own counter
+/// (kept here, where requests are refused) filled in.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let body = crate::exposition::render(&app.control.snapshot());
-    let refused = [
+    let mut snapshot = app.control.snapshot();
+    snapshot.admin_requests_refused = vec![
         ("token", app.refused.token.load(Ordering::Relaxed)),
         ("banned", app.refused.banned.load(Ordering::Relaxed)),
     ];
-    let (body, openmetrics) = crate::with_admin_metrics(body, &refused);
-    let content_type = if openmetrics {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    } else {
-        "text/plain; version=0.0.4; charset=utf-8"
-    };
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    let body = crate::exposition::render(&snapshot);
+    (
+        [(header::CONTENT_TYPE, crate::exposition::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 /// `/status`: the proxy's status plus where it listens and the guard's counts.

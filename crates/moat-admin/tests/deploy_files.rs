@@ -344,7 +344,6 @@ fn declares(exposition: &str, metric: &Documented) -> bool {
 }
 
 #[test]
-#[ignore = "exposition::render is a placeholder until the exporter (colleague's branch) lands"]
 fn a_running_moat_exports_every_documented_metric() {
     let redis = moat_testkit::RedisServer::start().expect("redis-server starts");
     let mut config = moat_proxy::Config::default();

@@ -160,6 +160,11 @@ pub struct GuardStats {
     pub bans_issued: u64,
     /// Bans issued by an operator ([`Guard::ban_admin`]).
     pub bans_issued_admin: u64,
+    /// Entries dropped from a full `sources` or `subnets` table to make room.
+    pub evictions: u64,
+    /// Entries of each bounded table by name: `sources`, `subnets`, `active_ips`,
+    /// `active_subnets`, `bans`.
+    pub tables: Vec<(&'static str, u64)>,
     /// Client connections held now.
     pub clients: u32,
     /// Bans in force.
@@ -211,6 +216,20 @@ struct State {
     rejected: FxHashMap<&'static str, u64>,
     bans_issued: u64,
     bans_issued_admin: u64,
+    evictions: u64,
+}
+
+/// `cache`'s entry for `key`, created if missing; counts in `evictions` the entry a full
+/// table drops to make room for it.
+fn entry<'a, K: std::hash::Hash + Eq, V: Default>(
+    cache: &'a mut LruCache<K, V>,
+    key: K,
+    evictions: &mut u64,
+) -> &'a mut V {
+    if cache.len() >= cache.cap().get() && !cache.contains(&key) {
+        *evictions += 1;
+    }
+    cache.get_or_insert_mut(key, V::default)
 }
 
 /// The admission guard. Cheap to share: workers hold an `Arc` and lock it briefly per
@@ -292,7 +311,7 @@ fn check_untrusted(
     // An address's rate is charged for every attempt, refused or not, so hammering
     // keeps it refused. Its subnet is charged only for attempts the address's own rate
     // let through: one flooder must not use up its neighbours' share.
-    let source = st.sources.get_or_insert_mut(ip, Source::default);
+    let source = entry(&mut st.sources, ip, &mut st.evictions);
     let ip_ok = settings.ip_rate.attempt(&mut source.tat, now);
     let known = source
         .last_success
@@ -300,7 +319,7 @@ fn check_untrusted(
     if !ip_ok {
         return Err(Reject::IpRate);
     }
-    let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
+    let net = entry(&mut st.subnets, subnet, &mut st.evictions);
     if !settings.subnet_rate.attempt(&mut net.tat, now) {
         return Err(Reject::SubnetRate);
     }
@@ -325,7 +344,7 @@ fn strike(settings: &Settings, st: &mut State, ip: IpAddr, now: Instant) {
         return;
     }
     let c = &settings.config;
-    let source = st.sources.get_or_insert_mut(ip, Source::default);
+    let source = entry(&mut st.sources, ip, &mut st.evictions);
     let fresh = source
         .window_start
         .is_none_or(|start| now.saturating_duration_since(start) > c.strike_window);
@@ -352,7 +371,7 @@ fn strike(settings: &Settings, st: &mut State, ip: IpAddr, now: Instant) {
     );
     st.bans_issued += 1;
     let subnet = subnet_of(ip, c.subnet_prefix_v4, c.subnet_prefix_v6);
-    let net = st.subnets.get_or_insert_mut(subnet, Subnet::default);
+    let net = entry(&mut st.subnets, subnet, &mut st.evictions);
     net.banned_sources += 1;
     if c.subnet_ban_after > 0 && net.banned_sources >= c.subnet_ban_after {
         let repeat = net.banned_sources / c.subnet_ban_after - 1;
@@ -386,6 +405,7 @@ impl Guard {
             rejected: FxHashMap::default(),
             bans_issued: 0,
             bans_issued_admin: 0,
+            evictions: 0,
         };
         Arc::new(Self {
             state: Mutex::new(state),
@@ -474,19 +494,18 @@ impl Guard {
     /// Records what a connection from `ip` did.
     pub fn record(&self, ip: IpAddr, event: Event, now: Instant) {
         let ip = canonical(ip);
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         match event {
             Event::Command => {
-                st.sources
-                    .get_or_insert_mut(ip, Source::default)
-                    .last_success = Some(now);
+                entry(&mut st.sources, ip, &mut st.evictions).last_success = Some(now);
             }
             Event::AuthFailed
             | Event::ProtocolError
             | Event::SlowRequest
             | Event::Closed { commands: 0 } => {
                 let settings = st.settings.clone();
-                strike(&settings, &mut st, ip, now);
+                strike(&settings, st, ip, now);
             }
             Event::Closed { .. } => {}
         }
@@ -564,6 +583,14 @@ impl Guard {
             rejected,
             bans_issued: st.bans_issued,
             bans_issued_admin: st.bans_issued_admin,
+            evictions: st.evictions,
+            tables: vec![
+                ("sources", st.sources.len() as u64),
+                ("subnets", st.subnets.len() as u64),
+                ("active_ips", st.active_ip.len() as u64),
+                ("active_subnets", st.active_subnet.len() as u64),
+                ("bans", st.bans.len() as u64),
+            ],
             clients: st.active_total,
             bans_active: st.bans.len(),
             sources: st.sources.len(),

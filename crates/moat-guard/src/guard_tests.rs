@@ -539,3 +539,30 @@ fn top_sources_ranks_connections_and_refusals() {
     drop(tickets);
     assert!(g.top_sources(10, t.at(2000)).by_connections.is_empty());
 }
+
+#[test]
+fn a_full_table_counts_the_entries_it_drops() {
+    let g = Guard::new(GuardConfig {
+        table_capacity: 8,
+        max_clients: 1000,
+        high_water: 1000,
+        max_per_subnet: 1000,
+        subnet_rate: 1e6,
+        subnet_burst: 1000,
+        ..config()
+    });
+    let t = clock();
+    // 8 sources fit; 8 more push 8 out. Subnets hold 2: the /24s of 10.0.0.x and 10.0.1.x.
+    for i in 0..16u8 {
+        drop(g.admit(ip(&format!("10.0.{}.{i}", i / 8)), t.at(0)));
+    }
+    let stats = g.stats();
+    assert_eq!(stats.evictions, 8);
+    let table = |name: &str| stats.tables.iter().find(|(n, _)| *n == name).unwrap().1;
+    assert_eq!(table("sources"), 8);
+    assert_eq!(table("subnets"), 2);
+    assert_eq!(table("active_ips"), 0, "every ticket was given back");
+    // A known source is no eviction.
+    drop(g.admit(ip("10.0.1.15"), t.at(1000)));
+    assert_eq!(g.stats().evictions, 8);
+}

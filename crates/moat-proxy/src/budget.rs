@@ -4,11 +4,36 @@
 
 use std::cell::Cell;
 
+/// What one session holds: unread reply bytes, and request bytes (partial, queued or in
+/// flight). Each part saturates at 4 GiB, far above any configured limit; the same
+/// saturated values are added and taken back, so the worker's totals stay exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) output: u32,
+    pub(crate) requests: u32,
+}
+
+impl Held {
+    pub(crate) fn new(output: usize, requests: usize) -> Self {
+        Self {
+            output: u32::try_from(output).unwrap_or(u32::MAX),
+            requests: u32::try_from(requests).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Both parts together.
+    pub(crate) fn total(self) -> usize {
+        self.output as usize + self.requests as usize
+    }
+}
+
 /// Bytes buffered by a worker's sessions, against a limit.
 #[derive(Debug)]
 pub(crate) struct Budget {
     limit: Cell<usize>,
     used: Cell<usize>,
+    /// Of `used`, unread replies (the rest is requests).
+    output: Cell<usize>,
     sessions: Cell<usize>,
 }
 
@@ -17,6 +42,7 @@ impl Budget {
         Self {
             limit: Cell::new(limit),
             used: Cell::new(0),
+            output: Cell::new(0),
             sessions: Cell::new(0),
         }
     }
@@ -32,15 +58,23 @@ impl Budget {
     }
 
     /// A session ended holding `held` bytes in the count.
-    pub(crate) fn leave(&self, held: usize) {
+    pub(crate) fn leave(&self, held: Held) {
         self.sessions.set(self.sessions.get().saturating_sub(1));
-        self.used.set(self.used.get().saturating_sub(held));
+        self.update(held, Held::default());
     }
 
-    /// Moves a session's count from `before` to `now` bytes.
-    pub(crate) fn update(&self, before: usize, now: usize) {
+    /// Moves a session's count from `before` to `now`.
+    pub(crate) fn update(&self, before: Held, now: Held) {
         self.used
-            .set((self.used.get() + now).saturating_sub(before));
+            .set((self.used.get() + now.total()).saturating_sub(before.total()));
+        self.output
+            .set((self.output.get() + now.output as usize).saturating_sub(before.output as usize));
+    }
+
+    /// Bytes held now: unread replies, and requests.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let output = self.output.get();
+        (output, self.used.get().saturating_sub(output))
     }
 
     /// Bytes counted and sessions joined: both zero once every session has ended.
@@ -67,12 +101,15 @@ mod tests {
         for _ in 0..4 {
             b.join();
         }
-        b.update(0, 900);
+        let none = Held::default();
+        b.update(none, Held::new(900, 0));
         assert!(!b.should_shed(900), "under budget nobody is shed");
-        b.update(0, 200);
+        b.update(none, Held::new(100, 100));
         assert!(b.should_shed(900), "over budget, the greedy one goes");
         assert!(!b.should_shed(200), "a client within its share stays");
-        b.leave(900);
+        assert_eq!(b.held(), (1000, 100));
+        b.leave(Held::new(900, 0));
         assert!(!b.should_shed(200));
+        assert_eq!(b.held(), (100, 100));
     }
 }

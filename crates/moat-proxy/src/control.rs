@@ -14,7 +14,11 @@ use tokio::sync::watch;
 
 use crate::Metrics;
 use crate::config::Config;
-use crate::stats::Snapshot;
+use crate::stats::worker::{
+    BreakerTo, CONN_STATES, ClientClass, Closed, CommandKind, LATENCY_BOUNDS_NS, Latency,
+    WorkerStats,
+};
+use crate::stats::{Histogram, Snapshot};
 
 /// Shared state behind every [`Control`] clone.
 #[derive(Debug)]
@@ -192,20 +196,91 @@ impl Control {
 
     /// Every metric, summed over workers, at this moment.
     pub fn snapshot(&self) -> Snapshot {
-        let mut snap = Snapshot::default();
+        let m = &*self.inner.metrics;
+        let config = self.config();
         let g = self.inner.guard.stats();
-        snap.accepted = g.admitted;
-        snap.refused = g.rejected.clone();
-        snap.bans_active = g.bans_active as u64;
-        snap.counters = self.inner.metrics.snapshot();
-        let inner = &self.inner;
-        snap.reloads = vec![
-            ("applied", inner.reloads_applied.load(Ordering::Relaxed)),
-            ("rejected", inner.reloads_rejected.load(Ordering::Relaxed)),
-        ];
-        snap.last_reload_unix = inner.last_reload_unix.load(Ordering::Relaxed);
-        snap.draining = self.draining();
-        snap
+        let start = unix_seconds(self.inner.started_at);
+        let sum = |pick: &dyn Fn(&WorkerStats) -> u64| m.sum(pick);
+        let by_index = |labels: &[&'static str], pick: &dyn Fn(&WorkerStats, usize) -> u64| {
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (*l, sum(&|w| pick(w, i))))
+                .collect::<Vec<_>>()
+        };
+        let mut backend_connections = Vec::with_capacity(8);
+        for (group_index, group) in ["shared", "pinned"].into_iter().enumerate() {
+            for (i, state) in CONN_STATES.iter().enumerate() {
+                let n = sum(&|w| w.backend_connections[group_index][i].get());
+                backend_connections.push((group, *state, n));
+            }
+        }
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            start_time_seconds: start,
+            accepted: g.admitted,
+            refused: g.rejected.clone(),
+            clients: by_index(&ClientClass::LABELS, &|w, i| w.clients[i].get()),
+            closed: by_index(&Closed::LABELS, &|w, i| w.closed[i].get()),
+            bans_active: g.bans_active as u64,
+            bans_issued: vec![("strikes", g.bans_issued), ("admin", g.bans_issued_admin)],
+            guard_tables: g.tables.clone(),
+            guard_evictions: g.evictions,
+            backend_connections,
+            backend_connections_max: vec![
+                ("shared", config.backend.shared_connections as u64),
+                ("pinned", config.pinned.max_connections as u64),
+            ],
+            counters: vec![
+                ("backend_reconnects", sum(&|w| w.backend_reconnects.get())),
+                (
+                    "backend_connect_failures",
+                    sum(&|w| w.backend_connect_failures.get()),
+                ),
+                (
+                    "backend_connections_lost",
+                    sum(&|w| w.backend_connections_lost.get()),
+                ),
+                ("backend_timeouts", sum(&|w| w.backend_timeouts.get())),
+                ("backend_takeovers", sum(&|w| w.backend_takeovers.get())),
+                ("requests_refused", sum(&|w| w.requests_refused.get())),
+                ("pool_waits", sum(&|w| w.pool_waits.get())),
+                ("pinned_lease_waits", sum(&|w| w.lease_waits.get())),
+                ("pinned_lease_refusals", sum(&|w| w.lease_refusals.get())),
+                ("auth_refused", sum(&|w| w.auth_refused.get())),
+            ],
+            gauges: vec![
+                ("clients_max", u64::from(config.guard.max_clients)),
+                ("pinned_leases", sum(&|w| w.pinned_leases.get())),
+                (
+                    "monitors",
+                    m.monitors.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                ("client_output_bytes", sum(&|w| w.output_bytes.get())),
+                ("request_buffer_bytes", sum(&|w| w.request_bytes.get())),
+                ("memory_budget_bytes", config.limits.memory_budget as u64),
+            ],
+            commands: by_index(&CommandKind::LABELS, &|w, i| w.commands[i].get()),
+            proxy_latency: histogram(m, |w| &w.proxy_latency),
+            backend_latency: histogram(m, |w| &w.backend_latency),
+            breaker_open: sum(&|w| w.breaker_open.get()),
+            breaker_transitions: by_index(&BreakerTo::LABELS, &|w, i| {
+                w.breaker_transitions[i].get()
+            }),
+            reloads: vec![
+                (
+                    "applied",
+                    self.inner.reloads_applied.load(Ordering::Relaxed),
+                ),
+                (
+                    "rejected",
+                    self.inner.reloads_rejected.load(Ordering::Relaxed),
+                ),
+            ],
+            draining: self.draining(),
+            last_reload_success_seconds: self.inner.last_reload_unix.load(Ordering::Relaxed) as f64,
+            admin_requests_refused: Vec::new(),
+        }
     }
 
     /// The summary `/status` shows.
@@ -440,6 +515,38 @@ fn keep_running(old: &Config, mut new: Config) -> Config {
     // The admin listener was bound and its token read at start.
     new.admin = old.admin.clone();
     new
+}
+
+/// Seconds since the Unix epoch at `t`.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One latency histogram summed over every worker.
+fn histogram(m: &Metrics, pick: impl Fn(&WorkerStats) -> &Latency) -> Histogram {
+    let mut buckets = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+    let mut sum_ns = 0u64;
+    for w in m.workers() {
+        sum_ns = sum_ns.wrapping_add(pick(w).add_to(&mut buckets));
+    }
+    let mut running = 0u64;
+    let cumulative = buckets[..LATENCY_BOUNDS_NS.len()]
+        .iter()
+        .map(|n| {
+            running += n;
+            running
+        })
+        .collect();
+    Histogram {
+        bounds: LATENCY_BOUNDS_NS
+            .iter()
+            .map(|&ns| ns as f64 / 1e9)
+            .collect(),
+        cumulative,
+        sum: sum_ns as f64 / 1e9,
+        count: buckets.iter().sum(),
+    }
 }
 
 /// Hex SHA-256 of the effective configuration.

@@ -71,7 +71,8 @@ impl RunningProxy {
         self.control.clone()
     }
 
-    /// Event counters (timeouts, breaker, reconnects, shedding...).
+    /// Event counters (timeouts, breaker, reconnects, shedding...), summed over workers
+    /// when read; [`Control::snapshot`] has every metric.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -191,7 +192,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let pinned_total = config.pinned.max_connections;
     let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
     let guard = moat_guard::Guard::new(config.guard.clone());
-    let metrics = Arc::new(Metrics::default());
+    // One block of counters per worker, written only by it; `Control` sums them.
+    let metrics = Arc::new(Metrics::new(workers));
     let (clients, queries) = clients::Shared::new(workers);
     let mut queries = queries.into_iter();
     let mut handles = Vec::with_capacity(workers);

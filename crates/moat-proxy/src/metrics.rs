@@ -1,74 +1,98 @@
-//! Counters of what the proxy did, shared by all workers, for the metrics exporter.
+//! The proxy's counters: one [`WorkerStats`] block per worker, written only by its worker,
+//! summed when read. See [`crate::stats`] for the full snapshot the exporter uses.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Event counts since start. Cheap to bump from any worker (relaxed atomics).
-#[derive(Debug, Default)]
+use crate::stats::worker::{BreakerTo, Closed, WorkerStats};
+
+/// Every worker's counters, plus the few gauges the data path reads across workers.
+#[derive(Debug)]
 pub struct Metrics {
-    /// Backend connection attempts that failed.
-    pub backend_connect_failures: AtomicU64,
-    /// Backend connections lost after being established.
-    pub backend_connections_lost: AtomicU64,
-    /// Requests answered with the timeout error: no reply within `backend.request_timeout`.
-    pub backend_timeouts: AtomicU64,
-    /// Times a worker's circuit breaker opened.
-    pub breaker_opened: AtomicU64,
-    /// Requests refused at once because no backend connection could take them (breaker
-    /// open, reconnecting, queue full).
-    pub requests_refused: AtomicU64,
-    /// Connections closed to shed load (oldest silent first).
-    pub shed_clients: AtomicU64,
-    /// Connections closed at a handshake, auth or idle deadline.
-    pub deadline_closes: AtomicU64,
-    /// Of those, connections closed for not finishing a request in time (slowloris).
-    pub slow_requests: AtomicU64,
-    /// Lease requests that got no dedicated connection.
-    pub leases_refused: AtomicU64,
-    /// Subscribers (or monitors) disconnected for not reading their messages.
-    pub slow_subscribers: AtomicU64,
-    /// AUTH and HELLO AUTH attempts refused (by Redis in passthrough mode, by moat's table).
-    pub auth_refused: AtomicU64,
-    /// Shared connections reconnected as another Redis user because every one served other
-    /// users (passthrough mode): many do mean the pool is small for the users active at once.
-    pub backend_takeovers: AtomicU64,
-    /// Clients in MONITOR mode now (a gauge). While there are any, PING and ECHO go to
-    /// Redis instead of being answered by moat, so monitors see them as they would on Redis.
-    pub monitors: AtomicU64,
+    /// One block per worker, by worker index.
+    workers: Box<[Arc<WorkerStats>]>,
+    /// Clients in MONITOR mode now, on any worker (a gauge). While there are any, PING and
+    /// ECHO go to Redis instead of being answered by moat, so monitors see them as they
+    /// would on Redis: every worker reads it, so it is one shared atomic, written only when
+    /// a MONITOR starts or ends.
+    pub(crate) monitors: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(1)
+    }
 }
 
 impl Metrics {
-    /// Adds one to `counter`.
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counters for `workers` workers.
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            workers: (0..workers.max(1))
+                .map(|_| Arc::new(WorkerStats::default()))
+                .collect(),
+            monitors: AtomicU64::new(0),
+        }
     }
 
-    /// A consistent-enough copy of every counter, by name.
+    /// Worker `index`'s own block (the last one for an index out of range).
+    pub(crate) fn worker(&self, index: usize) -> Arc<WorkerStats> {
+        let i = index.min(self.workers.len() - 1);
+        self.workers[i].clone()
+    }
+
+    /// Every worker's block.
+    pub(crate) fn workers(&self) -> &[Arc<WorkerStats>] {
+        &self.workers
+    }
+
+    /// Sums `pick` over workers.
+    pub(crate) fn sum(&self, pick: impl Fn(&WorkerStats) -> u64) -> u64 {
+        self.workers
+            .iter()
+            .fold(0u64, |acc, w| acc.wrapping_add(pick(w)))
+    }
+
+    /// The event counters by their historical names, summed over workers (tests and tools;
+    /// the exporter uses [`crate::Control::snapshot`]).
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let closed = |why: Closed| self.sum(|w| w.closed[why as usize].get());
         vec![
             (
                 "backend_connect_failures",
-                get(&self.backend_connect_failures),
+                self.sum(|w| w.backend_connect_failures.get()),
             ),
             (
                 "backend_connections_lost",
-                get(&self.backend_connections_lost),
+                self.sum(|w| w.backend_connections_lost.get()),
             ),
-            ("backend_timeouts", get(&self.backend_timeouts)),
-            ("breaker_opened", get(&self.breaker_opened)),
-            ("requests_refused", get(&self.requests_refused)),
-            ("shed_clients", get(&self.shed_clients)),
-            ("deadline_closes", get(&self.deadline_closes)),
-            ("slow_requests", get(&self.slow_requests)),
-            ("leases_refused", get(&self.leases_refused)),
-            ("slow_subscribers", get(&self.slow_subscribers)),
-            ("auth_refused", get(&self.auth_refused)),
-            ("backend_takeovers", get(&self.backend_takeovers)),
-            ("monitors", get(&self.monitors)),
+            ("backend_timeouts", self.sum(|w| w.backend_timeouts.get())),
+            (
+                "breaker_opened",
+                self.sum(|w| w.breaker_transitions[BreakerTo::Open as usize].get()),
+            ),
+            ("requests_refused", self.sum(|w| w.requests_refused.get())),
+            (
+                "shed_clients",
+                closed(Closed::Shed) + closed(Closed::OutputLimit) + closed(Closed::MemoryBudget),
+            ),
+            (
+                "deadline_closes",
+                closed(Closed::HandshakeDeadline)
+                    + closed(Closed::AuthDeadline)
+                    + closed(Closed::IdleDeadline)
+                    + closed(Closed::SlowRequest),
+            ),
+            ("slow_requests", closed(Closed::SlowRequest)),
+            ("leases_refused", self.sum(|w| w.lease_refusals.get())),
+            ("slow_subscribers", closed(Closed::SlowSubscriber)),
+            ("auth_refused", self.sum(|w| w.auth_refused.get())),
+            ("backend_takeovers", self.sum(|w| w.backend_takeovers.get())),
+            ("monitors", self.monitors.load(Ordering::Relaxed)),
         ]
     }
 
-    /// One counter by name (tests, tools).
+    /// One counter by its historical name (tests, tools).
     pub fn get(&self, name: &str) -> Option<u64> {
         self.snapshot()
             .into_iter()

@@ -18,6 +18,7 @@ use crate::backend::{Backend, Settings};
 use crate::config::Config;
 use crate::net::Connector;
 use crate::pinned::{LeaseLimits, PinnedPool};
+use crate::stats::worker::{CONN_STATES, REFUSALS, WorkerStats};
 use moat_guard::Guard;
 
 /// What every session of a worker shares.
@@ -46,6 +47,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) listen: SocketAddr,
     pub(crate) pinned: Rc<PinnedPool>,
     pub(crate) metrics: Arc<crate::Metrics>,
+    /// This worker's own counters (only this worker writes them).
+    pub(crate) stats: Arc<WorkerStats>,
     /// This worker's sessions, for CLIENT LIST/KILL/UNBLOCK, and the shared pause.
     pub(crate) clients: crate::clients::WorkerClients,
 }
@@ -168,10 +171,11 @@ impl WorkerCtx {
     ) -> Rc<Self> {
         let mut settings = Settings::from_config(config, index);
         settings.connector = connector.clone();
+        let stats = metrics.worker(index);
         let backend = Backend::new(
             settings,
             shares.backend_cap,
-            metrics.clone(),
+            stats.clone(),
             authority.clone(),
         );
         backend.start().await;
@@ -185,6 +189,7 @@ impl WorkerCtx {
             shares.pinned_cap,
             shares.leases,
             config.pinned.wait,
+            stats.clone(),
         );
         let l = &config.limits;
         let ctx = Rc::new(WorkerCtx {
@@ -204,13 +209,41 @@ impl WorkerCtx {
             listen,
             pinned,
             metrics,
+            stats,
             clients: crate::clients::WorkerClients::new(index, shares.clients),
         });
         crate::clients::WorkerClients::start(&ctx, shares.queries);
+        tokio::task::spawn_local(refresh_gauges(Rc::downgrade(&ctx)));
         if index == 0 && ctx.authority.redis().is_some() {
             tokio::task::spawn_local(watch_default_user(Rc::downgrade(&ctx)));
         }
         ctx
+    }
+}
+
+/// How often a worker copies the levels it keeps in its own structures (connections by
+/// state, leases, buffered bytes) into its stats, for the exporter to read.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Copies the worker's levels into its stats every [`GAUGE_REFRESH`]: they change with
+/// every request, and reading them once a second costs less than tracking each change.
+async fn refresh_gauges(ctx: std::rc::Weak<WorkerCtx>) {
+    loop {
+        {
+            let Some(ctx) = ctx.upgrade() else { return };
+            let stats = &ctx.stats;
+            let shared = ctx.backend.connections_by_state();
+            let (pinned, leased) = ctx.pinned.connections_by_state();
+            for (i, _) in CONN_STATES.iter().enumerate() {
+                stats.backend_connections[0][i].set(shared[i]);
+                stats.backend_connections[1][i].set(pinned[i]);
+            }
+            stats.pinned_leases.set(leased);
+            let (output, requests) = ctx.budget.held();
+            stats.output_bytes.set(output as u64);
+            stats.request_bytes.set(requests as u64);
+        }
+        tokio::time::sleep(GAUGE_REFRESH).await;
     }
 }
 
@@ -262,12 +295,69 @@ pub(crate) struct WorkerSetup {
 /// Connections accepted per listener wake-up before other tasks get a turn.
 const ACCEPT_BATCH: usize = 64;
 
+/// How often, at most, a worker logs its refusals of one reason.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Refusals at accept not yet logged, by reason: a flood of refused sockets makes one
+/// warning per reason per second per worker, never a line per socket.
+#[derive(Debug)]
+struct RefusalLog {
+    worker: usize,
+    unlogged: [u64; REFUSALS.len()],
+    last: [Option<std::time::Instant>; REFUSALS.len()],
+}
+
+impl RefusalLog {
+    fn new(worker: usize) -> Self {
+        Self {
+            worker,
+            unlogged: [0; REFUSALS.len()],
+            last: [None; REFUSALS.len()],
+        }
+    }
+
+    /// Notes a refusal of reason `i` at `now`; returns the count to log now, if it is time.
+    fn note(&mut self, i: usize, now: std::time::Instant) -> Option<u64> {
+        self.unlogged[i] += 1;
+        let due =
+            self.last[i].is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_EVERY);
+        if !due {
+            return None;
+        }
+        self.last[i] = Some(now);
+        Some(std::mem::take(&mut self.unlogged[i]))
+    }
+
+    /// Counts left unlogged whose second has passed at `now`, taken (logged by the caller).
+    fn overdue(&mut self, now: std::time::Instant) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (0..REFUSALS.len()).filter_map(move |i| {
+            let due =
+                self.last[i].is_some_and(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_EVERY);
+            if self.unlogged[i] == 0 || !due {
+                return None;
+            }
+            self.last[i] = Some(now);
+            Some((i, std::mem::take(&mut self.unlogged[i])))
+        })
+    }
+}
+
+fn log_refusals(worker: usize, reason: usize, count: u64) {
+    tracing::warn!(
+        worker,
+        reason = REFUSALS[reason],
+        count,
+        "connections refused at accept"
+    );
+}
+
 /// Applies the guard to one accepted socket: refused ones get one error line (unless
 /// configured silent) and are closed at once; admitted ones get a session.
 fn admit(
     ctx: &Rc<WorkerCtx>,
     guard: &Arc<Guard>,
     unhandshaken: &mut crate::shed::Unhandshaken,
+    refusals: &mut RefusalLog,
     stream: std::net::TcpStream,
     peer: SocketAddr,
 ) {
@@ -275,6 +365,11 @@ fn admit(
     let ticket = match guard.admit(peer.ip(), now) {
         Ok(ticket) => ticket,
         Err(reject) => {
+            if let Some(i) = ctx.stats.refused(reject.label())
+                && let Some(count) = refusals.note(i, now)
+            {
+                log_refusals(refusals.worker, i, count);
+            }
             if guard.config().reject_reply {
                 let line = format!("-{}\r\n", reject.line());
                 // A fresh socket's send buffer is empty: this never blocks.
@@ -292,8 +387,9 @@ fn admit(
     let _ = stream.set_nodelay(true);
     // Above the high-water mark, the oldest connections that never sent a command make
     // room first.
-    if ticket.over_high_water() && unhandshaken.shed_oldest() {
-        crate::Metrics::bump(&ctx.metrics.shed_clients);
+    // The shed session counts itself as closed when it ends.
+    if ticket.over_high_water() {
+        unhandshaken.shed_oldest();
     }
     let link = Rc::new(crate::link::ClientLink::default());
     unhandshaken.push(&link);
@@ -346,7 +442,9 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             clients,
             queries,
         };
-        let ctx = WorkerCtx::build(&config, index, listen, connector, authority, shares, metrics);
+        let ctx = WorkerCtx::build(
+            &config, index, listen, connector, authority, shares, metrics,
+        );
         let ctx = ctx.await;
         tracing::info!(worker = index, %listen, "accepting clients");
         let mut unhandshaken = crate::shed::Unhandshaken::default();
@@ -360,6 +458,10 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
             listener = None;
             ctx.start_drain(index, live.borrow().proxy.drain_timeout);
         }
+        let mut refusals = RefusalLog::new(index);
+        // Refusals left unlogged when a flood stops are logged at the next tick.
+        let mut log_tick = tokio::time::interval(REFUSAL_LOG_EVERY);
+        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let accepting = async {
                 match &listener {
@@ -368,12 +470,19 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
                 }
             };
             tokio::select! {
+                _ = log_tick.tick() => {
+                    for (i, count) in refusals.overdue(std::time::Instant::now()) {
+                        log_refusals(index, i, count);
+                    }
+                }
                 ready = accepting => {
                     let mut ready = ready?;
                     // A bounded batch per wake-up keeps sessions served during a flood.
                     for _ in 0..ACCEPT_BATCH {
                         match ready.get_inner().accept() {
-                            Ok((stream, peer)) => admit(&ctx, &guard, &mut unhandshaken, stream, peer),
+                            Ok((stream, peer)) => {
+                                admit(&ctx, &guard, &mut unhandshaken, &mut refusals, stream, peer);
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                                 ready.clear_ready();
                                 break;
@@ -411,4 +520,30 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn refusals_make_one_line_per_reason_per_second() {
+        let mut log = RefusalLog::new(0);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // The first refusal of a reason is logged at once; the rest of its second wait.
+        assert_eq!(log.note(2, at(0)), Some(1));
+        for ms in 1..500 {
+            assert_eq!(log.note(2, at(ms)), None);
+        }
+        // Another reason has its own second.
+        assert_eq!(log.note(0, at(10)), Some(1));
+        assert_eq!(log.overdue(at(999)).count(), 0, "not a second yet");
+        // The flood stopped: the tick logs what is left, once.
+        assert_eq!(log.overdue(at(1000)).collect::<Vec<_>>(), vec![(2, 499)]);
+        assert_eq!(log.overdue(at(5000)).count(), 0);
+        // A refusal long after is logged at once again.
+        assert_eq!(log.note(2, at(9000)), Some(1));
+    }
 }

@@ -6,7 +6,10 @@
 //! themselves, while moat's breaker takes `now` as an argument so tests drive a fake clock
 //! and the proxy uses tokio's. The state machine is small.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::stats::worker::{BreakerTo, WorkerStats};
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,8 +52,12 @@ pub(crate) struct Breaker {
     window_start: Option<Instant>,
     requests: u32,
     failures: u32,
-    /// Times the breaker opened (for metrics).
+    /// Times the breaker opened (read by its tests; the exporter counts in `stats`).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) opened: u64,
+    /// Where transitions are counted (`moat_breaker_transitions_total`, and the worker's
+    /// open flag); none in tests of the state machine alone.
+    pub(crate) stats: Option<Arc<WorkerStats>>,
 }
 
 impl Breaker {
@@ -63,6 +70,34 @@ impl Breaker {
             requests: 0,
             failures: 0,
             opened: 0,
+            stats: None,
+        }
+    }
+
+    /// Enters `to`: counted, and logged (opening at warn: requests are refused from now).
+    fn enter(&mut self, to: BreakerState) {
+        let label = match to {
+            BreakerState::Open { .. } => BreakerTo::Open,
+            BreakerState::HalfOpen { .. } => BreakerTo::HalfOpen,
+            BreakerState::Closed => BreakerTo::Closed,
+        };
+        self.state = to;
+        match label {
+            BreakerTo::Open => {
+                self.opened += 1;
+                tracing::warn!(
+                    open_for = ?self.settings.open_for,
+                    "backend circuit breaker open: requests are refused at once"
+                );
+            }
+            BreakerTo::HalfOpen => {
+                tracing::info!("backend circuit breaker half-open: letting probes through");
+            }
+            BreakerTo::Closed => tracing::info!("backend circuit breaker closed"),
+        }
+        if let Some(stats) = &self.stats {
+            stats.breaker_transitions[label as usize].incr();
+            stats.breaker_open.set(u64::from(label == BreakerTo::Open));
         }
     }
 
@@ -79,10 +114,10 @@ impl Breaker {
                 retry_in: until - now,
             },
             BreakerState::Open { .. } => {
-                self.state = BreakerState::HalfOpen {
+                self.enter(BreakerState::HalfOpen {
                     admitted: 1,
                     succeeded: 0,
-                };
+                });
                 Verdict::Allow
             }
             BreakerState::HalfOpen {
@@ -105,7 +140,9 @@ impl Breaker {
     /// back, whatever probes were or were not let through, so the breaker closes.
     pub(crate) fn connected(&mut self, now: Instant) {
         self.consecutive = 0;
-        self.state = BreakerState::Closed;
+        if self.state != BreakerState::Closed {
+            self.enter(BreakerState::Closed);
+        }
         self.reset_window(now);
     }
 
@@ -134,15 +171,15 @@ impl Breaker {
         } = self.state
         {
             let succeeded = succeeded + 1;
-            self.state = if succeeded >= self.settings.probes {
+            if succeeded >= self.settings.probes {
                 self.reset_window(now);
-                BreakerState::Closed
+                self.enter(BreakerState::Closed);
             } else {
-                BreakerState::HalfOpen {
+                self.state = BreakerState::HalfOpen {
                     admitted,
                     succeeded,
-                }
-            };
+                };
+            }
         }
     }
 
@@ -161,10 +198,9 @@ impl Breaker {
             }
         };
         if trip {
-            self.state = BreakerState::Open {
+            self.enter(BreakerState::Open {
                 until: now + self.settings.open_for,
-            };
-            self.opened += 1;
+            });
             self.reset_window(now);
         }
     }

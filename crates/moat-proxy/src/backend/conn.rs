@@ -16,6 +16,7 @@ use super::breaker::Breaker;
 use crate::auth::Principal;
 use crate::link::ClientLink;
 use crate::net::Stream;
+use crate::stats::worker::WorkerStats;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,8 +305,8 @@ impl BackendConn {
         self.became_idle();
     }
 
-    /// Serves the connection until it fails; returns why. `timed_out` counts requests
-    /// answered with the timeout error; `liveness` is the worker's evidence that Redis
+    /// Serves the connection until it fails; returns why. `stats` counts requests
+    /// answered with the timeout error and times replies; `liveness` is the worker's evidence that Redis
     /// answers (see [`Liveness`]).
     pub(crate) async fn run(
         &self,
@@ -313,13 +314,13 @@ impl BackendConn {
         upkeep: &Upkeep,
         breaker: &RefCell<Breaker>,
         liveness: &Liveness,
-        timed_out: &std::sync::atomic::AtomicU64,
+        stats: &WorkerStats,
     ) -> BackendError {
         tokio::select! {
             e = self.rebound() => e,
             e = self.write_loop(&stream) => e,
-            e = self.read_loop(&stream, upkeep.max_depth, breaker, liveness) => e,
-            e = self.watchdog(upkeep.request_timeout, liveness, timed_out) => e,
+            e = self.read_loop(&stream, upkeep.max_depth, breaker, liveness, stats) => e,
+            e = self.watchdog(upkeep.request_timeout, liveness, stats) => e,
             e = self.retire(upkeep.lifetime) => e,
             e = self.health_checks(upkeep.health_check) => e,
         }
@@ -398,7 +399,7 @@ impl BackendConn {
         &self,
         timeout: Option<Duration>,
         liveness: &Liveness,
-        timed_out: &std::sync::atomic::AtomicU64,
+        stats: &WorkerStats,
     ) -> BackendError {
         let Some(timeout) = timeout else {
             return std::future::pending().await;
@@ -413,7 +414,7 @@ impl BackendConn {
             }
             let (expired, next) = self.expire(now, timeout);
             if expired > 0 {
-                timed_out.fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
+                stats.backend_timeouts.add(expired);
             }
             // With nothing to time out, a full timeout from now is early enough for any
             // request queued meanwhile (its own deadline is later).
@@ -484,6 +485,7 @@ impl BackendConn {
         max_depth: usize,
         breaker: &RefCell<Breaker>,
         liveness: &Liveness,
+        stats: &WorkerStats,
     ) -> BackendError {
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
         let mut framer = ReplyFramer::new(max_depth);
@@ -504,6 +506,9 @@ impl BackendConn {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return e.into(),
             }
+            // One clock read per read: it times every reply the read brought, and marks
+            // the connection's progress.
+            let now = Instant::now();
             let mut pos = 0;
             loop {
                 let frame = match framer.next_frame(&buf[pos..]) {
@@ -513,12 +518,11 @@ impl BackendConn {
                 };
                 let reply = &buf[pos..pos + frame.len];
                 pos += frame.len;
-                if let Err(e) = self.route(reply, frame.kind) {
+                if let Err(e) = self.route(reply, frame.kind, now, stats) {
                     return e;
                 }
             }
             if pos > 0 {
-                let now = Instant::now();
                 self.progress.set(now);
                 liveness.set(now);
                 // The first reply after a health check is its answer (it was sent with
@@ -544,7 +548,13 @@ impl BackendConn {
     }
 
     /// Hands one reply to whoever waits for it.
-    fn route(&self, reply: &[u8], kind: FrameKind) -> Result<(), BackendError> {
+    fn route(
+        &self,
+        reply: &[u8],
+        kind: FrameKind,
+        now: Instant,
+        stats: &WorkerStats,
+    ) -> Result<(), BackendError> {
         if kind == FrameKind::Push {
             // Out-of-band data answers no request. Nothing moat forwards on a shared
             // connection subscribes or tracks, so it has no owner either: drop it rather
@@ -565,7 +575,10 @@ impl BackendConn {
             self.became_idle();
         }
         match next {
-            Some(Pending::Client(link, bytes, _)) => {
+            Some(Pending::Client(link, bytes, queued)) => {
+                stats
+                    .backend_latency
+                    .observe(now.saturating_duration_since(queued));
                 link.deliver(reply, bytes);
                 Ok(())
             }
@@ -616,6 +629,10 @@ mod tests {
     use super::*;
     use moat_protocol::{Limits, RequestParser};
 
+    fn stats() -> WorkerStats {
+        WorkerStats::default()
+    }
+
     fn ping() -> Vec<u8> {
         b"*1\r\n$4\r\nPING\r\n".to_vec()
     }
@@ -630,6 +647,7 @@ mod tests {
 
     #[test]
     fn a_timed_out_request_keeps_its_place_and_its_late_reply_reaches_no_one() {
+        let stats = stats();
         let conn = BackendConn::new(0, None, Rc::default());
         let (a, b) = (
             Rc::new(ClientLink::default()),
@@ -650,8 +668,10 @@ mod tests {
         assert_eq!(expired, 0, "B has not waited its timeout yet");
         assert!(next.is_some_and(|n| n > later - Duration::from_millis(1)));
         // Redis answers A late, then B: A's reply is dropped, B gets its own.
-        conn.route(b"+LATE\r\n", FrameKind::Simple).unwrap();
-        conn.route(b"+PONG\r\n", FrameKind::Simple).unwrap();
+        conn.route(b"+LATE\r\n", FrameKind::Simple, Instant::now(), &stats)
+            .unwrap();
+        conn.route(b"+PONG\r\n", FrameKind::Simple, Instant::now(), &stats)
+            .unwrap();
         assert_eq!(&a.out()[..], format!("-{TIMED_OUT}\r\n").as_bytes());
         assert_eq!(&b.out()[..], b"+PONG\r\n");
         assert_eq!(conn.pending_len(), 0);
@@ -659,25 +679,31 @@ mod tests {
 
     #[test]
     fn stuck_means_owing_replies_without_progress() {
+        let stats = stats();
         let conn = BackendConn::new(0, None, Rc::default());
         let now = Instant::now();
         assert!(!conn.stuck(now + STUCK_AFTER), "owes nothing");
         enqueue(&conn, &Rc::new(ClientLink::default()));
         assert!(!conn.stuck(Instant::now()));
         assert!(conn.stuck(Instant::now() + STUCK_AFTER));
-        conn.route(b"+PONG\r\n", FrameKind::Simple).unwrap();
+        conn.route(b"+PONG\r\n", FrameKind::Simple, Instant::now(), &stats)
+            .unwrap();
         assert!(!conn.stuck(Instant::now() + STUCK_AFTER));
     }
 
     #[test]
     fn a_busy_reply_to_a_health_check_is_an_answer() {
+        let stats = stats();
         let conn = BackendConn::new(0, None, Rc::default());
         conn.pending.borrow_mut().push_back(Pending::Ping);
         let busy = b"-BUSY Redis is busy running a script.\r\n";
-        assert!(conn.route(busy, FrameKind::Error).is_ok());
+        assert!(
+            conn.route(busy, FrameKind::Error, Instant::now(), &stats)
+                .is_ok()
+        );
         conn.pending.borrow_mut().push_back(Pending::Internal);
         assert!(matches!(
-            conn.route(busy, FrameKind::Error),
+            conn.route(busy, FrameKind::Error, Instant::now(), &stats),
             Err(BackendError::Busy(_))
         ));
     }

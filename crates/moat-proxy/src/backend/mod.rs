@@ -25,6 +25,7 @@ use crate::auth::{Authority, Principal};
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::link::ClientLink;
+use crate::stats::worker::WorkerStats;
 use backoff::Backoff;
 use breaker::{Breaker, BreakerSettings, Verdict};
 use handshake::Login;
@@ -198,7 +199,8 @@ pub(crate) struct Backend {
     /// When any connection of this worker, shared or dedicated, last read a reply: what
     /// tells a dead connection from a slow Redis (see `BackendConn::watchdog`).
     liveness: Liveness,
-    metrics: Arc<crate::Metrics>,
+    /// This worker's counters.
+    stats: Arc<WorkerStats>,
     /// Who checks credentials; in passthrough mode, each connection logs in as a user.
     authority: Arc<Authority>,
     /// Sessions waiting for a connection to become free (every one busy with other users).
@@ -210,15 +212,17 @@ impl Backend {
     pub(crate) fn new(
         settings: Settings,
         cap: usize,
-        metrics: Arc<crate::Metrics>,
+        stats: Arc<WorkerStats>,
         authority: Arc<Authority>,
     ) -> Rc<Self> {
         let facts = BackendFacts::fallback(settings.databases);
-        let breaker = RefCell::new(Breaker::new(settings.breaker));
+        let mut breaker = Breaker::new(settings.breaker);
+        breaker.stats = Some(stats.clone());
+        let breaker = RefCell::new(breaker);
         Rc::new(Self {
             breaker,
             liveness: Cell::new(Instant::now()),
-            metrics,
+            stats,
             authority,
             idle_waiters: Rc::default(),
             settings,
@@ -283,7 +287,7 @@ impl Backend {
         }
         let now = Instant::now();
         if let Verdict::Refuse { retry_in } = self.breaker.borrow_mut().check(now) {
-            crate::Metrics::bump(&self.metrics.requests_refused);
+            self.stats.requests_refused.incr();
             return Err(PickError::CircuitOpen(retry_in));
         }
         let group = (db, resp3);
@@ -332,7 +336,7 @@ impl Backend {
                 slot = c.slot,
                 "backend connection taken over for another user"
             );
-            crate::Metrics::bump(&self.metrics.backend_takeovers);
+            self.stats.backend_takeovers.incr();
             c.rebind(who.cloned());
             return Ok(c);
         }
@@ -344,7 +348,7 @@ impl Backend {
                 Err(PickError::Busy)
             }
             None => {
-                crate::Metrics::bump(&self.metrics.requests_refused);
+                self.stats.requests_refused.incr();
                 Err(PickError::Unavailable)
             }
         }
@@ -385,14 +389,25 @@ impl Backend {
         waiters.push(Rc::downgrade(link));
     }
 
-    /// Feeds a failure to the breaker, counting the times it opens.
+    /// Feeds a failure to the breaker (which counts its transitions).
     fn failure(&self) {
-        let mut breaker = self.breaker.borrow_mut();
-        let before = breaker.opened;
-        breaker.failure(Instant::now());
-        if breaker.opened > before {
-            crate::Metrics::bump(&self.metrics.breaker_opened);
+        self.breaker.borrow_mut().failure(Instant::now());
+    }
+
+    /// Shared connections by state: idle, busy (owing replies), connecting, down (see
+    /// [`crate::stats::worker::CONN_STATES`]).
+    pub(crate) fn connections_by_state(&self) -> [u64; 4] {
+        let mut by = [0; 4];
+        for c in self.conns.borrow().iter() {
+            let i = match c.state() {
+                ConnState::Ready if c.pending_len() == 0 => 0,
+                ConnState::Ready => 1,
+                ConnState::Connecting => 2,
+                ConnState::Down => 3,
+            };
+            by[i] += 1;
         }
+        by
     }
 
     fn open_slot(self: &Rc<Self>, who: Option<Arc<Principal>>) -> Rc<BackendConn> {
@@ -412,6 +427,9 @@ impl Backend {
 /// answer everything owed with an error, wait with backoff and jitter, and reconnect.
 async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    // Set once a connection of this slot was lost or failed to open: the next one opened
+    // is a reconnect.
+    let mut lost_before = false;
     loop {
         if conn.removed() && conn.pending_len() == 0 {
             conn.set_state(ConnState::Down);
@@ -442,6 +460,9 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                     backend.facts_stale.set(false);
                 }
                 conn.set_state(ConnState::Ready);
+                if std::mem::take(&mut lost_before) {
+                    backend.stats.backend_reconnects.incr();
+                }
                 backend.attempted.notify_waiters();
                 backend.breaker.borrow_mut().connected(Instant::now());
                 tracing::debug!(slot = conn.slot, "backend connection ready");
@@ -463,7 +484,7 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                         &upkeep,
                         &backend.breaker,
                         &backend.liveness,
-                        &backend.metrics.backend_timeouts,
+                        &backend.stats,
                     )
                     .await;
                 if matches!(e, BackendError::Retired) {
@@ -471,7 +492,8 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                     conn.set_state(ConnState::Down);
                     continue;
                 }
-                crate::Metrics::bump(&backend.metrics.backend_connections_lost);
+                backend.stats.backend_connections_lost.incr();
+                lost_before = true;
                 // The delays start over only after a healthy stretch: a server that accepts
                 // and drops connections at once must not be hammered at the base delay.
                 if healthy_since.elapsed() >= HEALTHY_AFTER {
@@ -523,7 +545,8 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 if !silent_everywhere {
                     backend.failure();
                 }
-                crate::Metrics::bump(&backend.metrics.backend_connect_failures);
+                backend.stats.backend_connect_failures.incr();
+                lost_before = true;
                 tracing::warn!(slot = conn.slot, error = %e, backend = %backend.settings.connector, "cannot connect to backend");
                 if matches!(e, BackendError::Auth(_)) {
                     // Moat's own credential stopped working (a password changed under it):

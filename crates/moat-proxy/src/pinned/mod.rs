@@ -6,5 +6,5 @@ mod pool;
 mod state;
 
 pub(crate) use limits::{LeaseLimits, LeaseTicket};
-pub(crate) use pool::{PinnedConn, PinnedPool};
+pub(crate) use pool::{LeaseError, PinnedConn, PinnedPool};
 pub(crate) use state::{Disposition, EXECABORT, PinState, SubKind, Tag};

@@ -15,6 +15,7 @@ use crate::auth::Principal;
 use crate::backend::handshake::Login;
 use crate::backend::{Settings, handshake};
 use crate::net::Stream;
+use crate::stats::worker::WorkerStats;
 
 /// Why a session got no dedicated connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,27 @@ pub(crate) struct PinnedPool {
     available: Notify,
     limits: Arc<LeaseLimits>,
     wait: Cell<Duration>,
+    /// Connections being opened, and being RESET after a lease (neither idle nor leased).
+    connecting: Cell<usize>,
+    resetting: Cell<usize>,
+    /// This worker's counters (lease waits).
+    stats: Arc<WorkerStats>,
+}
+
+/// Takes one back from a count when dropped, however the future holding it ends.
+struct Counting<'a>(&'a Cell<usize>);
+
+impl<'a> Counting<'a> {
+    fn new(count: &'a Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        Self(count)
+    }
+}
+
+impl Drop for Counting<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl PinnedPool {
@@ -119,8 +141,12 @@ impl PinnedPool {
         cap: usize,
         limits: Arc<LeaseLimits>,
         wait: Duration,
+        stats: Arc<WorkerStats>,
     ) -> Rc<Self> {
         Rc::new(Self {
+            connecting: Cell::new(0),
+            resetting: Cell::new(0),
+            stats,
             settings,
             cap: Cell::new(cap),
             open: Cell::new(0),
@@ -171,6 +197,7 @@ impl PinnedPool {
             ));
         }
         let deadline = Instant::now() + self.wait.get();
+        let mut waited = false;
         loop {
             // Registered before looking, so a release between the look and the wait is seen.
             let released = self.limits.released.notified();
@@ -185,6 +212,9 @@ impl PinnedPool {
             };
             if Instant::now() >= deadline {
                 return Err(refused);
+            }
+            if !std::mem::replace(&mut waited, true) {
+                self.stats.lease_waits.incr();
             }
             tokio::select! {
                 _ = released => {}
@@ -232,6 +262,7 @@ impl PinnedPool {
     ) -> Result<(PinnedConn, LeaseTicket), LeaseError> {
         self.open.set(self.open.get() + 1);
         let slot = Slot(Rc::downgrade(self));
+        let _connecting = Counting::new(&self.connecting);
         let opened = handshake::open(&self.settings, login(who), false)
             .await
             .map_err(|e| LeaseError::Backend(e.to_string()))?;
@@ -265,6 +296,17 @@ impl PinnedPool {
         });
     }
 
+    /// Open connections by state (idle, busy: leased or being reset, connecting, down:
+    /// never, a lost one is closed) and the leases held now.
+    pub(crate) fn connections_by_state(&self) -> ([u64; 4], u64) {
+        let open = self.open.get() as u64;
+        let idle = self.idle.borrow().len() as u64;
+        let connecting = self.connecting.get() as u64;
+        let busy = open.saturating_sub(idle + connecting);
+        let leased = busy.saturating_sub(self.resetting.get() as u64);
+        ([idle, busy, connecting, 0], leased)
+    }
+
     /// True when no connection is leased or being reset: every open one is idle.
     #[cfg(feature = "harness")]
     pub(crate) fn is_quiet(&self) -> bool {
@@ -287,9 +329,12 @@ impl PinnedPool {
         }
         let pool = self.clone();
         tokio::task::spawn_local(async move {
+            let resetting = Counting::new(&pool.resetting);
             let work =
                 handshake::reset(&conn.stream, &pool.settings, login(conn.principal.as_ref()));
-            match tokio::time::timeout(pool.settings.connect_timeout, work).await {
+            let done = tokio::time::timeout(pool.settings.connect_timeout, work).await;
+            drop(resetting);
+            match done {
                 Ok(Ok(())) => {
                     conn.db = 0;
                     conn.resp3 = false;

@@ -63,6 +63,13 @@ impl Core {
     /// Publishes the database, protocol, user and names (after the commands that change
     /// them), so CLIENT LIST from any session shows them.
     pub(super) fn publish_state(&self) {
+        let class = self.class();
+        if self.counted_as.get() != Some(class) {
+            if let Some(old) = self.counted_as.replace(Some(class)) {
+                self.worker.stats.client(old, false);
+            }
+            self.worker.stats.client(class, true);
+        }
         let card = &self.link.card;
         card.set_db_resp(self.state.db, self.state.resp3);
         let names = self.state.names.as_deref();

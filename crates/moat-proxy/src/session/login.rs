@@ -114,7 +114,7 @@ impl Core {
                 }
                 (AuthOutcome::NoPasswordConfigured, _) => Err(NO_PASSWORD.into()),
                 _ => {
-                    crate::Metrics::bump(&self.worker.metrics.auth_refused);
+                    self.worker.stats.auth_refused.incr();
                     self.report(moat_guard::Event::AuthFailed);
                     Err(WRONGPASS.into())
                 }
@@ -141,7 +141,7 @@ impl Core {
                         Ok(())
                     }
                     Ok(Verdict::Refused(line)) => {
-                        crate::Metrics::bump(&self.worker.metrics.auth_refused);
+                        self.worker.stats.auth_refused.incr();
                         if line.starts_with("WRONGPASS") {
                             self.report(moat_guard::Event::AuthFailed);
                         }

@@ -31,6 +31,7 @@ use crate::backend::verify::Verdict;
 use crate::backend::{BackendConn, PickError};
 use crate::link::ClientLink;
 use crate::net::Stream;
+use crate::stats::worker::{ClientClass, Closed, CommandKind};
 use crate::worker::WorkerCtx;
 use classify::Action;
 
@@ -42,8 +43,23 @@ const KEEP_INBUF: usize = 16 << 10;
 /// An output buffer is released once flushed if it grew past this.
 const KEEP_OUTBUF: usize = 16 << 10;
 
+/// One client read in this many is timed for `moat_request_duration_seconds{stage="proxy"}`:
+/// reading the clock costs about as much as handling a small request.
+const SAMPLE_EVERY: u32 = 16;
+
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+    /// Reads since the last timed one, on this worker.
+    static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this read is one of the timed ones.
+fn sample_this_read() -> bool {
+    READS.with(|r| {
+        let n = r.get().wrapping_add(1);
+        r.set(n);
+        n % SAMPLE_EVERY == 0
+    })
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -192,7 +208,9 @@ struct Core {
     /// deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes this session last reported to the worker's memory budget.
-    budgeted: usize,
+    budgeted: crate::budget::Held,
+    /// The class this client is counted in (`moat_clients{class}`), once published.
+    counted_as: std::cell::Cell<Option<ClientClass>>,
     /// A CLIENT LIST/KILL/UNBLOCK waiting for the other workers' answers (boxed and
     /// rare, like the lease wait).
     asking: Option<Box<client::Asking>>,
@@ -224,7 +242,8 @@ pub(crate) async fn serve(
             reported_success: false,
             partial: None,
             timer: None,
-            budgeted: 0,
+            budgeted: crate::budget::Held::default(),
+            counted_as: std::cell::Cell::new(None),
             state: ClientState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 peer,
@@ -258,6 +277,9 @@ pub(crate) async fn serve(
         .clients
         .unregister(session.core.state.id);
     session.core.worker.budget.leave(session.core.budgeted);
+    if let Some(class) = session.core.counted_as.take() {
+        session.core.worker.stats.client(class, false);
+    }
     // A client gone mid-state leaves its dedicated connection cleaned or closed.
     session.core.end_pin();
     session.core.link.close();
@@ -306,18 +328,28 @@ impl Session {
             }
             let core = &mut self.core;
             if core.link.evicted() {
+                core.worker.stats.closed(Closed::Shed);
                 tracing::debug!(client = core.state.id, "closed to shed load");
                 return Ok(());
             }
             if core.link.card.killed() {
-                tracing::debug!(client = core.state.id, "closed by CLIENT KILL");
+                // Killed by CLIENT KILL, or by the drain's timeout.
+                core.worker.stats.closed(if core.worker.draining.get() {
+                    Closed::Drain
+                } else {
+                    Closed::Killed
+                });
+                tracing::debug!(
+                    client = core.state.id,
+                    "closed by CLIENT KILL or drain timeout"
+                );
                 return Ok(());
             }
             core.pin_flush();
             core.pin_maybe_release();
             core.publish_pin();
             if core.unsolicited_overflow() {
-                crate::Metrics::bump(&core.worker.metrics.slow_subscribers);
+                core.worker.stats.closed(Closed::SlowSubscriber);
                 // Like Redis's own pub/sub output limit: a client that cannot keep up with
                 // messages it did not ask for one by one is disconnected, not buffered for.
                 tracing::debug!(client = core.state.id, "slow subscriber disconnected");
@@ -331,13 +363,20 @@ impl Session {
             core.flush(stream)?;
             // Memory bounds: a client far past its output limit, or over its share while the
             // worker is over budget, is disconnected (like Redis's client-output-buffer-limit).
-            let held = core.link.out_len() + self.inbuf.len() + core.request_bytes_held();
+            let held = crate::budget::Held::new(
+                core.link.out_len(),
+                self.inbuf.len() + core.request_bytes_held(),
+            );
             core.worker.budget.update(core.budgeted, held);
             core.budgeted = held;
-            if core.link.out_len() > core.worker.max_output_bytes_hard.get()
-                || core.worker.budget.should_shed(held)
-            {
-                crate::Metrics::bump(&core.worker.metrics.shed_clients);
+            let over_hard = core.link.out_len() > core.worker.max_output_bytes_hard.get();
+            let held = held.total();
+            if over_hard || core.worker.budget.should_shed(held) {
+                core.worker.stats.closed(if over_hard {
+                    Closed::OutputLimit
+                } else {
+                    Closed::MemoryBudget
+                });
                 tracing::debug!(
                     client = core.state.id,
                     held,
@@ -350,6 +389,7 @@ impl Session {
                 return Ok(());
             }
             if !owed && core.worker.draining.get() && core.drain_done() {
+                core.worker.stats.closed(Closed::Drain);
                 tracing::debug!(client = core.state.id, "closed by drain");
                 return Ok(());
             }
@@ -448,7 +488,9 @@ impl Session {
                 core.pin = Some(Box::new(pinned::Pin::new(conn, ticket, depth)));
             }
             Err(e) => {
-                crate::Metrics::bump(&core.worker.metrics.leases_refused);
+                if !matches!(e, crate::pinned::LeaseError::Backend(_)) {
+                    core.worker.stats.lease_refusals.incr();
+                }
                 core.wait = Wait::LeaseFailed(e.line().into());
             }
         }
@@ -486,6 +528,7 @@ impl Session {
                     Ok(())
                 }
                 Ok(n) => {
+                    let started = sample_this_read().then(Instant::now);
                     stream.after_read(n, scratch.len());
                     let data = &scratch[..n];
                     if self.inbuf.is_empty() {
@@ -496,6 +539,10 @@ impl Session {
                     } else {
                         self.inbuf.extend_from_slice(data);
                         self.process_inbuf();
+                    }
+                    if let Some(started) = started {
+                        let stats = &self.core.worker.stats;
+                        stats.proxy_latency.observe(started.elapsed());
                     }
                     Ok(())
                 }
@@ -537,6 +584,7 @@ impl Session {
                 Err(e) => {
                     // The stream cannot be resynchronised: answer, then close.
                     self.core.report(GuardEvent::ProtocolError);
+                    self.core.worker.stats.closed(Closed::ProtocolError);
                     self.core.final_error = Some(e.to_string());
                     self.core.closing = true;
                     pos = buf.len();
@@ -656,6 +704,39 @@ impl Core {
         deadline
     }
 
+    /// Which deadline `at` (from [`Core::deadline`]) is, checked in the order a tie would
+    /// be reported: a slow request first (it strikes), then the handshake, then
+    /// authentication; anything else is the idle deadline.
+    fn deadline_passed(&self, at: Instant) -> Closed {
+        let g = self.ticket.guard().config();
+        if self.slow_request_deadline() == Some(at) {
+            Closed::SlowRequest
+        } else if self.commands == 0
+            && !self.link.card.parked()
+            && at == self.state.created + g.handshake_timeout
+        {
+            Closed::HandshakeDeadline
+        } else if self.worker.authority.auth_required()
+            && self.state.user.is_none()
+            && at == self.state.created + g.auth_timeout
+        {
+            Closed::AuthDeadline
+        } else {
+            Closed::IdleDeadline
+        }
+    }
+
+    /// The client's class for `moat_clients{class}` now.
+    fn class(&self) -> ClientClass {
+        if self.ticket.trusted() {
+            ClientClass::Trusted
+        } else if self.state.user.is_some() {
+            ClientClass::Authenticated
+        } else {
+            ClientClass::Unauthenticated
+        }
+    }
+
     /// The timer for the current deadline: created, moved earlier, or dropped. A timer
     /// later than the deadline is left alone: when it fires, the deadline is checked again.
     fn arm_timer(&mut self) -> Option<Pin<Box<Sleep>>> {
@@ -678,9 +759,9 @@ impl Core {
     fn timer_expired(&mut self) -> bool {
         match self.deadline() {
             Some(at) if at <= Instant::now() => {
-                crate::Metrics::bump(&self.worker.metrics.deadline_closes);
-                if self.slow_request_deadline() == Some(at) {
-                    crate::Metrics::bump(&self.worker.metrics.slow_requests);
+                let why = self.deadline_passed(at);
+                self.worker.stats.closed(why);
+                if why == Closed::SlowRequest {
                     self.report(GuardEvent::SlowRequest);
                 }
                 tracing::debug!(
@@ -815,7 +896,16 @@ impl Core {
                 | Action::Dedicated
                 | Action::Local(crate::command::Local::Ping | crate::command::Local::Echo)
         );
+        let kind = match action {
+            _ if self.pin.is_some() => CommandKind::Pinned,
+            Action::Forward => CommandKind::Forwarded,
+            Action::Dedicated => CommandKind::Pinned,
+            Action::Local(_) | Action::Error(_) => CommandKind::Local,
+        };
         let step = self.dispatch(request, action, &facts);
+        if step != Step::Blocked {
+            self.worker.stats.command(kind);
+        }
         if changes_state {
             self.publish_state();
         }
@@ -942,6 +1032,9 @@ impl Core {
             ) {
                 Ok(conn) => conn,
                 Err(PickError::Busy) => {
+                    if !self.pool_wait {
+                        self.worker.stats.pool_waits.incr();
+                    }
                     self.worker.backend.wait_for_idle(&self.link);
                     self.pool_wait = true;
                     return Step::Blocked;
@@ -961,7 +1054,7 @@ impl Core {
             if self.link.inflight() > 0 {
                 return Step::Blocked;
             }
-            crate::Metrics::bump(&self.worker.metrics.requests_refused);
+            self.worker.stats.requests_refused.incr();
             encode::error(
                 &mut self.link.out(),
                 format!(
@@ -1004,11 +1097,12 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             let config = Config::default();
+            let stats = crate::Metrics::default().worker(0);
             let ctx = Rc::new(WorkerCtx {
                 backend: Backend::new(
                     Settings::from_config(&config, 0),
                     1,
-                    Arc::new(crate::Metrics::default()),
+                    stats.clone(),
                     Arc::new(crate::auth::Authority::from_config(&config)),
                 ),
                 authority: Arc::new(crate::auth::Authority::from_config(&config)),
@@ -1032,8 +1126,10 @@ mod tests {
                     1,
                     crate::pinned::LeaseLimits::new(1, 1),
                     std::time::Duration::from_secs(1),
+                    stats.clone(),
                 ),
                 metrics: Arc::new(crate::Metrics::default()),
+                stats,
             });
             let guard = moat_guard::Guard::new(moat_guard::GuardConfig::default());
             let ticket = guard.admit(addr.ip(), std::time::Instant::now()).unwrap();

@@ -2,6 +2,8 @@
 //! admin API. Built at scrape time from every worker's own counters and the guard's; the
 //! data path only ever writes its own worker's counters.
 
+pub(crate) mod worker;
+
 /// A histogram as Prometheus exposes it: upper bounds in seconds, the count of
 /// observations at or below each bound (cumulative), their sum and count.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -20,6 +22,10 @@ pub struct Histogram {
 /// pairs with labels from a fixed, small set: never an address or a client.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
+    /// Moat's version (`moat_build_info{version}`).
+    pub version: &'static str,
+    /// Unix time moat started, in seconds (`moat_start_time_seconds`).
+    pub start_time_seconds: f64,
     /// Connections admitted by the guard (`moat_connections_accepted_total`).
     pub accepted: u64,
     /// Connections refused, by reason (`moat_connections_refused_total{reason}`).
@@ -37,21 +43,33 @@ pub struct Snapshot {
     pub guard_tables: Vec<(&'static str, u64)>,
     /// Entries the guard's bounded tables dropped to make room (`moat_guard_evictions_total`).
     pub guard_evictions: u64,
-    /// Backend connections by group (shared, pinned, control) and state
+    /// Backend connections by group (shared, pinned) and state (idle, busy, connecting,
+    /// down), refreshed by each worker every second
     /// (`moat_backend_connections{group,state}`).
     pub backend_connections: Vec<(&'static str, &'static str, u64)>,
-    /// Plain counters by metric name (without `moat_` and `_total`), e.g.
-    /// `backend_reconnects`, `backend_timeouts`: see the exporter for the full list.
+    /// The pool caps by group: shared, pinned (`moat_backend_connections_max{group}`).
+    pub backend_connections_max: Vec<(&'static str, u64)>,
+    /// Plain counters by metric name (without `moat_` and `_total`): `backend_reconnects`,
+    /// `backend_connect_failures`, `backend_connections_lost`, `backend_timeouts`,
+    /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
+    /// `pinned_lease_refusals`, `auth_refused`.
     pub counters: Vec<(&'static str, u64)>,
-    /// Plain gauges by metric name (without `moat_`).
+    /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
+    /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `memory_budget_bytes`.
+    /// The pinned leases and the two byte counts are refreshed by each worker every second.
     pub gauges: Vec<(&'static str, u64)>,
     /// Commands by how moat ran them: forwarded, local, pinned (`moat_commands_total{kind}`).
     pub commands: Vec<(&'static str, u64)>,
-    /// Time a request spent in moat itself (parse, queue, write-out), excluding Redis
-    /// (`moat_request_duration_seconds{stage="proxy"}`).
+    /// Time a request spent in moat itself, excluding Redis
+    /// (`moat_request_duration_seconds{stage="proxy"}`): sampled, one read of a client's
+    /// requests in 16, from the read to the moment moat has handled every request it
+    /// brought (parsed, routed, queued for Redis or answered by moat), so the clock is read
+    /// twice per 16 reads, not per request.
     pub proxy_latency: Histogram,
     /// Time from a request's write to Redis to its reply's arrival
-    /// (`moat_request_duration_seconds{stage="backend"}`).
+    /// (`moat_request_duration_seconds{stage="backend"}`): every request on a shared
+    /// connection, from its queueing in the connection's write buffer (written out at the
+    /// writer's next turn) to the read that brought its reply.
     pub backend_latency: Histogram,
     /// Workers whose circuit breaker is open now (`moat_breaker_open_workers`).
     pub breaker_open: u64,
@@ -59,11 +77,14 @@ pub struct Snapshot {
     pub breaker_transitions: Vec<(&'static str, u64)>,
     /// Reloads by outcome (`moat_reloads_total{outcome}`).
     pub reloads: Vec<(&'static str, u64)>,
-    /// Unix time of the last applied reload, the start time before any
-    /// (`moat_config_last_reload_success_timestamp_seconds`).
-    pub last_reload_unix: u64,
     /// Moat is draining: accepting no new clients (`moat_draining`).
     pub draining: bool,
+    /// Unix time of the last applied reload, in seconds; the start time before any
+    /// (`moat_config_last_reload_success_timestamp_seconds`).
+    pub last_reload_success_seconds: f64,
+    /// Admin API requests refused, by reason: token, banned
+    /// (`moat_admin_requests_refused_total{reason}`).
+    pub admin_requests_refused: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -74,4 +95,18 @@ impl Snapshot {
             .find(|(n, _)| *n == name)
             .map_or(0, |(_, v)| *v)
     }
+
+    /// A plain gauge by name, 0 when absent.
+    pub fn gauge(&self, name: &str) -> u64 {
+        lookup(&self.gauges, name)
+    }
+
+    /// A labelled value of `set` (one of the `(label, value)` fields), 0 when absent.
+    pub fn labelled(set: &[(&'static str, u64)], label: &str) -> u64 {
+        lookup(set, label)
+    }
+}
+
+fn lookup(set: &[(&'static str, u64)], name: &str) -> u64 {
+    set.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
 }
