@@ -415,6 +415,9 @@ fn integrity_run_with(workers: usize, shared: usize, tweak: impl FnOnce(&mut moa
     let stack = Stack::with(RedisServer::builder(), |c| {
         c.proxy.workers = workers;
         c.backend.shared_connections = shared;
+        // This test is about replies, not deadlines: on a loaded machine a client thread
+        // may not get to send its first command within the default handshake deadline.
+        c.guard.handshake_timeout = Duration::from_secs(60);
         tweak(c);
     });
     let models = run_raw_clients(stack.addr(), CLIENTS);
