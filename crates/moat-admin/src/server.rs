@@ -355,7 +355,7 @@ struct StatusView {
     #[serde(flatten)]
     status: moat_proxy::control::Status,
     proxy_listen: String,
-    backend: String,
+    backend_address: String,
     workers: usize,
     admin_listen: String,
     guard: GuardView,
@@ -382,7 +382,7 @@ async fn status(
     let view = StatusView {
         status: app.control.status(),
         proxy_listen: config.proxy.listen.to_string(),
-        backend: config.backend.address.to_string(),
+        backend_address: config.backend.address.to_string(),
         workers: config.proxy.workers,
         admin_listen: app.addr.to_string(),
         guard: GuardView {

@@ -154,6 +154,37 @@ pub struct Status {
     pub bans_active: u64,
     /// Workers whose backend breaker is open.
     pub breaker_open_workers: u64,
+    /// Redis as moat sees it: health and pool usage.
+    pub backend: BackendStatus,
+}
+
+/// How moat's connections to Redis are doing (`/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendStatus {
+    /// `up` (every worker has a working shared connection), `degraded` (some do not, or
+    /// a breaker is open) or `down` (none has).
+    pub health: &'static str,
+    /// The shared pool.
+    pub shared: PoolUsage,
+    /// The dedicated (pinned) pool.
+    pub pinned: PoolUsage,
+    /// Dedicated connections leased to clients now.
+    pub leases_in_use: u64,
+}
+
+/// One pool's connections by state, against its cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PoolUsage {
+    /// Open and waiting for work.
+    pub idle: u64,
+    /// Open with requests in flight (shared) or leased (pinned).
+    pub busy: u64,
+    /// Being opened.
+    pub connecting: u64,
+    /// Slots without a connection after a failure, waiting to reconnect.
+    pub down: u64,
+    /// The configured cap.
+    pub max: u64,
 }
 
 impl Control {
@@ -300,6 +331,7 @@ impl Control {
             clients: u64::from(self.inner.guard.clients()),
             bans_active: snap.bans_active,
             breaker_open_workers: snap.breaker_open,
+            backend: backend_status(&snap, self.config().proxy.workers as u64),
         }
     }
 
@@ -515,6 +547,41 @@ fn keep_running(old: &Config, mut new: Config) -> Config {
     // The admin listener was bound and its token read at start.
     new.admin = old.admin.clone();
     new
+}
+
+/// `/status`'s backend part, from the snapshot's levels (refreshed about once a second).
+fn backend_status(snap: &Snapshot, workers: u64) -> BackendStatus {
+    let pool = |group: &str| {
+        let mut usage = PoolUsage::default();
+        for (g, state, n) in &snap.backend_connections {
+            if *g != group {
+                continue;
+            }
+            match *state {
+                "idle" => usage.idle += n,
+                "busy" => usage.busy += n,
+                "connecting" => usage.connecting += n,
+                _ => usage.down += n,
+            }
+        }
+        usage.max = Snapshot::labelled(&snap.backend_connections_max, group);
+        usage
+    };
+    let shared = pool("shared");
+    let working = shared.idle + shared.busy;
+    let health = if working == 0 {
+        "down"
+    } else if snap.breaker_open > 0 || working < workers.min(shared.max) {
+        "degraded"
+    } else {
+        "up"
+    };
+    BackendStatus {
+        health,
+        shared,
+        pinned: pool("pinned"),
+        leases_in_use: snap.gauge("pinned_leases"),
+    }
 }
 
 /// Seconds since the Unix epoch at `t`.

@@ -288,6 +288,18 @@ fn every_endpoint_answers_and_bans_refuse_and_release_a_client() {
         "{s}"
     );
     assert!(s["config_digest"].as_str().unwrap().len() == 64, "{s}");
+    // Pool levels are refreshed about once a second: Redis is up, so the status says so.
+    let mut s = s;
+    for _ in 0..100 {
+        if s["backend"]["health"] == "up" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        s = stack.call("GET", "/status", None).1;
+    }
+    assert_eq!(s["backend"]["health"], "up", "{s}");
+    assert!(s["backend"]["shared"]["max"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["backend"]["leases_in_use"], 0, "{s}");
 
     // Bad input: a clear 400 and nothing changes.
     for (body, expect) in [
