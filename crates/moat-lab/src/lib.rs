@@ -6,13 +6,14 @@
 //! - [`sources`]: source addresses in 127.0.0.0/8, a range per group of clients, so a target
 //!   sees many distinct peers from one machine.
 //! - [`connect`]: connecting from a chosen source address (bind before connect).
-//! - `attack`: the attack modes (flood, hoard, pin, slow-reader, auth-brute).
+//! - [`attack`]: the attack modes (flood, hoard, pin, slow-reader, auth-brute).
 //! - `legit`: the legitimate workload and its latency histograms.
 //!
 //! Every loop here is bounded in count and in time, and stops by itself.
 
 #![forbid(unsafe_code)]
 
+pub mod attack;
 pub mod connect;
 pub mod sources;
 pub mod target;
