@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod attack;
 mod ctl;
 mod demo;
 
@@ -38,6 +39,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Talk to a running moat's admin API: status, bans, sources, clients, reload, drain.
     Ctl(ctl::CtlArgs),
+    /// Attack a loopback Redis or proxy (flood, hoard, pin, slow-reader, auth-brute).
+    Attack(attack::AttackArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::Ctl(args) => ctl::main(args),
+        Command::Attack(args) => attack::main(args),
     }
 }
 
