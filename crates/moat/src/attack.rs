@@ -1,6 +1,6 @@
 //! `moat attack MODE --target HOST:PORT`: runs one of moat-lab's attacks against a loopback
 //! target, with a live progress line on stderr and a summary (text, or JSON with `--json`)
-//! on stdout. Ctrl-C stops it early; the summary is still printed, marked partial.
+//! on stdout. Ctrl-C (or SIGTERM) stops it early; the summary is still printed, marked partial.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -291,12 +291,19 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
         .build()?;
     let summary = runtime.block_on(async {
         let stop = CancellationToken::new();
-        let on_ctrl_c = {
+        // Registered before the attack starts, so an early Ctrl-C or SIGTERM (a lab
+        // stopping its children) still ends in a summary rather than a killed process.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let on_signal = {
             let stop = stop.clone();
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    stop.cancel();
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
                 }
+                stop.cancel();
             })
         };
         let counters = Arc::new(Counters::new());
@@ -304,9 +311,9 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
         let progress = Progress::start(label, spec.duration, counters.clone(), !common.quiet);
         let result = attack::run(&spec, stop, counters).await;
         progress.finish();
-        on_ctrl_c.abort();
-        result
-    });
+        on_signal.abort();
+        anyhow::Ok(result)
+    })?;
     let summary = match summary {
         Ok(summary) => summary,
         Err(e) => bail!("moat attack {}: {e}", spec.mode.name()),
