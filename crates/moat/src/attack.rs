@@ -6,10 +6,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use moat_lab::attack::{
-    self, AttackSpec, AuthBruteSpec, Counters, FloodSpec, HoardSpec, Mode, PinHow, PinSpec,
+    self, AttackSpec, AuthBruteSpec, Counters, FloodSpec, HoardSpec, Mode, PinHow, PinSpec, Shard,
     SlowReaderSpec, progress::Progress,
 };
 use tokio_util::sync::CancellationToken;
@@ -153,6 +153,10 @@ struct Common {
     /// Allow a target outside loopback: attack only systems you own.
     #[arg(long)]
     allow_non_loopback: bool,
+    /// Run only this share (i/n) of the connections: set by a parent `moat attack` that
+    /// splits a hoard, pin or slow-reader over several processes.
+    #[arg(long, hide = true, value_name = "I/N")]
+    shard: Option<Shard>,
 }
 
 /// How `pin` takes its connection.
@@ -280,12 +284,19 @@ fn spec(mode: AttackMode) -> anyhow::Result<(AttackSpec, Common)> {
     spec.sources = common.sources;
     spec.connect_timeout = common.connect_timeout;
     spec.allow_non_loopback = common.allow_non_loopback;
+    spec.shard = common.shard;
     Ok((spec, common))
 }
 
 pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
     let (spec, common) = spec(args.mode)?;
     moat_lab::target::check(spec.target, spec.allow_non_loopback)?;
+    spec.validate()?;
+    let shards = if spec.shard.is_some() {
+        1
+    } else {
+        attack::shards_needed(&spec)?
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -306,22 +317,99 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
                 stop.cancel();
             })
         };
-        let counters = Arc::new(Counters::new());
-        let label = format!("{} {}", spec.mode.name(), spec.target);
-        let progress = Progress::start(label, spec.duration, counters.clone(), !common.quiet);
-        let result = attack::run(&spec, stop, counters).await;
-        progress.finish();
+        let result = if shards > 1 {
+            sharded(&spec, shards, stop, common.quiet).await
+        } else {
+            let counters = Arc::new(Counters::new());
+            let label = format!("{} {}", spec.mode.name(), spec.target);
+            let progress = Progress::start(label, spec.duration, counters.clone(), !common.quiet);
+            let result = attack::run(&spec, stop, counters).await;
+            progress.finish();
+            result.map_err(|e| anyhow::anyhow!("moat attack {}: {e}", spec.mode.name()))
+        };
         on_signal.abort();
-        anyhow::Ok(result)
+        result
     })?;
-    let summary = match summary {
-        Ok(summary) => summary,
-        Err(e) => bail!("moat attack {}: {e}", spec.mode.name()),
-    };
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print!("{summary}");
     }
     Ok(())
+}
+
+/// Runs the attack as `shards` child processes of this binary, each with `--shard i/n`, and
+/// merges their summaries. `stop` forwards SIGTERM to each child by PID; a child that
+/// outlives this function is killed when its handle drops.
+async fn sharded(
+    spec: &AttackSpec,
+    shards: u32,
+    stop: CancellationToken,
+    quiet: bool,
+) -> anyhow::Result<attack::AttackSummary> {
+    let exe = std::env::current_exe().context("locating the moat binary")?;
+    // The parent's own arguments, minus what the children get anyway.
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--json" && a != "--quiet" && a != "-q")
+        .collect();
+    if !quiet {
+        eprintln!(
+            "moat attack {}: {} connections exceed this process's open-file limit; \
+             running {shards} processes",
+            spec.mode.name(),
+            spec.fds_needed()
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut children = Vec::new();
+    for index in 0..shards {
+        let child = tokio::process::Command::new(&exe)
+            .args(&args)
+            .args(["--shard", &format!("{index}/{shards}"), "--json", "--quiet"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting shard {index}/{shards}"))?;
+        children.push(child);
+    }
+    let pids: Vec<String> = children
+        .iter()
+        .filter_map(|c| c.id())
+        .map(|pid| pid.to_string())
+        .collect();
+    let forward = tokio::spawn(async move {
+        stop.cancelled().await;
+        // The children are not reaped before they exit, so their PIDs are still theirs.
+        let _ = tokio::process::Command::new("sh")
+            .args(["-c", "kill -s TERM \"$@\" 2>/dev/null", "sh"])
+            .args(&pids)
+            .status()
+            .await;
+    });
+    let mut waiting = tokio::task::JoinSet::new();
+    for (index, child) in children.into_iter().enumerate() {
+        waiting.spawn(async move { (index, child.wait_with_output().await) });
+    }
+    let mut outputs: Vec<_> = (0..shards).map(|_| None).collect();
+    while let Some(done) = waiting.join_next().await {
+        let (index, output) = done.context("waiting for a shard")?;
+        outputs[index] = Some(output);
+    }
+    forward.abort();
+    let mut parts = Vec::new();
+    for (index, output) in outputs.into_iter().enumerate() {
+        let output = output
+            .context("a shard was not waited for")?
+            .with_context(|| format!("waiting for shard {index}/{shards}"))?;
+        let part: attack::AttackSummary = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("shard {index}/{shards} failed ({})", output.status))?;
+        parts.push(part);
+    }
+    Ok(attack::AttackSummary::merge(
+        spec,
+        started.elapsed(),
+        &parts,
+    ))
 }

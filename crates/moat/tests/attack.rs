@@ -176,3 +176,57 @@ fn ctrl_c_stops_with_a_partial_summary() {
         redis.info_u64("blocked_clients").unwrap() == 0
     });
 }
+
+#[test]
+fn a_hoard_beyond_the_fd_limit_runs_in_several_processes() {
+    let redis = redis();
+    let target = redis.addr().to_string();
+    // `ulimit -n` in sh sets the hard limit too, so moat cannot raise it past 200.
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 200 && exec \"$0\" attack hoard --target \"$1\" --connections 300 \
+             --sources 4 --duration 60 --json",
+            env!("CARGO_BIN_EXE_moat"),
+            &target,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Plus the helper's own INFO connection.
+    eventually("Redis holds all 300", || {
+        redis.connected_clients().unwrap() == 301
+    });
+    let status = Command::new("sh")
+        .args(["-c", "kill -s TERM \"$1\"", "sh", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let v = json(&out);
+    assert!(v["shards"].as_u64().unwrap() > 1, "{v}");
+    assert_eq!(v["partial"], true, "{v}");
+    assert_eq!(v["counters"]["connected"], 300, "{v}");
+    // Every shard stopped: nothing holds a connection any more.
+    eventually("the shards are gone", || {
+        redis.connected_clients().unwrap() == 1
+    });
+}
+
+#[test]
+fn a_flood_beyond_the_fd_limit_is_refused_clearly() {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 200 && exec \"$0\" attack flood --target 127.0.0.1:1 --concurrency 500",
+            env!("CARGO_BIN_EXE_moat"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may open only 200"), "{err}");
+    assert!(err.contains("--concurrency"), "{err}");
+}

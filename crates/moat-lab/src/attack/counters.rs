@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Distinct reply or error kinds kept apart; beyond this they are lumped together, so a
 /// target that echoes varying text cannot grow the map without bound.
@@ -41,7 +41,7 @@ pub struct Counters {
 }
 
 /// A copy of [`Counters`] at one instant; serializable for reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterSnapshot {
     /// Connection attempts started.
     pub attempts: u64,
@@ -75,6 +75,32 @@ pub struct CounterSnapshot {
     pub replies: BTreeMap<String, u64>,
     /// `other_errors` by I/O error kind.
     pub errors: BTreeMap<String, u64>,
+}
+
+impl CounterSnapshot {
+    /// Adds `other` (another process's share of the same attack) into this one. Peaks are
+    /// summed, which can overstate the peak if the shares peaked at different times.
+    pub fn merge(&mut self, other: &CounterSnapshot) {
+        self.attempts += other.attempts;
+        self.connected += other.connected;
+        self.refused += other.refused;
+        self.reset += other.reset;
+        self.timeouts += other.timeouts;
+        self.other_errors += other.other_errors;
+        self.closed_by_target += other.closed_by_target;
+        self.silent += other.silent;
+        self.held += other.held;
+        self.peak_held += other.peak_held;
+        self.stalled += other.stalled;
+        self.commands_sent += other.commands_sent;
+        self.bytes_requested += other.bytes_requested;
+        for (kind, n) in &other.replies {
+            *self.replies.entry(kind.clone()).or_default() += n;
+        }
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += n;
+        }
+    }
 }
 
 impl Counters {

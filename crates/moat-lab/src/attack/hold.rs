@@ -18,7 +18,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// What each held connection does.
 #[derive(Debug, Clone)]
 pub(crate) struct HoldPlan {
-    connections: u32,
+    pub(crate) connections: u32,
     connect_concurrency: u32,
     refill: bool,
     keepalive: Option<Duration>,
@@ -54,12 +54,13 @@ impl HoldPlan {
     }
 }
 
-pub(crate) async fn run(ctx: &Ctx, plan: &HoldPlan) {
+/// Holds the connections numbered `range` (all of them, or this process's shard).
+pub(crate) async fn run(ctx: &Ctx, plan: &HoldPlan, range: std::ops::Range<u32>) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(
         plan.connect_concurrency as usize,
     ));
     let mut holders = tokio::task::JoinSet::new();
-    for i in 0..plan.connections {
+    for i in range {
         let (ctx, plan, permits) = (ctx.clone(), plan.clone(), permits.clone());
         holders.spawn(async move { holder(&ctx, &plan, &permits, i.into()).await });
     }

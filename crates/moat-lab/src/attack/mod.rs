@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use spec::{
-    AttackSpec, AuthBruteSpec, FloodSpec, HoardSpec, Mode, PinHow, PinSpec, SlowReaderSpec,
+    AttackSpec, AuthBruteSpec, FloodSpec, HoardSpec, Mode, PinHow, PinSpec, Shard, SlowReaderSpec,
 };
 pub use summary::AttackSummary;
 
@@ -59,7 +59,8 @@ pub enum AttackError {
         "this attack needs about {needed} file descriptors but the process may open only \
          {limit} (already raised to the hard limit); raise the hard limit (`ulimit -Hn`, \
          LimitNOFILE= in systemd, /etc/security/limits.conf) or use fewer connections \
-         (run several `moat attack` processes for more)"
+         (hoard, pin and slow-reader split themselves over several processes; flood and \
+         auth-brute need a lower --concurrency)"
     )]
     FdLimit {
         /// Descriptors the attack would hold at once.
@@ -106,14 +107,18 @@ pub async fn run(
             Ok(())
         }
         Mode::Hoard(h) => {
-            hold::run(&ctx, &hold::HoldPlan::hoard(h)).await;
+            let plan = hold::HoldPlan::hoard(h);
+            hold::run(&ctx, &plan, spec.connection_range(plan.connections)).await;
             Ok(())
         }
         Mode::Pin(p) => {
-            hold::run(&ctx, &hold::HoldPlan::pin(p)).await;
+            let plan = hold::HoldPlan::pin(p);
+            hold::run(&ctx, &plan, spec.connection_range(plan.connections)).await;
             Ok(())
         }
-        Mode::SlowReader(s) => slow_reader::run(&ctx, s).await,
+        Mode::SlowReader(s) => {
+            slow_reader::run(&ctx, s, spec.connection_range(s.connections)).await
+        }
         Mode::AuthBrute(a) => {
             auth_brute::run(&ctx, a).await;
             Ok(())
@@ -130,10 +135,35 @@ pub async fn run(
     ))
 }
 
+/// How many processes `spec` needs: 1 when this process can hold all its sockets (after
+/// raising its open-file limit to the hard limit), else enough shards of a mode that holds
+/// connections that each fits; an error when even that cannot work (flood and auth-brute
+/// are bounded by their concurrency, and at most [`spec::MAX_SHARDS`] processes are used).
+pub fn shards_needed(spec: &AttackSpec) -> Result<u32, AttackError> {
+    let limit = raise_fd_limit();
+    let needed = spec.fds_needed() + FD_MARGIN;
+    if needed <= limit {
+        return Ok(1);
+    }
+    let per_process = limit.saturating_sub(2 * FD_MARGIN);
+    if !spec.mode.holds_connections() || spec.shard.is_some() || per_process == 0 {
+        return Err(AttackError::FdLimit { needed, limit });
+    }
+    let shards = spec.fds_needed().div_ceil(per_process);
+    match u32::try_from(shards) {
+        Ok(n) if n <= spec::MAX_SHARDS => Ok(n),
+        _ => Err(AttackError::FdLimit { needed, limit }),
+    }
+}
+
+fn raise_fd_limit() -> u64 {
+    // Without a readable limit, assume the common default and let the check speak.
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}
+
 /// Raises the soft open-file limit to the hard one and checks that `needed` fits.
 fn ensure_fds(needed: u64) -> Result<(), AttackError> {
-    // Without a readable limit, assume the common default and let the check speak.
-    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let limit = raise_fd_limit();
     let needed = needed + FD_MARGIN;
     if needed > limit {
         return Err(AttackError::FdLimit { needed, limit });

@@ -12,12 +12,17 @@ use super::{AttackError, SlowReaderSpec};
 /// How long the SET that prepares the value may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn run(ctx: &Ctx, spec: &SlowReaderSpec) -> Result<(), AttackError> {
+/// Runs the readers numbered `range` (all of them, or this process's shard).
+pub(crate) async fn run(
+    ctx: &Ctx,
+    spec: &SlowReaderSpec,
+    range: std::ops::Range<u32>,
+) -> Result<(), AttackError> {
     set_value(ctx, spec).await?;
     let get = command(&[b"GET", spec.key.as_bytes()]);
     let pipeline = get.repeat(spec.pipeline as usize);
     let mut readers = tokio::task::JoinSet::new();
-    for i in 0..spec.connections {
+    for i in range {
         let (ctx, spec, pipeline) = (ctx.clone(), spec.clone(), pipeline.clone());
         readers.spawn(async move { reader(&ctx, &spec, &pipeline, i.into()).await });
     }

@@ -18,6 +18,8 @@ pub const MAX_CONNECTIONS: u32 = 1_000_000;
 pub const MAX_CONCURRENCY: u32 = 10_000;
 /// The most attempts a flood or auth-brute may make.
 pub const MAX_COUNT: u64 = 1_000_000_000;
+/// The most processes an attack may be split over.
+pub const MAX_SHARDS: u32 = 256;
 /// The largest value a slow-reader may SET and request.
 pub const MAX_VALUE_SIZE: usize = 64 << 20;
 /// The most reply bytes one slow-reader connection may request.
@@ -42,6 +44,46 @@ pub struct AttackSpec {
     pub connect_timeout: Duration,
     /// The mode and its parameters.
     pub mode: Mode,
+    /// Run only this share of the connections (hoard, pin, slow-reader), when one process
+    /// cannot hold them all: `moat attack` starts one process per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// One of `count` equal shares of an attack's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Which share, from 0.
+    pub index: u32,
+    /// How many shares.
+    pub count: u32,
+}
+
+impl Shard {
+    /// The connection numbers of this shard out of `total`: contiguous, and together the
+    /// shards cover `0..total` exactly once, so each connection keeps its source address.
+    pub fn range(&self, total: u32) -> std::ops::Range<u32> {
+        let at = |i: u32| {
+            let at = u64::from(total) * u64::from(i) / u64::from(self.count.max(1));
+            u32::try_from(at).unwrap_or(total)
+        };
+        at(self.index)..at(self.index + 1)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `i/n`, with `i` below `n`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s}: expected i/n with 0 <= i < n (e.g. 0/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
 }
 
 /// The attack modes.
@@ -224,6 +266,12 @@ impl Default for AuthBruteSpec {
 }
 
 impl Mode {
+    /// Whether the mode holds K connections (hoard, pin, slow-reader) and can therefore be
+    /// split over several processes.
+    pub fn holds_connections(&self) -> bool {
+        matches!(self, Mode::Hoard(_) | Mode::Pin(_) | Mode::SlowReader(_))
+    }
+
     /// The mode's name as on the command line.
     pub fn name(&self) -> &'static str {
         match self {
@@ -246,6 +294,7 @@ impl AttackSpec {
             sources: 1,
             connect_timeout: Duration::from_secs(2),
             mode,
+            shard: None,
         }
     }
 
@@ -267,6 +316,20 @@ impl AttackSpec {
         }
         if self.connect_timeout.is_zero() || self.connect_timeout > Duration::from_secs(60) {
             return bad("connect timeout must be above 0 and at most 60s".into());
+        }
+        if let Some(shard) = self.shard {
+            if shard.count == 0 || shard.index >= shard.count || shard.count > MAX_SHARDS {
+                return bad(format!(
+                    "shard {}/{} must have 0 <= i < n <= {MAX_SHARDS}",
+                    shard.index, shard.count
+                ));
+            }
+            if !self.mode.holds_connections() {
+                return bad(format!(
+                    "{} cannot be sharded (its concurrency bounds its descriptors)",
+                    self.mode.name()
+                ));
+            }
         }
         let range = |name: &str, v: u64, max: u64| -> Result<(), AttackError> {
             if v == 0 || v > max {
@@ -338,15 +401,29 @@ impl AttackSpec {
         Ok(())
     }
 
-    /// Sockets the attack holds at once at most.
+    /// Sockets the attack (or its shard) holds at once at most.
     pub fn fds_needed(&self) -> u64 {
+        let share = |k: u32| -> u64 {
+            match self.shard {
+                Some(shard) => shard.range(k).len() as u64,
+                None => k.into(),
+            }
+        };
         match &self.mode {
             Mode::Flood(f) => f.concurrency.into(),
-            Mode::Hoard(h) => h.connections.into(),
-            Mode::Pin(p) => p.connections.into(),
+            Mode::Hoard(h) => share(h.connections),
+            Mode::Pin(p) => share(p.connections),
             // Plus the connection that SETs the value.
-            Mode::SlowReader(s) => u64::from(s.connections) + 1,
+            Mode::SlowReader(s) => share(s.connections) + 1,
             Mode::AuthBrute(a) => a.concurrency.into(),
+        }
+    }
+
+    /// The connection numbers this process runs: all, or its shard's.
+    pub(crate) fn connection_range(&self, total: u32) -> std::ops::Range<u32> {
+        match self.shard {
+            Some(shard) => shard.range(total),
+            None => 0..total,
         }
     }
 }
@@ -386,5 +463,29 @@ mod tests {
             ..HoardSpec::default()
         }));
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn shards_cover_every_connection_once() {
+        for (total, count) in [(10, 3), (3, 4), (20_000, 7), (1, 1)] {
+            let mut seen = Vec::new();
+            for index in 0..count {
+                seen.extend(Shard { index, count }.range(total));
+            }
+            assert_eq!(seen, (0..total).collect::<Vec<_>>());
+        }
+        assert_eq!("1/4".parse(), Ok(Shard { index: 1, count: 4 }));
+        assert!("4/4".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().is_err());
+        let mut s = spec(Mode::Flood(FloodSpec::default()));
+        s.shard = Some(Shard { index: 0, count: 2 });
+        assert!(s.validate().is_err(), "flood is not sharded");
+        let mut s = spec(Mode::Hoard(HoardSpec {
+            connections: 10,
+            ..HoardSpec::default()
+        }));
+        s.shard = Some(Shard { index: 2, count: 3 });
+        assert!(s.validate().is_ok());
+        assert_eq!(s.fds_needed(), 4);
     }
 }

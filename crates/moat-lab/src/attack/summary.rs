@@ -3,15 +3,15 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AttackSpec, CounterSnapshot};
 
 /// What an attack did, for a report (`serde`) or a terminal (`Display`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttackSummary {
     /// The mode's name (`flood`, `hoard`...).
-    pub mode: &'static str,
+    pub mode: String,
     /// The target attacked.
     pub target: String,
     /// Source addresses used.
@@ -19,6 +19,9 @@ pub struct AttackSummary {
     /// True when the attack was stopped (Ctrl-C, a lab's stop) before its duration or
     /// count was reached.
     pub partial: bool,
+    /// Processes the attack ran in (more than one when one could not hold every
+    /// connection under its open-file limit).
+    pub shards: u32,
     /// How long it ran, in seconds.
     pub elapsed_secs: f64,
     /// Connection attempts per second over the run.
@@ -39,10 +42,11 @@ impl AttackSummary {
     ) -> Self {
         let secs = elapsed.as_secs_f64();
         Self {
-            mode: spec.mode.name(),
+            mode: spec.mode.name().to_owned(),
             target: spec.target.to_string(),
             sources: spec.sources,
             partial,
+            shards: 1,
             elapsed_secs: secs,
             attempts_per_sec: if secs > 0.0 {
                 counters.attempts as f64 / secs
@@ -55,15 +59,35 @@ impl AttackSummary {
     }
 }
 
+impl AttackSummary {
+    /// One summary of an attack run as shards (one per process): counters summed, partial
+    /// if any shard was, `spec` the whole attack's.
+    pub fn merge(spec: &AttackSpec, elapsed: Duration, parts: &[AttackSummary]) -> Self {
+        let mut counters = CounterSnapshot::default();
+        for part in parts {
+            counters.merge(&part.counters);
+        }
+        let partial = parts.iter().any(|p| p.partial);
+        let mut merged = Self::new(spec, elapsed, partial, counters);
+        merged.shards = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        merged
+    }
+}
+
 impl fmt::Display for AttackSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counters;
         writeln!(
             f,
-            "moat attack {} against {} from {} source(s): {:.1}s{}",
+            "moat attack {} against {} from {} source(s){}: {:.1}s{}",
             self.mode,
             self.target,
             self.sources,
+            if self.shards > 1 {
+                format!(" in {} processes", self.shards)
+            } else {
+                String::new()
+            },
             self.elapsed_secs,
             if self.partial {
                 " (PARTIAL: stopped early)"
