@@ -125,6 +125,13 @@ impl fmt::Display for AttackSummary {
                 writeln!(f, "    {n:>10}  {kind}")?;
             }
         }
+        if c.replies.keys().any(|k| k.starts_with("DENIED")) {
+            writeln!(
+                f,
+                "  (DENIED: Redis is in protected mode and admits only 127.0.0.1 without a \
+                 password; start it with --protected-mode no to attack it from 127.100.x.y)"
+            )?;
+        }
         if !c.errors.is_empty() {
             writeln!(f, "  other errors:")?;
             for (kind, n) in &c.errors {
