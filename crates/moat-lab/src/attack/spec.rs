@@ -25,8 +25,10 @@ pub const MAX_VALUE_SIZE: usize = 64 << 20;
 /// The most reply bytes one slow-reader connection may request.
 pub const MAX_BYTES_PER_CONNECTION: u64 = 4 << 30;
 
-/// One attack: where, how long, from how many addresses, and which mode.
+/// One attack: where, how long, from how many addresses, and which mode. Deserializable
+/// (e.g. from a scenario file) with the defaults of [`AttackSpec::new`] for what is left out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AttackSpec {
     /// The endpoint attacked (Redis, moat, or another proxy).
     pub target: SocketAddr,
@@ -34,13 +36,14 @@ pub struct AttackSpec {
     #[serde(default)]
     pub allow_non_loopback: bool,
     /// How long the attack runs at most.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "humantime_serde", default = "default_duration")]
     pub duration: Duration,
     /// How many source addresses of [`crate::sources::Group::Attack`] connections are spread
     /// over (127.100.x.y; an IPv6 target is attacked from `::1` only).
+    #[serde(default = "default_sources")]
     pub sources: u32,
     /// How long one connect may take before it counts as a timeout.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// The mode and its parameters.
     pub mode: Mode,
@@ -48,6 +51,18 @@ pub struct AttackSpec {
     /// cannot hold them all: `moat attack` starts one process per shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+}
+
+fn default_duration() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_sources() -> u32 {
+    1
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// One of `count` equal shares of an attack's connections.
@@ -290,9 +305,9 @@ impl AttackSpec {
         Self {
             target,
             allow_non_loopback: false,
-            duration: Duration::from_secs(10),
-            sources: 1,
-            connect_timeout: Duration::from_secs(2),
+            duration: default_duration(),
+            sources: default_sources(),
+            connect_timeout: default_connect_timeout(),
             mode,
             shard: None,
         }
@@ -463,6 +478,24 @@ mod tests {
             ..HoardSpec::default()
         }));
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn specs_read_from_a_scenario_with_defaults() {
+        let json = r#"{"target": "127.0.0.1:6379", "duration": "3s",
+            "mode": {"hoard": {"connections": 7, "keepalive": "20s"}}}"#;
+        let s: AttackSpec = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((s.duration, s.sources), (Duration::from_secs(3), 1));
+        match &s.mode {
+            Mode::Hoard(h) => {
+                assert_eq!(h.connections, 7);
+                assert_eq!(h.keepalive, Some(Duration::from_secs(20)));
+                assert_eq!(h.connect_concurrency, 256);
+            }
+            other => panic!("{other:?}"),
+        }
+        let typo = r#"{"target": "127.0.0.1:6379", "mode": {"hoard": {"conections": 7}}}"#;
+        assert!(serde_json::from_str::<AttackSpec>(typo).is_err());
     }
 
     #[test]
