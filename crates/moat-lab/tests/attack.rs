@@ -159,6 +159,8 @@ async fn hoard_holds_k_connections_then_lets_go() {
     let summary = running.stop().await;
     assert!(summary.partial, "stopped before its 60 s: {summary}");
     assert_eq!(summary.counters.peak_held, u64::from(k));
+    assert_eq!(summary.counters.held_at_end, u64::from(k));
+    assert_eq!(summary.counters.held, 0, "all let go when run returns");
     eventually("the hoard is released", || {
         info(&redis, "connected_clients") == 1
     })

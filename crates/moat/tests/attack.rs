@@ -77,6 +77,7 @@ fn hoard_json_summary_parses() {
     assert_eq!(v["partial"], false);
     assert_eq!(v["sources"], 5);
     assert_eq!(v["counters"]["peak_held"], 5, "{v}");
+    assert_eq!(v["counters"]["held_at_end"], 5, "{v}");
     assert_eq!(v["spec"]["mode"]["hoard"]["connections"], 5, "{v}");
 }
 

@@ -33,6 +33,7 @@ pub struct Counters {
     silent: AtomicU64,
     held: AtomicU64,
     peak_held: AtomicU64,
+    held_at_end: AtomicU64,
     stalled: AtomicU64,
     commands_sent: AtomicU64,
     bytes_requested: AtomicU64,
@@ -64,6 +65,9 @@ pub struct CounterSnapshot {
     pub held: u64,
     /// The most connections held at once.
     pub peak_held: u64,
+    /// Connections still held when the attack ended (its duration, or a stop): what the
+    /// target was left holding until the attack let go.
+    pub held_at_end: u64,
     /// Connections whose send buffer stopped accepting requests (slow-reader), right now.
     pub stalled: u64,
     /// Commands written (PING, AUTH, GET, BLPOP...).
@@ -91,6 +95,7 @@ impl CounterSnapshot {
         self.silent += other.silent;
         self.held += other.held;
         self.peak_held += other.peak_held;
+        self.held_at_end += other.held_at_end;
         self.stalled += other.stalled;
         self.commands_sent += other.commands_sent;
         self.bytes_requested += other.bytes_requested;
@@ -122,6 +127,7 @@ impl Counters {
             silent: self.silent.load(Relaxed),
             held: self.held.load(Relaxed),
             peak_held: self.peak_held.load(Relaxed),
+            held_at_end: self.held_at_end.load(Relaxed),
             stalled: self.stalled.load(Relaxed),
             commands_sent: self.commands_sent.load(Relaxed),
             bytes_requested: self.bytes_requested.load(Relaxed),
@@ -161,6 +167,11 @@ impl Counters {
 
     pub(crate) fn hold_ended(&self) {
         self.held.fetch_sub(1, Relaxed);
+    }
+
+    /// A connection let go because the attack ended, not because the target closed it.
+    pub(crate) fn held_until_the_end(&self) {
+        self.held_at_end.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn stall_started(&self) {

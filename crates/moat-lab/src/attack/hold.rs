@@ -91,6 +91,7 @@ async fn holder(ctx: &Ctx, plan: &HoldPlan, permits: &tokio::sync::Semaphore, i:
                 let closed = hold(ctx, plan, stream).await;
                 ctx.counters.hold_ended();
                 if !closed {
+                    ctx.counters.held_until_the_end();
                     return;
                 }
                 ctx.counters.closed_by_target();

@@ -90,5 +90,6 @@ async fn reader(ctx: &Ctx, spec: &SlowReaderSpec, pipeline: &[u8], i: u64) {
     if stalled {
         ctx.counters.stall_ended();
     }
+    ctx.counters.held_until_the_end();
     ctx.counters.hold_ended();
 }

@@ -26,8 +26,8 @@ pub struct AttackSummary {
     pub elapsed_secs: f64,
     /// Connection attempts per second over the run.
     pub attempts_per_sec: f64,
-    /// The counters at the end. `held` and `stalled` are what was held when the attack
-    /// stopped (everything is closed when `run` returns).
+    /// The counters at the end. The gauges `held` and `stalled` are back to 0 (everything
+    /// is closed when `run` returns); `held_at_end` is what was held when the attack ended.
     pub counters: CounterSnapshot,
     /// The spec it ran with.
     pub spec: AttackSpec,
@@ -110,7 +110,7 @@ impl fmt::Display for AttackSummary {
         writeln!(
             f,
             "  held: {} at the end, {} at peak; {} closed by the target, {} silent",
-            c.held, c.peak_held, c.closed_by_target, c.silent
+            c.held_at_end, c.peak_held, c.closed_by_target, c.silent
         )?;
         if c.commands_sent > 0 {
             writeln!(
