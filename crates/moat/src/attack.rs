@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use moat_lab::attack::{
     self, AttackSpec, AuthBruteSpec, Counters, FloodSpec, HoardSpec, Mode, PinHow, PinSpec, Shard,
@@ -339,8 +339,8 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the attack as `shards` child processes of this binary, each with `--shard i/n`, and
-/// merges their summaries. `stop` forwards SIGTERM to each child by PID; a child that
-/// outlives this function is killed when its handle drops.
+/// merges their summaries. `stop` sends SIGTERM to each child still running, by PID; a child
+/// that outlives this function is killed when its handle drops.
 async fn sharded(
     spec: &AttackSpec,
     shards: u32,
@@ -374,42 +374,64 @@ async fn sharded(
             .with_context(|| format!("starting shard {index}/{shards}"))?;
         children.push(child);
     }
-    let pids: Vec<String> = children
-        .iter()
-        .filter_map(|c| c.id())
-        .map(|pid| pid.to_string())
-        .collect();
-    let forward = tokio::spawn(async move {
-        stop.cancelled().await;
-        // The children are not reaped before they exit, so their PIDs are still theirs.
-        let _ = tokio::process::Command::new("sh")
-            .args(["-c", "kill -s TERM \"$@\" 2>/dev/null", "sh"])
-            .args(&pids)
-            .status()
-            .await;
-    });
     let mut waiting = tokio::task::JoinSet::new();
-    for (index, child) in children.into_iter().enumerate() {
-        waiting.spawn(async move { (index, child.wait_with_output().await) });
+    for (index, mut child) in children.into_iter().enumerate() {
+        let stop = stop.clone();
+        waiting.spawn(async move {
+            let mut stdout = child.stdout.take();
+            let read = async {
+                let mut out = Vec::new();
+                if let Some(stdout) = stdout.as_mut() {
+                    let _ = tokio::io::AsyncReadExt::read_to_end(stdout, &mut out).await;
+                }
+                out
+            };
+            let exit = async {
+                tokio::select! {
+                    status = child.wait() => return status,
+                    _ = stop.cancelled() => {}
+                }
+                // Not reaped yet (id() is None once it is), so the PID is still the child's.
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("sh")
+                        .args([
+                            "-c",
+                            "kill -s TERM \"$1\" 2>/dev/null",
+                            "sh",
+                            &pid.to_string(),
+                        ])
+                        .status()
+                        .await;
+                }
+                child.wait().await
+            };
+            let (out, status) = tokio::join!(read, exit);
+            (index, out, status)
+        });
     }
     let mut outputs: Vec<_> = (0..shards).map(|_| None).collect();
     while let Some(done) = waiting.join_next().await {
-        let (index, output) = done.context("waiting for a shard")?;
-        outputs[index] = Some(output);
+        let (index, out, status) = done.context("waiting for a shard")?;
+        outputs[index] = Some((out, status));
     }
-    forward.abort();
     let mut parts = Vec::new();
     for (index, output) in outputs.into_iter().enumerate() {
-        let output = output
-            .context("a shard was not waited for")?
-            .with_context(|| format!("waiting for shard {index}/{shards}"))?;
-        let part: attack::AttackSummary = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("shard {index}/{shards} failed ({})", output.status))?;
-        parts.push(part);
+        let (out, status) = output.context("a shard was not waited for")?;
+        let status = status.with_context(|| format!("waiting for shard {index}/{shards}"))?;
+        match serde_json::from_slice::<attack::AttackSummary>(&out) {
+            Ok(part) => parts.push(part),
+            // Stopped before it could set up its own signal handling: its share is lost,
+            // and the summary says partial anyway.
+            Err(_) if stop.is_cancelled() => {
+                eprintln!(
+                    "moat attack: shard {index}/{shards} stopped before reporting ({status})"
+                );
+            }
+            Err(e) => bail!("shard {index}/{shards} failed ({status}): {e}"),
+        }
     }
-    Ok(attack::AttackSummary::merge(
-        spec,
-        started.elapsed(),
-        &parts,
-    ))
+    let mut summary = attack::AttackSummary::merge(spec, started.elapsed(), &parts);
+    summary.partial |= stop.is_cancelled();
+    summary.shards = shards;
+    Ok(summary)
 }
