@@ -112,9 +112,12 @@ async fn hold(ctx: &Ctx, plan: &HoldPlan, mut stream: TcpStream) -> bool {
         }
         ctx.counters.commands(1);
     }
-    let mut ping = plan
-        .keepalive
-        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut ping = plan.keepalive.map(|every| {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // After a stall, one PING is enough: a burst of missed ones would be noise.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping
+    });
     let mut errors = ErrorLines::default();
     let mut chunk = [0u8; 1024];
     loop {
