@@ -5,6 +5,7 @@
 
 mod ctl;
 mod demo;
+mod legit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Talk to a running moat's admin API: status, bans, sources, clients, reload, drain.
     Ctl(ctl::CtlArgs),
+    /// Measure what legitimate clients get from a loopback Redis or proxy: steady, churn,
+    /// fresh and trusted clients at fixed offered rates.
+    Legit(legit::LegitArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::Ctl(args) => ctl::main(args),
+        Command::Legit(args) => legit::run(args),
     }
 }
 

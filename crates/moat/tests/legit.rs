@@ -1,0 +1,69 @@
+//! `moat legit` as users run it: against a real Redis with `--json`, and refusing a
+//! non-loopback target.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use moat_testkit::RedisServer;
+
+fn moat() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_moat"))
+}
+
+#[test]
+fn legit_json_reports_every_group() {
+    // Protected mode would refuse the group addresses other than 127.0.0.1.
+    let redis = RedisServer::builder()
+        .config("protected-mode no")
+        .start()
+        .unwrap();
+    let out = moat()
+        .args(["legit", "--target", &redis.addr().to_string()])
+        .args(["--duration", "1s", "--steady", "2", "--churn", "2"])
+        .args(["--churn-every", "3", "--rate", "20", "--fresh-rate", "5"])
+        .args(["--op-timeout", "5s", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["partial"], false);
+    assert_eq!(json["spec"]["steady"], 2);
+    let groups = json["groups"].as_array().unwrap();
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["steady", "churn", "fresh", "trusted"]);
+    for g in groups {
+        assert_eq!(g["errors"], 0, "{g}");
+        assert_eq!(g["success_rate"], 1.0, "{g}");
+        assert_eq!(g["latency_us"]["count"], g["ok"], "{g}");
+    }
+    // 1 s at 20 ops/s per client; 5 fresh probes.
+    assert_eq!(groups[0]["ok"], 40);
+    assert_eq!(groups[2]["ok"], 5);
+    assert!(!json["seconds"].as_array().unwrap().is_empty());
+    assert_eq!(json["phases"][0]["name"], "run");
+}
+
+#[test]
+fn legit_refuses_a_non_loopback_target_without_the_flag() {
+    let out = moat()
+        .args(["legit", "--target", "192.0.2.1:6379", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+}
+
+#[test]
+fn legit_refuses_impossible_numbers() {
+    let out = moat()
+        .args(["legit", "--target", "127.0.0.1:1", "--rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rate"), "{err}");
+}
