@@ -192,3 +192,48 @@ async fn the_workload_gets_through_moat_from_its_group_addresses() {
     assert!(list.contains("addr=127.2.0."), "{list}");
     drop(moat);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_the_run_early_with_a_partial_report() {
+    let redis = redis();
+    let mut spec = small(redis.addr());
+    spec.duration = Duration::from_secs(60);
+    let stop = CancellationToken::new();
+    let canceller = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        canceller.cancel();
+    });
+    let report = run(spec, PhaseHandle::default(), stop)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.partial);
+    assert!(report.elapsed_s < 60.0, "{}", report.elapsed_s);
+    let steady = report.group(LegitGroup::Steady).unwrap_or_else(|| panic!());
+    // What ran before the stop is measured; nothing cut short counts as a failure.
+    assert!(steady.ok > 0 && steady.errors == 0, "{}", report.table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_dies_mid_run_shows_as_connection_errors() {
+    let mut redis = redis();
+    let mut spec = small(redis.addr());
+    spec.duration = Duration::from_secs(2);
+    spec.op_timeout = Duration::from_secs(1);
+    let workload = tokio::spawn(run_small(spec));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.kill9();
+    let report = workload.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!report.partial);
+    for g in &report.groups {
+        assert!(g.ok > 0, "{}", report.table());
+        assert!(g.errors > 0, "{}", report.table());
+        for kind in g.errors_by_kind.keys() {
+            assert!(
+                ["refused", "reset", "closed"].contains(&kind.as_str()),
+                "{}",
+                report.table()
+            );
+        }
+    }
+}

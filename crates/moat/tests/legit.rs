@@ -67,3 +67,42 @@ fn legit_refuses_impossible_numbers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rate"), "{err}");
 }
+
+#[test]
+fn legit_stops_on_ctrl_c_with_a_partial_report() {
+    let redis = RedisServer::builder()
+        .config("protected-mode no")
+        .start()
+        .unwrap();
+    let child = moat()
+        .args(["legit", "--target", &redis.addr().to_string()])
+        .args([
+            "--duration",
+            "50s",
+            "--steady",
+            "2",
+            "--churn",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the workload's clients are connected, the signal handler is installed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while redis.connected_clients().unwrap() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["partial"], true);
+    assert!(json["elapsed_s"].as_f64().unwrap() < 50.0);
+    assert!(json["groups"][0]["ok"].as_u64().unwrap() > 0);
+}
