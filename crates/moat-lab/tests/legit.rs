@@ -88,6 +88,7 @@ async fn every_group_succeeds_against_a_healthy_redis() {
     assert_eq!(json["groups"][0]["ok"], 180);
     assert_eq!(json["spec"]["duration"], 1.5);
     assert!(json["seconds"][0]["p99_us"].is_u64());
+    assert_eq!(json["fresh_next"], 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,6 +220,8 @@ fn build_report(
         phases: phase_stats,
         phase_spans: spans(phases, &names, start, end),
         seconds,
+        fresh_next: u32::try_from(u64::from(spec.fresh_first) + spec.fresh_probes())
+            .unwrap_or(MAX_SOURCES),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct LegitReport {
     pub phase_spans: Vec<PhaseSpan>,
     /// Per second, phase and group (the second an operation ended in), for charts.
     pub seconds: Vec<SecondRow>,
+    /// The first fresh address index this run did not use: a later run against the same
+    /// target passes it as `fresh_first` so its probes still come from never-seen addresses.
+    pub fresh_next: u32,
 }
 
 /// Measurements of one group of clients.
@@ -102,9 +105,9 @@ pub struct SecondRow {
     pub ok: u64,
     /// Operations that failed.
     pub errors: u64,
-    /// Median latency, microseconds.
+    /// Median latency, microseconds (0 when only fast failures ended then).
     pub p50_us: u64,
-    /// 99th percentile latency, microseconds.
+    /// 99th percentile latency, microseconds (0 when only fast failures ended then).
     pub p99_us: u64,
 }
 

@@ -38,6 +38,9 @@ pub mod kind {
     pub const PROTOCOL: &str = "protocol";
     /// No local address or port to connect from (the load generator's own limit).
     pub const LOCAL: &str = "local_addr";
+    /// This process (or the system) ran out of file descriptors: the load generator's own
+    /// limit, not the target's.
+    pub const FD_LIMIT: &str = "fd_limit";
     /// Any other socket error.
     pub const IO: &str = "io";
 }
@@ -45,6 +48,10 @@ pub mod kind {
 /// The report key of a failed socket call.
 pub(crate) fn io_kind(e: &io::Error) -> &'static str {
     use io::ErrorKind as K;
+    // EMFILE and ENFILE on Linux: std has no stable kind for them.
+    if matches!(e.raw_os_error(), Some(23 | 24)) {
+        return kind::FD_LIMIT;
+    }
     match e.kind() {
         K::ConnectionRefused => kind::REFUSED,
         K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => kind::RESET,
