@@ -13,6 +13,10 @@ use super::schedule::{Schedule, Slot};
 use super::spec::{LegitGroup, LegitSpec};
 use super::stats::{Outcome, Recorder, kind};
 
+/// How early an operation may go out, to make up for timers that wake late (tokio's tick
+/// is a millisecond); latency then counts from the actual send.
+pub(crate) const EARLY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Fresh probes in flight at once, at most; beyond it the schedule waits (and its
 /// lateness shows in the latencies, then as timeouts).
 const MAX_PROBES_IN_FLIGHT: usize = 4096;
@@ -73,7 +77,8 @@ pub(crate) async fn client(
                 ctx.record(group, Err(kind::TIMEOUT.into()), intended);
                 continue;
             }
-            Slot::Due { intended, .. } => intended,
+            // Sent early: measure from the send, not from the later intended time.
+            Slot::Due { intended, .. } => intended.min(now),
         };
         let deadline = intended + spec.op_timeout;
         let op = rng.op(spec.mix, spec.keys);
@@ -135,7 +140,7 @@ pub(crate) async fn fresh(
                 ctx.record(LegitGroup::Fresh, Err(kind::TIMEOUT.into()), intended);
                 continue;
             }
-            Slot::Due { index, intended } => (index, intended),
+            Slot::Due { index, intended } => (index, intended.min(Instant::now())),
         };
         let key = match rng.op(ctx.spec.mix, ctx.spec.keys) {
             Op::Get(k) | Op::Set(k) => k,

@@ -104,7 +104,8 @@ pub async fn run_with_progress(
             // connect in the same instant.
             let offset = Duration::from_secs_f64(f64::from(k) / f64::from(n) / spec.rate);
             let schedule =
-                Schedule::at_rate(start + offset, spec.rate, spec.duration, spec.op_timeout);
+                Schedule::at_rate(start + offset, spec.rate, spec.duration, spec.op_timeout)
+                    .with_early(clients::EARLY);
             seed += 1;
             tasks.spawn(clients::client(
                 ctx.clone(),
@@ -117,7 +118,8 @@ pub async fn run_with_progress(
         }
     }
     if spec.fresh_rate > 0.0 {
-        let schedule = Schedule::at_rate(start, spec.fresh_rate, spec.duration, spec.op_timeout);
+        let schedule = Schedule::at_rate(start, spec.fresh_rate, spec.duration, spec.op_timeout)
+            .with_early(clients::EARLY);
         let fresh = Sources::new(Group::Fresh, MAX_SOURCES);
         let first = u64::from(spec.fresh_first);
         // validate() keeps first + probes within the range.

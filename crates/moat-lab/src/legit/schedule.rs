@@ -3,6 +3,11 @@
 //! target cannot hide behind a client that sends less (coordinated omission).
 //!
 //! Pure: every decision takes `now`, so tests drive it with a fake clock.
+//!
+//! Timers wake a little after the instant asked for (tokio's wheel ticks every
+//! millisecond), which would add up to a millisecond of the load generator's own delay to
+//! every latency. So an operation is handed out up to `early` before it is due; the
+//! client measures from whichever comes first, the intended time or the actual send.
 
 use std::time::Duration;
 
@@ -41,6 +46,7 @@ pub struct Schedule {
     count: u64,
     next: u64,
     max_lateness: Duration,
+    early: Duration,
 }
 
 impl Schedule {
@@ -53,7 +59,15 @@ impl Schedule {
             count,
             next: 0,
             max_lateness,
+            early: Duration::ZERO,
         }
+    }
+
+    /// Hands operations out up to `early` before they are due, to make up for timers that
+    /// wake late (see the module's documentation).
+    pub fn with_early(mut self, early: Duration) -> Self {
+        self.early = early;
+        self
     }
 
     /// The schedule of `rate` operations per second for `duration` from `start`.
@@ -88,11 +102,11 @@ impl Schedule {
         }
         let index = self.next;
         let intended = self.intended(index);
-        if intended > now {
-            return Slot::Wait(intended);
+        if intended > now + self.early {
+            return Slot::Wait(intended.checked_sub(self.early).unwrap_or(intended));
         }
         self.next += 1;
-        if now.duration_since(intended) > self.max_lateness {
+        if now.saturating_duration_since(intended) > self.max_lateness {
             Slot::Expired { index, intended }
         } else {
             Slot::Due { index, intended }
@@ -185,6 +199,21 @@ mod tests {
         assert_eq!(expired, 39);
         assert_eq!(due, (40..=50).collect::<Vec<_>>());
         assert_eq!(s.issued(), 51);
+    }
+
+    #[test]
+    fn operations_may_go_out_slightly_early() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0 + 10 * MS, 10 * MS, 2, 1000 * MS).with_early(MS);
+        assert_eq!(s.poll(t0), Slot::Wait(t0 + 9 * MS));
+        assert_eq!(
+            s.poll(t0 + 9 * MS),
+            Slot::Due {
+                index: 0,
+                intended: t0 + 10 * MS
+            }
+        );
+        assert_eq!(s.poll(t0 + 10 * MS), Slot::Wait(t0 + 19 * MS));
     }
 
     #[test]
