@@ -77,39 +77,48 @@ impl LegitArgs {
     }
 }
 
+/// Runs `moat legit` on a runtime of its own (the binary's `main` is synchronous).
 pub(crate) fn run(args: LegitArgs) -> anyhow::Result<()> {
+    // Checked before a runtime or a socket exists.
     let spec = args.spec();
-    // Checked here too, so bad input fails before a runtime or a socket exists.
     moat_lab::target::check(spec.target, spec.allow_non_loopback)?;
     spec.validate()?;
-    super::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let report = runtime.block_on(async {
-        let stop = CancellationToken::new();
-        let progress = Progress::default();
-        let ctrl_c = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    stop.cancel();
-                }
-            })
-        };
-        let bar = std::io::stderr()
-            .is_terminal()
-            .then(|| show_progress(progress.clone(), spec.duration));
-        let result = legit::run_with_progress(spec, PhaseHandle::new("run"), stop, progress).await;
-        ctrl_c.abort();
-        if let Some((bar, task)) = bar {
-            task.abort();
-            bar.finish_and_clear();
-        }
-        result
-    })?;
+    runtime.block_on(execute(args))
+}
+
+/// `moat legit` inside a running runtime (for a caller that already has one, such as an
+/// async `moat attack` dispatcher): runs the workload and prints its report.
+pub(crate) async fn execute(args: LegitArgs) -> anyhow::Result<()> {
+    let spec = args.spec();
+    moat_lab::target::check(spec.target, spec.allow_non_loopback)?;
+    spec.validate()?;
+    super::raise_fd_limit();
+    let stop = CancellationToken::new();
+    let progress = Progress::default();
+    // Ctrl-C ends the run early: the report is printed, marked partial.
+    let ctrl_c = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.cancel();
+            }
+        })
+    };
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| show_progress(progress.clone(), spec.duration));
+    let result = legit::run_with_progress(spec, PhaseHandle::new("run"), stop, progress).await;
+    ctrl_c.abort();
+    if let Some((bar, task)) = bar {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let report = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

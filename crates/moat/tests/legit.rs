@@ -6,8 +6,11 @@ use std::process::Command;
 
 use moat_testkit::RedisServer;
 
-fn moat() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
+/// `moat legit`; the one place to change if the subcommand moves (`moat attack legit`).
+fn legit() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat"));
+    cmd.arg("legit");
+    cmd
 }
 
 #[test]
@@ -17,8 +20,8 @@ fn legit_json_reports_every_group() {
         .config("protected-mode no")
         .start()
         .unwrap();
-    let out = moat()
-        .args(["legit", "--target", &redis.addr().to_string()])
+    let out = legit()
+        .args(["--target", &redis.addr().to_string()])
         .args(["--duration", "1s", "--steady", "2", "--churn", "2"])
         .args(["--churn-every", "3", "--rate", "20", "--fresh-rate", "5"])
         .args(["--op-timeout", "5s", "--json"])
@@ -48,8 +51,8 @@ fn legit_json_reports_every_group() {
 
 #[test]
 fn legit_refuses_a_non_loopback_target_without_the_flag() {
-    let out = moat()
-        .args(["legit", "--target", "192.0.2.1:6379", "--duration", "1s"])
+    let out = legit()
+        .args(["--target", "192.0.2.1:6379", "--duration", "1s"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -59,8 +62,8 @@ fn legit_refuses_a_non_loopback_target_without_the_flag() {
 
 #[test]
 fn legit_refuses_impossible_numbers() {
-    let out = moat()
-        .args(["legit", "--target", "127.0.0.1:1", "--rate", "0"])
+    let out = legit()
+        .args(["--target", "127.0.0.1:1", "--rate", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -74,8 +77,8 @@ fn legit_stops_on_ctrl_c_with_a_partial_report() {
         .config("protected-mode no")
         .start()
         .unwrap();
-    let child = moat()
-        .args(["legit", "--target", &redis.addr().to_string()])
+    let child = legit()
+        .args(["--target", &redis.addr().to_string()])
         .args([
             "--duration",
             "50s",
