@@ -7,7 +7,8 @@
 //!   sees many distinct peers from one machine.
 //! - [`connect`]: connecting from a chosen source address (bind before connect).
 //! - [`attack`]: the attack modes (flood, hoard, pin, slow-reader, auth-brute).
-//! - `legit`: the legitimate workload and its latency histograms.
+//! - [`legit`]: the legitimate workload (groups of clients at fixed offered rates) and its
+//!   latency histograms per phase and second.
 //!
 //! Every loop here is bounded in count and in time, and stops by itself.
 
@@ -15,5 +16,6 @@
 
 pub mod attack;
 pub mod connect;
+pub mod legit;
 pub mod sources;
 pub mod target;

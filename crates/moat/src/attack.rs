@@ -126,7 +126,9 @@ enum AttackMode {
         #[arg(long)]
         username: Option<String>,
     },
-    // `legit` (the legitimate workload) goes here too.
+    /// Not an attack: the legitimate workload (steady, churn, fresh and trusted clients at
+    /// fixed offered rates), measured to see what real clients get during one.
+    Legit(crate::legit::LegitArgs),
 }
 
 /// Flags every mode has.
@@ -278,6 +280,7 @@ fn spec(mode: AttackMode) -> anyhow::Result<(AttackSpec, Common)> {
                 ..AuthBruteSpec::default()
             }),
         ),
+        AttackMode::Legit(_) => anyhow::bail!("legit is a workload, not an attack mode"),
     };
     let mut spec = AttackSpec::new(resolve(&common.target)?, mode);
     spec.duration = common.duration;
@@ -289,6 +292,9 @@ fn spec(mode: AttackMode) -> anyhow::Result<(AttackSpec, Common)> {
 }
 
 pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
+    if let AttackMode::Legit(args) = args.mode {
+        return crate::legit::run(args);
+    }
     let (spec, common) = spec(args.mode)?;
     moat_lab::target::check(spec.target, spec.allow_non_loopback)?;
     spec.validate()?;

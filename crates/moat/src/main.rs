@@ -6,6 +6,7 @@
 mod attack;
 mod ctl;
 mod demo;
+mod legit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +40,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Talk to a running moat's admin API: status, bans, sources, clients, reload, drain.
     Ctl(ctl::CtlArgs),
-    /// Attack a loopback Redis or proxy (flood, hoard, pin, slow-reader, auth-brute).
+    /// Attack a loopback Redis or proxy (flood, hoard, pin, slow-reader, auth-brute), or
+    /// measure what legitimate clients get (legit).
     Attack(attack::AttackArgs),
 }
 
