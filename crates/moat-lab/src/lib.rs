@@ -1,5 +1,5 @@
 //! Moat's lab: attacks that exhaust a Redis server's connections, a legitimate workload
-//! measured while they run, and (later) scenarios and reports that prove each defence.
+//! measured while they run, and the lab: scenarios and reports that prove each defence.
 //!
 //! Modules:
 //! - [`target`]: which endpoints may be attacked (loopback only, unless told otherwise).
@@ -9,6 +9,8 @@
 //! - [`attack`]: the attack modes (flood, hoard, pin, slow-reader, auth-brute).
 //! - [`legit`]: the legitimate workload (groups of clients at fixed offered rates) and its
 //!   latency histograms per phase and second.
+//! - [`lab`]: `moat lab`: scenarios of attacks × targets it starts itself, sampled every
+//!   second, written down as JSON, Markdown tables and SVG charts.
 //!
 //! Every loop here is bounded in count and in time, and stops by itself.
 
@@ -16,6 +18,7 @@
 
 pub mod attack;
 pub mod connect;
+pub mod lab;
 pub mod legit;
 pub mod sources;
 pub mod target;

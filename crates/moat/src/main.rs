@@ -6,6 +6,7 @@
 mod attack;
 mod ctl;
 mod demo;
+mod lab;
 mod legit;
 
 use std::net::SocketAddr;
@@ -43,6 +44,9 @@ enum Command {
     /// Attack a loopback Redis or proxy (flood, hoard, pin, slow-reader, auth-brute), or
     /// measure what legitimate clients get (legit).
     Attack(attack::AttackArgs),
+    /// Run a scenario of attacks against Redis alone, hardened and behind moat, and write
+    /// a report with tables and charts.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Ctl(args) => ctl::main(args),
         Command::Attack(args) => attack::main(args),
+        Command::Lab(args) => lab::main(args),
     }
 }
 
