@@ -184,8 +184,9 @@ impl LabReport {
         }
         let _ = writeln!(
             out,
-            "Charts: `p99.svg` (steady p99 over time, attack window shaded), `success.svg` \
-             (success per phase), `redis_connections.svg`, `moat_rss.svg`; all numbers in \
+            "Charts per attack: `ATTACK-p99.svg` (steady p99 over time, attack window \
+             shaded), `ATTACK-success.svg` (success per phase), \
+             `ATTACK-redis-connections.svg`, `ATTACK-moat-rss.svg`; every number is in \
              `report.json`."
         );
         out

@@ -262,7 +262,9 @@ async fn sample_loop(
     stop: CancellationToken,
 ) -> Vec<Sample> {
     let mut out = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Half a second off the phase switches, so no sample straddles one.
+    let mut tick =
+        tokio::time::interval_at(start + Duration::from_millis(500), Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

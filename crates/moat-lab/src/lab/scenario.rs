@@ -315,7 +315,7 @@ mod tests {
         let text = format!("{QUICK}\n[[attacks]]\nname = \"x\"\nsources = -1\n");
         let e = Scenario::parse(&text).expect_err("negative").to_string();
         assert!(e.contains("sources"), "{e}");
-        let text = QUICK.replace("[legit]", "[legit]\nrate = 1e9");
+        let text = QUICK.replace("\nrate = 20.0", "\nrate = 1e9");
         let e = Scenario::parse(&text).expect_err("rate").to_string();
         assert!(e.contains("legit"), "{e}");
     }
