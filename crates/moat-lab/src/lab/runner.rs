@@ -388,16 +388,24 @@ fn spawn_attack(exe: &std::path::Path, spec: &AttackSpec) -> Result<tokio::proce
 
 /// SIGTERM (by PID, while the child is unreaped), then its JSON summary from stdout.
 async fn stop_attack(mut child: tokio::process::Child) -> Result<AttackSummary, String> {
+    // Its shards, if it split itself: a parent killed outright could not stop them.
+    let mut shards = Vec::new();
     if matches!(child.try_wait(), Ok(None))
         && let Some(pid) = child.id()
     {
+        shards = sampler::descendants(pid, &sampler::parents());
         targets::signal(pid, "TERM");
     }
     let output = match tokio::time::timeout(ATTACK_EXIT, child.wait_with_output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Err(format!("waiting for moat attack: {e}")),
-        // Dropping the future dropped the child, which kill_on_drop kills.
-        Err(_) => return Err("moat attack did not exit after SIGTERM; killed".into()),
+        Err(_) => {
+            // Dropping the future dropped the child, which kill_on_drop kills.
+            for pid in shards.into_iter().filter(|p| targets::alive(*p)) {
+                targets::signal(pid, "KILL");
+            }
+            return Err("moat attack did not exit after SIGTERM; killed".into());
+        }
     };
     serde_json::from_slice(&output.stdout).map_err(|e| {
         let stderr = String::from_utf8_lossy(&output.stderr);

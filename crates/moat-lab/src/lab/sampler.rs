@@ -135,6 +135,44 @@ pub fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     Some((rss_kb * 1024, (utime + stime) / TICKS))
 }
 
+/// Every process's parent, from `/proc/*/stat`.
+pub(super) fn parents() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// The children of `pid`, their children, and so on.
+pub(super) fn descendants(pid: u32, parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    // Bounded: a PID is visited once, and there are finitely many.
+    while let Some(p) = frontier.pop() {
+        let children: Vec<u32> = parents
+            .iter()
+            .filter(|(c, pp)| *pp == p && !out.contains(c))
+            .map(|(c, _)| *c)
+            .collect();
+        out.extend(&children);
+        frontier.extend(children);
+    }
+    out
+}
+
 /// The machine's busy CPU time (all cores, seconds) from `/proc/stat`.
 pub fn machine_busy() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
@@ -229,10 +267,18 @@ pub async fn sample(
         machine_busy_s: machine_busy(),
         ..Sample::default()
     };
+    let parents = parents();
     for p in procs {
-        if let Some((rss, cpu)) = proc_usage(p.pid) {
-            *s.rss.entry(p.role.clone()).or_insert(0) += rss;
-            *s.cpu_s.entry(p.role.clone()).or_insert(0.0) += cpu;
+        // An attack split over processes (shards) does its work in its children.
+        let mut family = vec![p.pid];
+        if p.role == "attack" {
+            family.extend(descendants(p.pid, &parents));
+        }
+        for pid in family {
+            if let Some((rss, cpu)) = proc_usage(pid) {
+                *s.rss.entry(p.role.clone()).or_insert(0) += rss;
+                *s.cpu_s.entry(p.role.clone()).or_insert(0.0) += cpu;
+            }
         }
     }
     if let Some(admin) = admin {
