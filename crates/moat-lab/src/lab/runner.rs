@@ -122,11 +122,12 @@ async fn one_run(
     run.procs = running.procs();
     if options.verbose {
         for p in &run.procs {
-            eprintln!(
-                "moat lab: started {} {} pid {} ({})",
-                run.target, p.role, p.pid, running.addr
-            );
+            eprintln!("moat lab: {}: started {} pid {}", run.target, p.role, p.pid);
         }
+        eprintln!(
+            "moat lab: {}: clients connect to {}",
+            run.target, running.addr
+        );
     }
     let target_addr = running.addr;
     let admin = running.admin;
@@ -224,11 +225,13 @@ async fn one_run(
         Err(e) => run.error = Some(format!("legit workload: {e}")),
     }
     run.phases = phase_reports(scenario, run.legit.as_ref(), &run.samples);
-    let abort = if let Some(why) = died {
+    // Ctrl-C in a terminal reaches the lab's redis-servers too (same process group), so a
+    // target that exits after a stop was stopped, not dead.
+    let abort = if stop.is_cancelled() {
+        Some("stopped (Ctrl-C)".into())
+    } else if let Some(why) = died {
         run.error = Some(why.clone());
         Some(why)
-    } else if stop.is_cancelled() {
-        Some("stopped (Ctrl-C)".into())
     } else {
         None
     };
@@ -381,6 +384,9 @@ fn spawn_attack(exe: &std::path::Path, spec: &AttackSpec) -> Result<tokio::proce
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C stops the lab, which stops the attack
+        // at its phase's end and still reads its summary.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("starting moat attack: {e}"))

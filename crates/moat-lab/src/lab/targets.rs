@@ -266,7 +266,9 @@ impl MoatChild {
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
-        let child = cmd
+        // Its own process group: a terminal's Ctrl-C reaches the lab, which stops moat by
+        // PID once the run's measurements are in.
+        let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
             .env_remove("MOAT_CONFIG")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
