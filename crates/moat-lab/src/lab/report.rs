@@ -43,6 +43,8 @@ pub struct RunReport {
     pub legit: Option<LegitReport>,
     /// The attack's summary (from `moat attack --json`).
     pub attack_summary: Option<AttackSummary>,
+    /// moat's RSS growth over the run (highest sample minus the first), bytes.
+    pub moat_rss_growth: Option<i64>,
     /// What went wrong, if anything (the attack failed, the target died...).
     pub error: Option<String>,
     /// One sample per second.
@@ -66,6 +68,10 @@ pub struct PhaseReport {
     pub redis_rejected: Option<u64>,
     /// moat's RSS, highest sample, bytes.
     pub moat_rss_max: Option<u64>,
+    /// moat's clients (`moat_clients`), highest sample.
+    pub moat_clients_max: Option<f64>,
+    /// Connections moat refused during the phase, by reason (`moat_connections_refused`).
+    pub moat_refused: std::collections::BTreeMap<String, f64>,
     /// CPU seconds used per process role during the phase.
     pub cpu_s: std::collections::BTreeMap<String, f64>,
     /// Busy CPU of the machine not used by the lab's processes, as a share of all cores.

@@ -92,6 +92,7 @@ async fn one_run(
         phases: Vec::new(),
         legit: None,
         attack_summary: None,
+        moat_rss_growth: None,
         error: None,
         samples: Vec::new(),
     };
@@ -225,6 +226,7 @@ async fn one_run(
         Err(e) => run.error = Some(format!("legit workload: {e}")),
     }
     run.phases = phase_reports(scenario, run.legit.as_ref(), &run.samples);
+    run.moat_rss_growth = run.moat_rss_growth();
     // Ctrl-C in a terminal reaches the lab's redis-servers too (same process group), so a
     // target that exits after a stop was stopped, not dead.
     let abort = if stop.is_cancelled() {
@@ -444,23 +446,39 @@ fn phase_reports(
                 (all > 0).then(|| 100.0 * ok as f64 / all as f64)
             };
             let in_phase: Vec<&Sample> = samples.iter().filter(|s| s.phase == *name).collect();
+            // Counters over a phase run from the last sample before it (when there is
+            // one) to its last, so the half second before its first sample counts too.
+            let from = samples
+                .iter()
+                .position(|s| s.phase == *name)
+                .and_then(|i| samples.get(i.saturating_sub(1)));
+            let span = from.zip(in_phase.last().copied());
             let info_max = |k: &str| in_phase.iter().filter_map(|s| s.info.get(k)).max().copied();
-            let info_min = |k: &str| in_phase.iter().filter_map(|s| s.info.get(k)).min().copied();
-            let redis_rejected = match (
-                info_max("rejected_connections"),
-                info_min("rejected_connections"),
-            ) {
-                (Some(a), Some(b)) => Some(a - b),
-                _ => None,
-            };
+            let redis_rejected = span.and_then(|(first, last)| {
+                let k = "rejected_connections";
+                Some(last.info.get(k)?.saturating_sub(*first.info.get(k)?))
+            });
             let moat_rss_max = in_phase
                 .iter()
                 .filter_map(|s| s.rss.get("moat"))
                 .max()
                 .copied();
+            let moat_clients_max = in_phase
+                .iter()
+                .filter_map(|s| s.moat.get("moat_clients").copied())
+                .reduce(f64::max);
+            let mut moat_refused = std::collections::BTreeMap::new();
+            if let Some((first, last)) = span {
+                for (key, end) in &last.moat {
+                    if let Some(reason) = key.strip_prefix("refused:") {
+                        let begin = first.moat.get(key).copied().unwrap_or(0.0);
+                        moat_refused.insert(reason.to_owned(), (end - begin).max(0.0));
+                    }
+                }
+            }
             let mut cpu_s = std::collections::BTreeMap::new();
             let mut foreign_cpu = None;
-            if let (Some(first), Some(last)) = (in_phase.first(), in_phase.last())
+            if let Some((first, last)) = span
                 && last.t > first.t
             {
                 for (role, end) in &last.cpu_s {
@@ -479,6 +497,8 @@ fn phase_reports(
                 redis_connected_max: info_max("connected_clients"),
                 redis_rejected,
                 moat_rss_max,
+                moat_clients_max,
+                moat_refused,
                 cpu_s,
                 noisy: foreign_cpu.is_some_and(|f| f > scenario.noisy_cpu),
                 foreign_cpu,
