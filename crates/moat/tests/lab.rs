@@ -122,6 +122,11 @@ fn bad_scenarios_are_refused_naming_the_key() {
              [[attacks]]\nname = \"a\"\nmode.hoard = { connections = 2000000 }\n",
             "attacks[0] (a).mode",
         ),
+        (
+            "moat_config = \"no-such-moat.toml\"\n[phases]\nbaseline = \"1s\"\n\
+             attack = \"1s\"\nrecovery = \"1s\"\n[[attacks]]\nname = \"a\"\n",
+            "no-such-moat.toml",
+        ),
     ] {
         let path = dir.path().join("s.toml");
         std::fs::write(&path, text).expect("write scenario");
