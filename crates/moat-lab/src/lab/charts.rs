@@ -169,13 +169,19 @@ fn line_chart(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(10)
-        .x_label_area_size(30)
+        .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..x1, 0f64..y1)
         .map_err(|e| err(e.to_string()))?;
+    let x_desc = if shade.is_some() {
+        "seconds"
+    } else {
+        "phase: 0 baseline, 1 attack, 2 recovery"
+    };
     chart
         .configure_mesh()
         .light_line_style(WHITE)
+        .x_desc(x_desc)
         .draw()
         .map_err(|e| err(e.to_string()))?;
     if let Some((a, b)) = shade {
