@@ -49,25 +49,33 @@ pub struct Sample {
 /// Redis does not refuse it.
 #[derive(Debug)]
 pub struct Monitor {
+    addr: Option<SocketAddr>,
     stream: Option<TcpStream>,
 }
 
+async fn open(addr: Option<SocketAddr>) -> Option<TcpStream> {
+    tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr?))
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
 impl Monitor {
-    /// Connects (a failure only means no INFO samples).
+    /// Connects (a failure only means no INFO samples until a later one succeeds).
     pub async fn connect(addr: Option<SocketAddr>) -> Self {
-        let stream = match addr {
-            Some(addr) => tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            None => None,
-        };
-        Self { stream }
+        Self {
+            addr,
+            stream: open(addr).await,
+        }
     }
 
     /// INFO's numeric fields of [`INFO_FIELDS`]; empty if Redis did not answer within a
-    /// second (the connection is then given up: a wedged reply cannot be resynchronised).
+    /// second. The connection is then dropped (a late reply cannot be told from the next)
+    /// and opened again at the next sample, which a full Redis may refuse.
     pub async fn info(&mut self) -> BTreeMap<String, u64> {
+        if self.stream.is_none() {
+            self.stream = open(self.addr).await;
+        }
         let Some(stream) = self.stream.as_mut() else {
             return BTreeMap::new();
         };
