@@ -91,6 +91,7 @@ async fn a_stop_before_the_first_run_is_a_partial_empty_report() {
 #[test]
 fn external_targets_are_checked() {
     assert!(TargetDef::parse_external("x=127.0.0.1:6379").is_ok());
+    assert!(TargetDef::parse_external("x=localhost:6379").is_ok());
     for bad in [
         "127.0.0.1:6379",
         "=127.0.0.1:1",

@@ -44,7 +44,10 @@ impl TargetDef {
     pub fn parse_external(s: &str) -> Result<Self, LabError> {
         let bad = || LabError::Target(format!("{s}: expected NAME=HOST:PORT"));
         let (name, addr) = s.split_once('=').ok_or_else(bad)?;
-        let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(bad)?;
         if name.is_empty() {
             return Err(bad());
         }
