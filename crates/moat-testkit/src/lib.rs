@@ -347,6 +347,28 @@ impl RedisServer {
     /// that silently runs against an unpaused server proves nothing.
     pub fn pause(&self) {
         self.signal("STOP");
+        self.wait_stopped(true);
+    }
+
+    /// Waits until the process is (`stopped`) or is no longer stopped: signals take
+    /// effect asynchronously (a process on another CPU stops at its next kernel entry), and
+    /// the caller's next step must meet the state it asked for. Bounded; without a
+    /// readable /proc (not Linux) it does not wait.
+    fn wait_stopped(&self, stopped: bool) {
+        let pid = self.pid();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return;
+            };
+            let state = stat
+                .rfind(')')
+                .and_then(|end| stat[end + 1..].trim_start().chars().next());
+            if matches!(state, Some('T' | 't')) == stopped {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Thaws a server frozen by [`pause`](Self::pause) with SIGCONT.
@@ -355,6 +377,7 @@ impl RedisServer {
     /// If the server is not running or the signal cannot be sent.
     pub fn resume(&self) {
         self.signal("CONT");
+        self.wait_stopped(false);
     }
 
     /// Starts the server again on the same port with the same configuration,
