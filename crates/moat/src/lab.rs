@@ -3,10 +3,10 @@
 //! writes `report.json`, `report.md` and SVG charts. Ctrl-C (or SIGTERM) stops it early:
 //! every process it started is stopped and the report is written, marked partial.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use moat_lab::lab::{self, LabOptions, Scenario, TargetDef};
+use moat_lab::lab::{self, LabOptions, LabReport, Scenario, TargetDef};
 use tokio_util::sync::CancellationToken;
 
 /// Options of `moat lab`.
@@ -54,12 +54,35 @@ pub(crate) fn main(args: LabArgs) -> anyhow::Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from("target/lab").join(timestamp()));
+    let (report, files) = run_and_write(&scenario, externals, moat_config, &out, !args.quiet)?;
+    print!("{}", report.markdown());
+    println!("\nReport: {} ({} files)", out.display(), files.len());
+    if report.partial {
+        anyhow::bail!(
+            "partial report ({}) written to {}",
+            report.partial_reason.as_deref().unwrap_or("stopped early"),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `scenario` on a runtime of its own, stopping cleanly on Ctrl-C or SIGTERM (every
+/// process the lab started is stopped; the report is marked partial), and writes the report
+/// to `out`. Returns the report and the files written.
+pub(crate) fn run_and_write(
+    scenario: &Scenario,
+    externals: Vec<TargetDef>,
+    moat_config: Option<PathBuf>,
+    out: &Path,
+    verbose: bool,
+) -> anyhow::Result<(LabReport, Vec<PathBuf>)> {
     let options = LabOptions {
         exe: std::env::current_exe().context("locating the moat binary")?,
         externals,
         moat_config,
         fd_limit: super::raise_fd_limit(),
-        verbose: !args.quiet,
+        verbose,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,29 +101,20 @@ pub(crate) fn main(args: LabArgs) -> anyhow::Result<()> {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
-                eprintln!("moat lab: stopping (the report will be partial)");
+                eprintln!("moat: stopping (the report will be partial)");
                 stop.cancel();
             })
         };
-        let report = lab::run(&scenario, &options, stop).await;
+        let report = lab::run(scenario, &options, stop).await;
         on_signal.abort();
         anyhow::Ok(report)
     })?;
-    let files = lab::write(&report, &out)?;
-    print!("{}", report.markdown());
-    println!("\nReport: {} ({} files)", out.display(), files.len());
-    if report.partial {
-        anyhow::bail!(
-            "partial report ({}) written to {}",
-            report.partial_reason.as_deref().unwrap_or("stopped early"),
-            out.display()
-        );
-    }
-    Ok(())
+    let files = lab::write(&report, out)?;
+    Ok((report, files))
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, for the default report directory.
-fn timestamp() -> String {
+pub(crate) fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -1,7 +1,7 @@
 //! The `moat` binary as users run it: check-config, proxy with flags, demo.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,8 +102,20 @@ fn proxy_flags_run_a_proxy_in_front_of_redis() {
 
 #[test]
 fn demo_shows_redis_holding_only_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
     let out = moat()
-        .args(["demo", "--connections", "300"])
+        .args([
+            "demo",
+            "--attack",
+            "1s",
+            "--baseline",
+            "1s",
+            "--hoard",
+            "300",
+            "-q",
+        ])
+        .arg("--out")
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -116,22 +128,34 @@ fn demo_shows_redis_holding_only_the_pool() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let row = |label: &str| -> Vec<u64> {
-        BufReader::new(text.as_bytes())
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.trim_start().starts_with(label))
-            .unwrap_or_else(|| panic!("no `{label}` row in {text}"))
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect()
-    };
-    let through = row("through moat");
-    let direct = row("straight to Redis");
     assert!(
-        through[0] <= 2,
-        "Redis held {} connections behind moat",
-        through[0]
+        text.contains("## hoard") && text.contains("## flood"),
+        "{text}"
     );
-    assert_eq!(direct[0], 300, "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let held = |target: &str| -> u64 {
+        let run = report["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["attack"] == "hoard" && r["target"] == target)
+            .unwrap_or_else(|| panic!("no hoard run against {target}"));
+        let attack = run["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "attack")
+            .unwrap();
+        attack["redis_connected_max"].as_u64().unwrap()
+    };
+    // Straight to Redis, the hoard is held by Redis; behind moat, Redis sees only the pool.
+    assert!(held("redis") >= 300, "{text}");
+    assert!(held("moat") <= 4, "{text}");
+    assert!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "svg"))
+    );
 }

@@ -20,6 +20,8 @@ use super::LabError;
 pub const DEFAULT: &str = include_str!("../../scenarios/default.toml");
 /// A few seconds in all, small K: `moat lab --quick` and the smoke test.
 pub const QUICK: &str = include_str!("../../scenarios/quick.toml");
+/// `moat demo`'s scenario, as shipped.
+pub const DEMO: &str = include_str!("../../scenarios/demo.toml");
 
 /// The longest a phase may last.
 pub const MAX_PHASE: Duration = Duration::from_secs(600);
@@ -230,6 +232,11 @@ impl Scenario {
         Self::parse(QUICK).unwrap_or_else(|e| unreachable!("quick.toml: {e}"))
     }
 
+    /// `moat demo`'s scenario: a flood and a hoard, Redis alone against Redis behind moat.
+    pub fn demo() -> Self {
+        Self::parse(DEMO).unwrap_or_else(|e| unreachable!("demo.toml: {e}"))
+    }
+
     /// Checks every bound, naming the key at fault.
     pub fn validate(&self) -> Result<(), LabError> {
         let bad = |key: &str, why: String| Err(LabError::Scenario(format!("{key}: {why}")));
@@ -289,6 +296,7 @@ mod tests {
                 .filter(|a| a.mode.is_some())
                 .all(|a| a.sources == 1024)
         );
+        Scenario::parse(DEMO).expect("demo.toml");
         let q = Scenario::parse(QUICK).expect("quick.toml");
         assert!(q.phases.total() <= Duration::from_secs(10));
     }
