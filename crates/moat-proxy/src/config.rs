@@ -26,6 +26,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The admin HTTP API: metrics, status, bans, reload, drain.
     pub admin: AdminConfig,
+    /// Kernel-level drop of banned and denied sources (BPF socket filter, nftables).
+    pub kernel: moat_kernel::KernelConfig,
     /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`), in table mode only.
     pub users: Vec<UserConfig>,
 }

@@ -1,0 +1,1 @@
+//! A classic BPF program that drops packets from a list of networks (pure code).

@@ -1,0 +1,1 @@
+//! Attaches a [`crate::bpf`] program to listening sockets.
