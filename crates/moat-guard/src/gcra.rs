@@ -35,6 +35,18 @@ impl Gcra {
         *tat = Some((current + self.interval).min(ceiling));
         allowed
     }
+
+    /// Like [`Gcra::attempt`], but a refused attempt costs nothing: for a source known to be
+    /// legitimate, which gets its rate even while it retries faster than that (a client
+    /// reconnecting on every command after a timeout), instead of staying refused.
+    pub(crate) fn attempt_lenient(&self, tat: &mut Option<Instant>, now: Instant) -> bool {
+        let current = tat.map_or(now, |t| t.max(now));
+        let allowed = current.saturating_duration_since(now) <= self.tolerance;
+        if allowed {
+            *tat = Some(current + self.interval);
+        }
+        allowed
+    }
 }
 
 #[cfg(test)]
@@ -51,6 +63,21 @@ mod tests {
         // After the hammering stops, the rate comes back.
         let later = t0 + Duration::from_secs(2);
         assert!(g.attempt(&mut tat, later));
+    }
+
+    #[test]
+    fn a_lenient_source_retrying_fast_gets_its_rate() {
+        let g = Gcra::new(10.0, 2);
+        let t0 = Instant::now();
+        let mut tat = None;
+        let mut allowed = 0;
+        // 100 attempts per second for 3 seconds: the rate's worth gets through.
+        for i in 0..300u64 {
+            if g.attempt_lenient(&mut tat, t0 + Duration::from_millis(i * 10)) {
+                allowed += 1;
+            }
+        }
+        assert!((30..=32).contains(&allowed), "{allowed}");
     }
 
     #[test]

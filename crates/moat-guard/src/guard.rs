@@ -93,6 +93,9 @@ pub enum Event {
     ProtocolError,
     /// A request the client started was not finished in time (a slowloris).
     SlowRequest,
+    /// The client left more replies unread than it may (output limits, or the heaviest
+    /// non-reader when unread output filled the budget): a slow-reader attack.
+    SlowReader,
     /// The connection ended (closed or timed out) after this many commands.
     Closed {
         /// Commands the connection ran.
@@ -312,10 +315,15 @@ fn check_untrusted(
     // keeps it refused. Its subnet is charged only for attempts the address's own rate
     // let through: one flooder must not use up its neighbours' share.
     let source = entry(&mut st.sources, ip, &mut st.evictions);
-    let ip_ok = settings.ip_rate.attempt(&mut source.tat, now);
     let known = source
         .last_success
         .is_some_and(|t| now.saturating_duration_since(t) <= c.recent_success);
+    // A known source's refused attempts cost it nothing: it gets its rate while retrying.
+    let ip_ok = if known {
+        settings.ip_rate.attempt_lenient(&mut source.tat, now)
+    } else {
+        settings.ip_rate.attempt(&mut source.tat, now)
+    };
     if !ip_ok {
         return Err(Reject::IpRate);
     }
@@ -336,6 +344,14 @@ fn check_untrusted(
         return Err(Reject::Shed);
     }
     Ok(())
+}
+
+/// Whether `ip` ran a successful command within `recent_success` of `now`.
+fn known_at(st: &State, settings: &Settings, ip: IpAddr, now: Instant) -> bool {
+    st.sources
+        .peek(&ip)
+        .and_then(|s| s.last_success)
+        .is_some_and(|t| now.saturating_duration_since(t) <= settings.config.recent_success)
 }
 
 /// Counts a strike; enough of them within the window ban the source.
@@ -483,7 +499,12 @@ impl Guard {
                 {
                     source.note_refusal(now, settings.config.strike_window);
                 }
-                if reject.strikes() {
+                // A source with a recent successful command is refused but not struck for
+                // coming too fast or too many: a real client that lost its connections
+                // reconnects on every command, and banning it would turn moat's own
+                // hiccup into an outage. Its silent connections, failed AUTHs and protocol
+                // errors still strike.
+                if reject.strikes() && !known_at(&st, &settings, ip, now) {
                     strike(&settings, &mut st, ip, now);
                 }
                 Err(reject)
@@ -503,6 +524,7 @@ impl Guard {
             Event::AuthFailed
             | Event::ProtocolError
             | Event::SlowRequest
+            | Event::SlowReader
             | Event::Closed { commands: 0 } => {
                 let settings = st.settings.clone();
                 strike(&settings, st, ip, now);

@@ -239,6 +239,55 @@ fn silent_connections_and_rejections_are_strikes_but_served_ones_are_not() {
 }
 
 #[test]
+fn a_known_client_reconnecting_fast_is_rate_limited_but_never_banned() {
+    let g = Guard::new(config());
+    let t = clock();
+    let app = ip("127.5.0.5");
+    let stranger = ip("127.5.0.6");
+    // The application ran real commands; the stranger never did.
+    drop(g.admit(app, t.at(0)).unwrap());
+    g.record(app, Event::Command, t.at(1));
+    // Both then reconnect 50 times a second for 10 seconds (a client after a timeout
+    // retries every command on a new connection), five times their rate of 10/s.
+    let (mut app_ok, mut app_banned, mut stranger_banned) = (0, 0, 0);
+    for i in 0..500u64 {
+        let at = t.at(10 + i * 20);
+        match g.admit(app, at) {
+            Ok(ticket) => {
+                app_ok += 1;
+                g.record(app, Event::Command, at);
+                drop(ticket);
+            }
+            Err(Reject::Banned(_)) => app_banned += 1,
+            Err(_) => {}
+        }
+        if matches!(g.admit(stranger, at), Err(Reject::Banned(_))) {
+            stranger_banned += 1;
+        }
+    }
+    assert_eq!(app_banned, 0, "a known client is never banned for its pace");
+    // Its rate's worth got through: 10/s over 10 s, plus the burst.
+    assert!((100..=110).contains(&app_ok), "{app_ok}");
+    assert!(stranger_banned > 0, "an unknown hammering source still is");
+    // A known source's silent connections still strike.
+    for i in 0..3 {
+        g.record(app, Event::Closed { commands: 0 }, t.at(20_000 + i));
+    }
+    assert!(matches!(g.admit(app, t.at(20_010)), Err(Reject::Banned(_))));
+}
+
+#[test]
+fn slow_readers_are_struck() {
+    let g = Guard::new(config());
+    let t = clock();
+    let src = ip("127.5.0.7");
+    for i in 0..3 {
+        g.record(src, Event::SlowReader, t.at(i));
+    }
+    assert!(matches!(g.admit(src, t.at(10)), Err(Reject::Banned(_))));
+}
+
+#[test]
 fn trusted_networks_are_never_banned() {
     let g = Guard::new(config());
     let t = clock();
