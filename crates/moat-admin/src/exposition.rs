@@ -42,7 +42,7 @@ const REFUSED: [&str; 8] = [
     "shed",
 ];
 const CLASSES: [&str; 3] = ["trusted", "authenticated", "unauthenticated"];
-const CLOSED: [&str; 11] = [
+const CLOSED: [&str; 13] = [
     "shed",
     "handshake_deadline",
     "auth_deadline",

@@ -355,6 +355,22 @@ pub struct LimitsConfig {
     /// Buffered client data (unsent replies, partial requests) all workers together may
     /// hold; past it, clients holding more than an equal share are disconnected first.
     pub memory_budget: usize,
+    /// A client's unread replies plus the replies expected for its requests in flight
+    /// (estimated from the size of its recent replies): past it, moat forwards no more of its
+    /// requests until it reads. Bounds what a client that never reads can make Redis send
+    /// through a shared connection ahead of everyone else's replies.
+    pub output_window: usize,
+    /// Unread reply bytes an untrusted client may hold for at most `output_soft_time`
+    /// (Redis's soft `client-output-buffer-limit`); held longer, it is disconnected and
+    /// its source struck.
+    pub output_soft_limit: usize,
+    /// How long an untrusted client may stay above `output_soft_limit`.
+    #[serde(with = "humantime_serde")]
+    pub output_soft_time: Duration,
+    /// Unread reply bytes all untrusted clients together may hold (split across workers);
+    /// when full, the heaviest clients that are not reading are disconnected first and
+    /// their sources struck. Clients that read are never the ones disconnected.
+    pub output_budget: usize,
 }
 
 impl Default for LimitsConfig {
@@ -370,6 +386,10 @@ impl Default for LimitsConfig {
             max_reply_depth: 128,
             max_output_bytes_hard: 64 << 20,
             memory_budget: 1 << 30,
+            output_window: 1 << 20,
+            output_soft_limit: 512 << 10,
+            output_soft_time: Duration::from_secs(10),
+            output_budget: 256 << 20,
         }
     }
 }
@@ -545,6 +565,9 @@ impl Config {
             ("limits.max_output_bytes", l.max_output_bytes),
             ("limits.max_reply_depth", l.max_reply_depth),
             ("limits.memory_budget", l.memory_budget),
+            ("limits.output_window", l.output_window),
+            ("limits.output_soft_limit", l.output_soft_limit),
+            ("limits.output_budget", l.output_budget),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be positive"));
@@ -555,6 +578,9 @@ impl Config {
                 "limits.max_output_bytes_hard",
                 "must be at least limits.max_output_bytes",
             ));
+        }
+        if l.output_soft_time.is_zero() {
+            return Err(invalid("limits.output_soft_time", "must be positive"));
         }
         if l.max_inline_len < 64 {
             return Err(invalid("limits.max_inline_len", "must be at least 64"));

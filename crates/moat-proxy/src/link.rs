@@ -9,6 +9,12 @@ use std::task::{Context, Waker};
 
 use bytes::BytesMut;
 
+/// What a client's first reply is assumed to weigh until one is seen: with the default
+/// 1 MiB `limits.output_window`, 16 requests go out before any reply is back, enough for
+/// the pipelines real clients send, while a client pipelining GETs of large values it never
+/// reads gets 16 of them, not a thousand.
+pub(crate) const FIRST_REPLY_ESTIMATE: u32 = 64 << 10;
+
 /// Output and bookkeeping one session shares with the backend connections.
 #[derive(Debug, Default)]
 pub(crate) struct ClientLink {
@@ -19,6 +25,10 @@ pub(crate) struct ClientLink {
     /// Their size in bytes (queued on a backend connection or on the wire), so a client
     /// pipelining large requests to a stalled Redis is bounded by bytes, not only by count.
     inflight_bytes: Cell<usize>,
+    /// The size expected of this client's next reply (0: nothing seen yet, see
+    /// [`ClientLink::reply_estimate`]): a maximum that decays, so a client asking for large
+    /// values cannot get many of them in flight at once.
+    reply_estimate: Cell<u32>,
     /// Set when the session ended: late replies are dropped.
     closed: Cell<bool>,
     /// Set when something was delivered since the session last looked.
@@ -56,6 +66,7 @@ impl ClientLink {
     /// Delivers the reply to this client's oldest unanswered request (of `bytes`).
     pub(crate) fn deliver(&self, reply: &[u8], bytes: usize) {
         self.answered(bytes);
+        self.note_reply(reply.len());
         if !self.closed.get() {
             self.out.borrow_mut().extend_from_slice(reply);
         }
@@ -119,6 +130,29 @@ impl ClientLink {
         self.wake();
     }
 
+    /// What this client's next reply is expected to weigh: the largest of its recent
+    /// replies, decaying by 1/16 with each smaller one; before any reply, a pessimistic
+    /// [`FIRST_REPLY_ESTIMATE`].
+    pub(crate) fn reply_estimate(&self) -> usize {
+        match self.reply_estimate.get() {
+            0 => FIRST_REPLY_ESTIMATE as usize,
+            e => e as usize,
+        }
+    }
+
+    fn note_reply(&self, len: usize) {
+        let current = self.reply_estimate() as u32;
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        self.reply_estimate
+            .set(len.max(current - current / 16).max(1));
+    }
+
+    /// Unread replies plus the replies expected for the requests in flight.
+    pub(crate) fn expected_output(&self) -> usize {
+        self.out_len()
+            .saturating_add(self.inflight().saturating_mul(self.reply_estimate()))
+    }
+
     /// Requests forwarded and not yet answered.
     pub(crate) fn inflight(&self) -> usize {
         self.inflight.get()
@@ -144,6 +178,35 @@ impl ClientLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reply_estimate_follows_large_replies_and_decays_slowly() {
+        let link = ClientLink::default();
+        assert_eq!(link.reply_estimate(), FIRST_REPLY_ESTIMATE as usize);
+        // Small replies bring it down within a few dozen.
+        for _ in 0..64 {
+            link.request_queued(1);
+            link.deliver(b"+OK\r\n", 1);
+        }
+        assert!(link.reply_estimate() < 2048, "{}", link.reply_estimate());
+        // One large reply sets it at once; a few small ones barely move it.
+        let big = vec![b'x'; 100_000];
+        link.request_queued(1);
+        link.deliver(&big, 1);
+        assert_eq!(link.reply_estimate(), 100_000);
+        for _ in 0..4 {
+            link.request_queued(1);
+            link.deliver(b"+OK\r\n", 1);
+        }
+        assert!(link.reply_estimate() > 75_000);
+        // What a client may still get: its unread bytes plus the expected replies.
+        link.request_queued(1);
+        link.request_queued(1);
+        assert_eq!(
+            link.expected_output(),
+            link.out_len() + 2 * link.reply_estimate()
+        );
+    }
 
     #[test]
     fn replies_accumulate_in_order_and_count_down() {

@@ -38,6 +38,11 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_inflight_bytes: Cell<usize>,
     /// This worker's share of `limits.memory_budget`.
     pub(crate) budget: crate::budget::Budget,
+    pub(crate) output_window: Cell<usize>,
+    pub(crate) output_soft_limit: Cell<usize>,
+    pub(crate) output_soft_time: Cell<Duration>,
+    /// This worker's share of `limits.output_budget`.
+    pub(crate) output_budget: crate::budget::OutputBudget,
     pub(crate) max_queue: Cell<usize>,
     pub(crate) max_reply_depth: Cell<usize>,
     /// The guard's per-session deadlines, copied here so a session's timer reads no lock.
@@ -122,6 +127,11 @@ impl WorkerCtx {
         self.max_reply_depth.set(l.max_reply_depth);
         self.budget
             .set_limit(l.memory_budget / config.proxy.workers.max(1));
+        self.output_window.set(l.output_window);
+        self.output_soft_limit.set(l.output_soft_limit);
+        self.output_soft_time.set(l.output_soft_time);
+        self.output_budget
+            .set_limit(l.output_budget / config.proxy.workers.max(1));
         self.deadlines.set(Deadlines::from_guard(&config.guard));
         let workers = config.proxy.workers;
         self.backend
@@ -202,6 +212,12 @@ impl WorkerCtx {
             max_output_bytes_hard: Cell::new(l.max_output_bytes_hard),
             max_inflight_bytes: Cell::new(l.max_inflight_bytes),
             budget: crate::budget::Budget::new(l.memory_budget / config.proxy.workers.max(1)),
+            output_window: Cell::new(l.output_window),
+            output_soft_limit: Cell::new(l.output_soft_limit),
+            output_soft_time: Cell::new(l.output_soft_time),
+            output_budget: crate::budget::OutputBudget::new(
+                l.output_budget / config.proxy.workers.max(1),
+            ),
             max_queue: Cell::new(config.backend.max_queue),
             max_reply_depth: Cell::new(l.max_reply_depth),
             deadlines: Cell::new(Deadlines::from_guard(&config.guard)),
@@ -214,6 +230,7 @@ impl WorkerCtx {
         });
         crate::clients::WorkerClients::start(&ctx, shares.queries);
         tokio::task::spawn_local(refresh_gauges(Rc::downgrade(&ctx)));
+        tokio::task::spawn_local(sweep_output_budget(Rc::downgrade(&ctx)));
         if index == 0 && ctx.authority.redis().is_some() {
             tokio::task::spawn_local(watch_default_user(Rc::downgrade(&ctx)));
         }
@@ -244,6 +261,19 @@ async fn refresh_gauges(ctx: std::rc::Weak<WorkerCtx>) {
             stats.request_bytes.set(requests as u64);
         }
         tokio::time::sleep(GAUGE_REFRESH).await;
+    }
+}
+
+/// How often a worker whose output budget is full wakes its heavy sessions to see whether
+/// they read (see `OutputBudget::sweep`).
+const OUTPUT_SWEEP: Duration = Duration::from_millis(250);
+
+/// Runs the output budget's sweep every [`OUTPUT_SWEEP`] for the life of the worker.
+async fn sweep_output_budget(ctx: std::rc::Weak<WorkerCtx>) {
+    loop {
+        tokio::time::sleep(OUTPUT_SWEEP).await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        ctx.output_budget.sweep(ctx.output_soft_limit.get());
     }
 }
 

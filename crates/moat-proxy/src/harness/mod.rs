@@ -196,6 +196,12 @@ impl Harness {
                 "memory budget still counts {bytes} bytes of {sessions} sessions"
             ));
         }
+        let (bytes, holders) = self.ctx.output_budget.counts();
+        if bytes != 0 || holders != 0 {
+            found.push(format!(
+                "output budget still counts {bytes} bytes of {holders} sessions"
+            ));
+        }
         let clients = self.guard.stats().clients;
         if clients != 0 {
             found.push(format!("the guard still counts {clients} clients"));

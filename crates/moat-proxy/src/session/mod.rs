@@ -40,6 +40,13 @@ use classify::Action;
 const SCRATCH_SIZE: usize = 64 << 10;
 /// A session's own input buffer is released once empty if it grew past this.
 const KEEP_INBUF: usize = 16 << 10;
+/// A client that took some of its output this recently is reading: the output budget
+/// never disconnects it.
+const READING_WITHIN: Duration = Duration::from_secs(1);
+
+/// Outputs at least this large note when the client took them (see `Core::took`).
+const LARGE_OUTPUT: usize = 64 << 10;
+
 /// An output buffer is released once flushed if it grew past this.
 const KEEP_OUTBUF: usize = 16 << 10;
 
@@ -209,6 +216,15 @@ struct Core {
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes this session last reported to the worker's memory budget.
     budgeted: crate::budget::Held,
+    /// Unread reply bytes last reported to the worker's output budget (untrusted only).
+    out_budgeted: usize,
+    /// Since when the client has held more unread replies than `limits.output_soft_limit`
+    /// (untrusted clients only; cleared once it drops below).
+    over_soft_since: Option<Instant>,
+    /// When the client last took part of a large output without taking all of it: a
+    /// client that took something within the last second is reading, and the output
+    /// budget never disconnects it.
+    took: Option<Instant>,
     /// The class this client is counted in (`moat_clients{class}`), once published.
     counted_as: std::cell::Cell<Option<ClientClass>>,
     /// A CLIENT LIST/KILL/UNBLOCK waiting for the other workers' answers (boxed and
@@ -243,6 +259,9 @@ pub(crate) async fn serve(
             partial: None,
             timer: None,
             budgeted: crate::budget::Held::default(),
+            out_budgeted: 0,
+            over_soft_since: None,
+            took: None,
             counted_as: std::cell::Cell::new(None),
             state: ClientState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -277,6 +296,11 @@ pub(crate) async fn serve(
         .clients
         .unregister(session.core.state.id);
     session.core.worker.budget.leave(session.core.budgeted);
+    session
+        .core
+        .worker
+        .output_budget
+        .update(session.core.out_budgeted, 0);
     if let Some(class) = session.core.counted_as.take() {
         session.core.worker.stats.client(class, false);
     }
@@ -377,10 +401,23 @@ impl Session {
                 } else {
                     Closed::MemoryBudget
                 });
+                if over_hard {
+                    core.report(GuardEvent::SlowReader);
+                }
                 tracing::debug!(
                     client = core.state.id,
                     held,
                     "client over its memory bound disconnected"
+                );
+                return Ok(());
+            }
+            if let Some(why) = core.output_verdict() {
+                core.worker.stats.closed(why);
+                core.report(GuardEvent::SlowReader);
+                tracing::debug!(
+                    client = core.state.id,
+                    unread = core.link.out_len(),
+                    "slow reader disconnected"
                 );
                 return Ok(());
             }
@@ -686,6 +723,9 @@ impl Core {
         if let Some(at) = self.slow_request_deadline() {
             earliest(at);
         }
+        if let Some(since) = self.over_soft_since {
+            earliest(since + self.worker.output_soft_time.get());
+        }
         // Waiting on Redis (a blocking call, a subscription) or on CLIENT PAUSE is not
         // idleness.
         if self.owed() == 0 && self.pin.is_none() && !self.link.card.parked() {
@@ -711,6 +751,11 @@ impl Core {
         let g = self.ticket.guard().config();
         if self.slow_request_deadline() == Some(at) {
             Closed::SlowRequest
+        } else if self
+            .over_soft_since
+            .is_some_and(|since| since + self.worker.output_soft_time.get() == at)
+        {
+            Closed::OutputSoftLimit
         } else if self.commands == 0
             && !self.link.card.parked()
             && at == self.state.created + g.handshake_timeout
@@ -761,8 +806,10 @@ impl Core {
             Some(at) if at <= Instant::now() => {
                 let why = self.deadline_passed(at);
                 self.worker.stats.closed(why);
-                if why == Closed::SlowRequest {
-                    self.report(GuardEvent::SlowRequest);
+                match why {
+                    Closed::SlowRequest => self.report(GuardEvent::SlowRequest),
+                    Closed::OutputSoftLimit => self.report(GuardEvent::SlowReader),
+                    _ => {}
                 }
                 tracing::debug!(
                     client = self.state.id,
@@ -845,6 +892,39 @@ impl Core {
         self.owed() >= self.worker.max_inflight.get()
             || self.request_bytes_held() >= self.worker.max_inflight_bytes.get()
             || self.link.out_len() >= self.worker.max_output_bytes.get()
+            || self.link.expected_output() >= self.worker.output_window.get()
+    }
+
+    /// Weighs the client's unread replies against the soft limit and the output budget
+    /// (untrusted clients only): the reason to disconnect it now, if any. Also starts and
+    /// stops the soft limit's clock, whose deadline the timer enforces.
+    fn output_verdict(&mut self) -> Option<Closed> {
+        if self.ticket.trusted() {
+            return None;
+        }
+        let unread = self.link.out_len();
+        let budget = &self.worker.output_budget;
+        budget.update(self.out_budgeted, unread);
+        self.out_budgeted = unread;
+        // Messages a subscriber did not ask for one by one have their own limit.
+        let streaming = self
+            .pin
+            .as_deref()
+            .is_some_and(|p| p.state.streams_unsolicited());
+        if unread >= self.worker.output_soft_limit.get() && !streaming {
+            if self.over_soft_since.is_none() {
+                self.over_soft_since = Some(Instant::now());
+                budget.note_heavy(&self.link);
+            }
+        } else {
+            self.over_soft_since = None;
+        }
+        // The clock is read only for a client already heavy while the budget is full.
+        let reading = |took: Option<Instant>| took.is_some_and(|t| t.elapsed() < READING_WITHIN);
+        if budget.should_shed(unread, false) && !reading(self.took) {
+            return Some(Closed::OutputBudget);
+        }
+        None
     }
 
     /// Writes as much pending output as the socket takes now.
@@ -859,12 +939,23 @@ impl Core {
 
     fn write_out(&mut self, stream: &Stream) -> io::Result<()> {
         let mut out = self.link.out();
+        let before = out.len();
         while !out.is_empty() {
             match stream.try_write(&out) {
                 Ok(n) => out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Only large outputs are timed: a small one is no weight for the
+                    // output budget, and a clock read per reply would cost every client.
+                    if out.len() < before && before >= LARGE_OUTPUT {
+                        self.took = Some(Instant::now());
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
+        }
+        if before >= LARGE_OUTPUT {
+            self.took = Some(Instant::now());
         }
         if out.capacity() > KEEP_OUTBUF {
             *out = BytesMut::new();
@@ -1113,6 +1204,10 @@ mod tests {
                 max_output_bytes_hard: std::cell::Cell::new(1),
                 max_inflight_bytes: std::cell::Cell::new(1),
                 budget: crate::budget::Budget::new(1),
+                output_window: std::cell::Cell::new(1),
+                output_soft_limit: std::cell::Cell::new(1),
+                output_soft_time: std::cell::Cell::new(std::time::Duration::from_secs(1)),
+                output_budget: crate::budget::OutputBudget::new(1),
                 max_queue: std::cell::Cell::new(1),
                 max_reply_depth: std::cell::Cell::new(8),
                 deadlines: std::cell::Cell::new(crate::worker::Deadlines::from_guard(

@@ -145,6 +145,10 @@ pub(crate) enum Closed {
     SlowSubscriber,
     OutputLimit,
     MemoryBudget,
+    /// Unread replies held above `limits.output_soft_limit` for `output_soft_time`.
+    OutputSoftLimit,
+    /// A heavy non-reader while unread replies filled `limits.output_budget`.
+    OutputBudget,
     ProtocolError,
     Killed,
     /// Closed by a drain (the drain's author bumps it).
@@ -154,7 +158,7 @@ pub(crate) enum Closed {
 
 impl Closed {
     /// Labels, in index order.
-    pub(crate) const LABELS: [&'static str; 11] = [
+    pub(crate) const LABELS: [&'static str; 13] = [
         "shed",
         "handshake_deadline",
         "auth_deadline",
@@ -163,6 +167,8 @@ impl Closed {
         "slow_subscriber",
         "output_limit",
         "memory_budget",
+        "output_soft_limit",
+        "output_budget",
         "protocol_error",
         "killed",
         "drain",
@@ -220,7 +226,7 @@ pub(crate) const REFUSALS: [&str; 8] = [
 #[repr(align(128))]
 pub(crate) struct WorkerStats {
     pub(crate) clients: [Gauge; 3],
-    pub(crate) closed: [Counter; 11],
+    pub(crate) closed: [Counter; 13],
     pub(crate) commands: [Counter; 3],
     /// Time in moat of sampled requests (see [`crate::stats::Snapshot::proxy_latency`]).
     pub(crate) proxy_latency: Latency,
