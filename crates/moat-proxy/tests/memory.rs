@@ -441,3 +441,68 @@ fn declared_200mb() {
     let mut other = Client::connect(stack.addr());
     assert_eq!(other.call(&[b"SET", b"after", b"1"]), b"+OK\r\n");
 }
+
+/// 5. Fifty slow readers from fifty addresses, each pipelining 1,000 GETs of a 64 KiB value
+///    and never reading, with moat's default limits: each gets about its output window
+///    (1 MiB) of replies, so moat's memory grows by tens of MiB, not the 3.2 GB they ask for,
+///    and a client that reads is served meanwhile.
+#[test]
+fn fifty_slow_readers_cost_moat_little() {
+    isolated("fifty_slow_readers_cost_moat_little", fifty_slow_readers);
+}
+
+fn fifty_slow_readers() {
+    const READERS: u8 = 50;
+    const VALUE: usize = 64 << 10;
+    let stack = Stack::start();
+    let value = "s".repeat(VALUE);
+    assert_eq!(
+        stack.redis.command(&["SET", "slowkey", &value]).unwrap(),
+        b"+OK\r\n"
+    );
+    let expected = bulk(value.as_bytes());
+    drop(value);
+    let mut other = Client::connect(stack.addr());
+    assert_eq!(other.call(&[b"GET", b"slowkey"]), expected);
+    let pipeline = command(&[b"GET", b"slowkey"]).repeat(1000);
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = rss();
+    let peak = Peak::start();
+    let mut hogs = Vec::new();
+    for i in 1..=READERS {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 41, 0, i], 0)).into())
+            .unwrap();
+        socket
+            .connect_timeout(&stack.addr().into(), Duration::from_secs(10))
+            .unwrap();
+        let mut hog: TcpStream = socket.into();
+        hog.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        hog.write_all(&pipeline).unwrap();
+        hogs.push(hog);
+    }
+    // The reader is served while they hold their replies.
+    for _ in 0..20 {
+        assert_eq!(other.call(&[b"GET", b"slowkey"]), expected);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let growth = peak.now().saturating_sub(baseline);
+    eprintln!(
+        "{READERS} slow readers (1,000 GETs of 64 KiB each, {} demanded): moat's RSS grew {}",
+        mib(u64::from(READERS) * 1000 * VALUE as u64),
+        mib(growth)
+    );
+    assert!(
+        growth < 128 * MIB,
+        "fifty slow readers grew moat by {}",
+        mib(growth)
+    );
+    drop(hogs);
+}
