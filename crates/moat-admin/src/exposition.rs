@@ -51,6 +51,8 @@ const CLOSED: [&str; 13] = [
     "slow_subscriber",
     "output_limit",
     "memory_budget",
+    "output_soft_limit",
+    "output_budget",
     "protocol_error",
     "killed",
     "drain",
