@@ -55,6 +55,9 @@ fn the_snapshot_counts_every_kind_of_traffic_over_all_workers() {
         c.guard.ip_rate = 0.001;
         c.guard.ip_burst = 1;
         c.guard.strikes_to_ban = 3;
+        // The untrusted client below talks, which makes its address known (never struck
+        // for its pace) for this long; the strikes it then collects come after that.
+        c.guard.recent_success = Duration::from_millis(5);
     });
 
     // Forwarded: SET and 40 GETs, each its own read (so some reads are timed); local: PING.
@@ -78,7 +81,9 @@ fn the_snapshot_counts_every_kind_of_traffic_over_all_workers() {
     assert_eq!(by(&snap.clients, "authenticated"), 1, "{snap:#?}");
     assert_eq!(by(&snap.clients, "unauthenticated"), 0);
 
-    // ...then over its rate three times (three strikes: banned), then refused as banned.
+    // ...then, once no longer known (a sleep longer than `recent_success` above), over its
+    // rate three times (three strikes: banned), then refused as banned.
+    std::thread::sleep(Duration::from_millis(20));
     let over_rate = "-ERR moat: too many new connections from your address (rate limit)\\r\\n";
     for _ in 0..3 {
         assert_eq!(refused([127, 0, 8, 1], &stack), over_rate);

@@ -44,8 +44,22 @@ const KEEP_INBUF: usize = 16 << 10;
 /// never disconnects it.
 const READING_WITHIN: Duration = Duration::from_secs(1);
 
-/// Outputs at least this large note when the client took them (see `Core::took`).
+/// Outputs at least this large note when the client took them, and clients holding at least
+/// this much unread (or the soft limit, if lower) are weighed by the output limits.
 const LARGE_OUTPUT: usize = 64 << 10;
+
+/// What the output limits know of a client that has had a large output.
+#[derive(Debug, Default)]
+struct OutputWatch {
+    /// Unread reply bytes last reported to the worker's output budget.
+    budgeted: usize,
+    /// Since when the client has held more unread replies than `limits.output_soft_limit`
+    /// (cleared once it drops below).
+    over_soft_since: Option<Instant>,
+    /// When the client last took part of a large output: a client that took something
+    /// within [`READING_WITHIN`] is reading, and the output budget never disconnects it.
+    took: Option<Instant>,
+}
 
 /// An output buffer is released once flushed if it grew past this.
 const KEEP_OUTBUF: usize = 16 << 10;
@@ -216,15 +230,9 @@ struct Core {
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes this session last reported to the worker's memory budget.
     budgeted: crate::budget::Held,
-    /// Unread reply bytes last reported to the worker's output budget (untrusted only).
-    out_budgeted: usize,
-    /// Since when the client has held more unread replies than `limits.output_soft_limit`
-    /// (untrusted clients only; cleared once it drops below).
-    over_soft_since: Option<Instant>,
-    /// When the client last took part of a large output without taking all of it: a
-    /// client that took something within the last second is reading, and the output
-    /// budget never disconnects it.
-    took: Option<Instant>,
+    /// What the output limits watch, from the client's first large output on (boxed: most
+    /// clients never have one, and every idle session pays for what it carries inline).
+    output: Option<Box<OutputWatch>>,
     /// The class this client is counted in (`moat_clients{class}`), once published.
     counted_as: std::cell::Cell<Option<ClientClass>>,
     /// A CLIENT LIST/KILL/UNBLOCK waiting for the other workers' answers (boxed and
@@ -259,9 +267,7 @@ pub(crate) async fn serve(
             partial: None,
             timer: None,
             budgeted: crate::budget::Held::default(),
-            out_budgeted: 0,
-            over_soft_since: None,
-            took: None,
+            output: None,
             counted_as: std::cell::Cell::new(None),
             state: ClientState {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -296,11 +302,9 @@ pub(crate) async fn serve(
         .clients
         .unregister(session.core.state.id);
     session.core.worker.budget.leave(session.core.budgeted);
-    session
-        .core
-        .worker
-        .output_budget
-        .update(session.core.out_budgeted, 0);
+    if let Some(watch) = &session.core.output {
+        session.core.worker.output_budget.update(watch.budgeted, 0);
+    }
     if let Some(class) = session.core.counted_as.take() {
         session.core.worker.stats.client(class, false);
     }
@@ -723,7 +727,7 @@ impl Core {
         if let Some(at) = self.slow_request_deadline() {
             earliest(at);
         }
-        if let Some(since) = self.over_soft_since {
+        if let Some(since) = self.output.as_ref().and_then(|w| w.over_soft_since) {
             earliest(since + self.worker.output_soft_time.get());
         }
         // Waiting on Redis (a blocking call, a subscription) or on CLIENT PAUSE is not
@@ -752,7 +756,9 @@ impl Core {
         if self.slow_request_deadline() == Some(at) {
             Closed::SlowRequest
         } else if self
-            .over_soft_since
+            .output
+            .as_ref()
+            .and_then(|w| w.over_soft_since)
             .is_some_and(|since| since + self.worker.output_soft_time.get() == at)
         {
             Closed::OutputSoftLimit
@@ -903,25 +909,32 @@ impl Core {
             return None;
         }
         let unread = self.link.out_len();
-        let budget = &self.worker.output_budget;
-        budget.update(self.out_budgeted, unread);
-        self.out_budgeted = unread;
-        // Messages a subscriber did not ask for one by one have their own limit.
+        let soft_limit = self.worker.output_soft_limit.get();
+        if self.output.is_none() && unread < soft_limit.min(LARGE_OUTPUT) {
+            // Too light to weigh: not counted against the budget either.
+            return None;
+        }
         let streaming = self
             .pin
             .as_deref()
             .is_some_and(|p| p.state.streams_unsolicited());
-        if unread >= self.worker.output_soft_limit.get() && !streaming {
-            if self.over_soft_since.is_none() {
-                self.over_soft_since = Some(Instant::now());
+        let budget = &self.worker.output_budget;
+        let watch = self.output.get_or_insert_with(Box::default);
+        budget.update(watch.budgeted, unread);
+        watch.budgeted = unread;
+        // Messages a subscriber did not ask for one by one have their own limit.
+        if unread >= soft_limit && !streaming {
+            if watch.over_soft_since.is_none() {
+                watch.over_soft_since = Some(Instant::now());
                 budget.note_heavy(&self.link);
             }
         } else {
-            self.over_soft_since = None;
+            watch.over_soft_since = None;
         }
         // The clock is read only for a client already heavy while the budget is full.
-        let reading = |took: Option<Instant>| took.is_some_and(|t| t.elapsed() < READING_WITHIN);
-        if budget.should_shed(unread, false) && !reading(self.took) {
+        if budget.should_shed(unread, false)
+            && watch.took.is_none_or(|t| t.elapsed() >= READING_WITHIN)
+        {
             return Some(Closed::OutputBudget);
         }
         None
@@ -947,7 +960,7 @@ impl Core {
                     // Only large outputs are timed: a small one is no weight for the
                     // output budget, and a clock read per reply would cost every client.
                     if out.len() < before && before >= LARGE_OUTPUT {
-                        self.took = Some(Instant::now());
+                        self.output.get_or_insert_with(Box::default).took = Some(Instant::now());
                     }
                     return Ok(());
                 }
@@ -955,7 +968,7 @@ impl Core {
             }
         }
         if before >= LARGE_OUTPUT {
-            self.took = Some(Instant::now());
+            self.output.get_or_insert_with(Box::default).took = Some(Instant::now());
         }
         if out.capacity() > KEEP_OUTBUF {
             *out = BytesMut::new();
