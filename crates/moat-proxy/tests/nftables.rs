@@ -1,0 +1,227 @@
+//! Moat's own nftables table (`[kernel] nftables = true`), inside a network namespace the
+//! test creates and deletes: the host's ruleset is never touched. Skipped, with a message,
+//! where the machine cannot create a namespace or has no `nft`.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use moat_proxy::Config;
+use moat_testkit::RedisServer;
+use socket2::{Domain, Socket, Type};
+
+/// A network namespace of this test's own, deleted on drop (even when the test fails).
+struct Netns(String);
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "moat-nft-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Netns(name);
+        sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `f` on a thread that entered the namespace; the threads and processes it
+    /// starts (moat's workers, redis-server, nft) live there too.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(format!("/run/netns/{}", self.0))
+                    .expect("the namespace's file");
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .expect("setns into the test's namespace");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The namespace, or None (after saying why) where the machine cannot run this test.
+fn netns_or_skip() -> Option<Netns> {
+    if let Err(e) = sh(&["nft", "--version"]) {
+        eprintln!("SKIPPED: no nft command ({e}); install nftables");
+        return None;
+    }
+    match Netns::create() {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create a network namespace ({e})");
+            None
+        }
+    }
+}
+
+/// The elements of set `set` of table `table` (as nft prints them) with their timeouts.
+fn elements(table: &str, set: &str) -> Vec<(String, Option<u64>)> {
+    let text = sh(&["nft", "-j", "list", "set", "inet", table, set]).expect("the set exists");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("nft -j prints JSON");
+    let mut out = Vec::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let (val, timeout) = match e.get("elem") {
+                Some(inner) => (&inner["val"], inner["timeout"].as_u64()),
+                None => (e, None),
+            };
+            let val = match val.get("prefix") {
+                Some(p) => format!("{}/{}", p["addr"].as_str().unwrap_or("?"), p["len"]),
+                None => val.as_str().unwrap_or("?").to_string(),
+            };
+            out.push((val, timeout));
+        }
+    }
+    out
+}
+
+fn table_exists(table: &str) -> bool {
+    sh(&["nft", "list", "table", "inet", table]).is_ok()
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("never happened: {what}");
+}
+
+/// A connection to `to` from source address `from`, or the error (a timeout when the
+/// kernel drops the SYN).
+fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_millis(700))?;
+    Ok(socket.into())
+}
+
+#[test]
+fn bans_become_elements_with_timeouts_and_the_table_goes_at_exit() {
+    let Some(ns) = netns_or_skip() else {
+        return;
+    };
+    const TABLE: &str = "moattest";
+    ns.run(|| {
+        // A leftover of a crash: moat replaces it.
+        sh(&["nft", "add", "table", "inet", TABLE]).expect("nft works in the namespace");
+        sh(&[
+            "nft",
+            "add",
+            "set",
+            "inet",
+            TABLE,
+            "leftover",
+            "{ type ipv4_addr; }",
+        ])
+        .expect("leftover set");
+        let redis = RedisServer::start().expect("redis-server starts");
+        let mut config = Config::default();
+        config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.backend.address = redis.addr();
+        config.kernel.nftables = true;
+        config.kernel.nftables_table = TABLE.into();
+        config.guard.deny = vec!["127.66.0.0/16".parse().expect("net")];
+        let moat = moat_proxy::start(config).expect("moat starts");
+        let addr = moat.local_addr();
+
+        let listing = sh(&["nft", "list", "table", "inet", TABLE]).expect("moat's table");
+        assert!(
+            !listing.contains("leftover"),
+            "the leftover stayed:\n{listing}"
+        );
+        assert!(
+            listing.contains(&format!("tcp dport {} jump sources", addr.port())),
+            "{listing}"
+        );
+        assert_eq!(
+            elements(TABLE, "deny4"),
+            [("127.66.0.0/16".to_string(), None)]
+        );
+        assert!(elements(TABLE, "banned4").is_empty());
+
+        let banned: IpAddr = "127.9.9.9".parse().expect("ip");
+        let other: IpAddr = "127.9.9.8".parse().expect("ip");
+        assert!(connect_from(banned, addr).is_ok(), "not banned yet");
+        assert!(moat.guard().ban(
+            "127.9.9.9/32".parse().expect("net"),
+            Duration::from_secs(600),
+            Instant::now()
+        ));
+        eventually("the ban is an element of banned4", || {
+            !elements(TABLE, "banned4").is_empty()
+        });
+        let elems = elements(TABLE, "banned4");
+        assert_eq!(elems.len(), 1, "{elems:?}");
+        assert_eq!(elems[0].0, "127.9.9.9");
+        let timeout = elems[0].1.expect("the element has a timeout");
+        assert!((590..=600).contains(&timeout), "timeout {timeout}s");
+        eventually("the gauge counts the element", || {
+            moat.control().snapshot().gauge("kernel_nft_elements") == 1
+        });
+        // The kernel drops the banned source's SYN: its connect never completes; another
+        // source still gets in.
+        let err = connect_from(banned, addr).expect_err("the kernel drops a banned source");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(connect_from(other, addr).is_ok());
+        assert!(
+            connect_from("127.66.1.1".parse().expect("ip"), addr).is_err(),
+            "denied"
+        );
+
+        assert!(moat.guard().unban("127.9.9.9/32".parse().expect("net")));
+        eventually("the element is gone after the unban", || {
+            elements(TABLE, "banned4").is_empty()
+        });
+        assert!(connect_from(banned, addr).is_ok(), "unbanned");
+        assert_eq!(moat.control().snapshot().counter("kernel_nft_failures"), 0);
+
+        moat.shutdown();
+        assert!(!table_exists(TABLE), "the table outlived moat");
+        drop(redis);
+    });
+}
+
+#[test]
+fn a_table_name_nft_would_misread_is_refused() {
+    let mut config = Config::default();
+    config.kernel.nftables_table = "moat; flush ruleset".into();
+    let err = config.validate().expect_err("refused");
+    assert!(err.to_string().contains("kernel.nftables_table"), "{err}");
+}
