@@ -210,6 +210,28 @@ fn bans_become_elements_with_timeouts_and_the_table_goes_at_exit() {
             elements(TABLE, "banned4").is_empty()
         });
         assert!(connect_from(banned, addr).is_ok(), "unbanned");
+
+        // A reload that changes the deny list rebuilds the table; bans in force return.
+        assert!(moat.guard().ban(
+            "127.9.9.0/24".parse().expect("net"),
+            Duration::from_secs(300),
+            Instant::now()
+        ));
+        eventually("the subnet ban is an element", || {
+            elements(TABLE, "banned4").len() == 1
+        });
+        let mut reloaded = (*moat.control().config()).clone();
+        reloaded.guard.deny = vec!["127.77.0.0/16".parse().expect("net")];
+        moat.control().reload(reloaded).expect("reload");
+        eventually("the new deny list is in the table", || {
+            elements(TABLE, "deny4") == [("127.77.0.0/16".to_string(), None)]
+        });
+        eventually("the ban is pushed again after the rebuild", || {
+            elements(TABLE, "banned4")
+                .iter()
+                .map(|e| e.0.as_str())
+                .eq(["127.9.9.0/24"])
+        });
         assert_eq!(moat.control().snapshot().counter("kernel_nft_failures"), 0);
 
         moat.shutdown();
