@@ -247,3 +247,42 @@ fn a_table_name_nft_would_misread_is_refused() {
     let err = config.validate().expect_err("refused");
     assert!(err.to_string().contains("kernel.nftables_table"), "{err}");
 }
+
+#[test]
+fn when_nft_refuses_moat_logs_it_and_serves_on() {
+    let Some(ns) = netns_or_skip() else {
+        return;
+    };
+    ns.run(|| {
+        use std::io::{Read, Write};
+        let redis = RedisServer::start().expect("redis-server starts");
+        let mut config = Config::default();
+        config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.backend.address = redis.addr();
+        config.kernel.nftables = true;
+        // A plain identifier moat accepts, but a keyword nft will not take as a table name.
+        config.kernel.nftables_table = "counter".into();
+        let moat = moat_proxy::start(config).expect("moat starts without its table");
+        assert_eq!(moat.control().snapshot().counter("kernel_nft_failures"), 1);
+        assert_eq!(moat.control().snapshot().gauge("kernel_nft_elements"), 0);
+        let tables = sh(&["nft", "list", "tables"]).expect("nft lists");
+        assert!(tables.trim().is_empty(), "{tables}");
+        // Serving, and the guard still refuses a banned source itself.
+        let mut client = TcpStream::connect(moat.local_addr()).expect("connects");
+        client.write_all(b"*1\r\n$4\r\nPING\r\n").expect("write");
+        let mut reply = [0u8; 7];
+        client.read_exact(&mut reply).expect("reply");
+        assert_eq!(&reply, b"+PONG\r\n");
+        assert!(moat.guard().ban(
+            "127.9.9.9/32".parse().expect("net"),
+            Duration::from_secs(60),
+            Instant::now()
+        ));
+        let mut refused = connect_from("127.9.9.9".parse().expect("ip"), moat.local_addr())
+            .expect("accepted by the kernel, refused by moat");
+        let mut line = String::new();
+        let _ = refused.read_to_string(&mut line);
+        assert!(line.starts_with("-ERR moat"), "{line:?}");
+        moat.shutdown();
+    });
+}
