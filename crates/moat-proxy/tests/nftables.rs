@@ -286,3 +286,51 @@ fn when_nft_refuses_moat_logs_it_and_serves_on() {
         moat.shutdown();
     });
 }
+
+#[test]
+fn a_hundred_thousand_bans_fill_the_set_at_a_bounded_pace() {
+    let Some(ns) = netns_or_skip() else {
+        return;
+    };
+    const TABLE: &str = "moatmany";
+    ns.run(|| {
+        use std::io::{Read, Write};
+        let redis = RedisServer::start().expect("redis-server starts");
+        let mut config = Config::default();
+        config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.backend.address = redis.addr();
+        config.kernel.nftables = true;
+        config.kernel.nftables_table = TABLE.into();
+        config.guard.ban_capacity = 100_000;
+        let moat = moat_proxy::start(config).expect("moat starts");
+        let start = Instant::now();
+        for i in 0..100_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let net = moat_guard::IpNet::new(ip.into(), 32).expect("net");
+            assert!(moat.guard().ban(net, Duration::from_secs(600), start));
+        }
+        let banned_in = start.elapsed();
+        let elements = || moat.control().snapshot().gauge("kernel_nft_elements");
+        eventually("a few batches are in", || elements() >= 3_000);
+        let filling = start.elapsed();
+        // Still serving while the sync works through the rest.
+        let mut client = TcpStream::connect(moat.local_addr()).expect("connects");
+        client.write_all(b"*1\r\n$4\r\nPING\r\n").expect("write");
+        let mut reply = [0u8; 7];
+        client.read_exact(&mut reply).expect("reply");
+        assert_eq!(&reply, b"+PONG\r\n");
+        let in_set = sh(&["nft", "-j", "list", "set", "inet", TABLE, "banned4"])
+            .expect("the set")
+            .matches("\"elem\": {")
+            .count();
+        let gauge = elements();
+        assert!(in_set <= gauge as usize && in_set >= 3_000, "{in_set} vs {gauge}");
+        assert_eq!(moat.control().snapshot().counter("kernel_nft_failures"), 0);
+        eprintln!(
+            "100,000 bans issued in {banned_in:?}; {in_set} elements in the set {filling:?} \
+             after the first ban"
+        );
+        moat.shutdown();
+        assert!(!table_exists(TABLE));
+    });
+}
