@@ -217,9 +217,12 @@ fn bans_become_elements_with_timeouts_and_the_table_goes_at_exit() {
             Duration::from_secs(300),
             Instant::now()
         ));
-        eventually("the subnet ban is an element", || {
-            elements(TABLE, "banned4").len() == 1
+        eventually("the subnet ban is an element of banned_nets4", || {
+            elements(TABLE, "banned_nets4").len() == 1
         });
+        let err = connect_from("127.9.9.5".parse().expect("ip"), addr)
+            .expect_err("the kernel drops a banned network's source");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
         let mut reloaded = (*moat.control().config()).clone();
         reloaded.guard.deny = vec!["127.77.0.0/16".parse().expect("net")];
         moat.control().reload(reloaded).expect("reload");
@@ -227,7 +230,7 @@ fn bans_become_elements_with_timeouts_and_the_table_goes_at_exit() {
             elements(TABLE, "deny4") == [("127.77.0.0/16".to_string(), None)]
         });
         eventually("the ban is pushed again after the rebuild", || {
-            elements(TABLE, "banned4")
+            elements(TABLE, "banned_nets4")
                 .iter()
                 .map(|e| e.0.as_str())
                 .eq(["127.9.9.0/24"])
@@ -324,7 +327,10 @@ fn a_hundred_thousand_bans_fill_the_set_at_a_bounded_pace() {
             .matches("\"elem\": {")
             .count();
         let gauge = elements();
-        assert!(in_set <= gauge as usize && in_set >= 3_000, "{in_set} vs {gauge}");
+        assert!(
+            in_set <= gauge as usize && in_set >= 3_000,
+            "{in_set} vs {gauge}"
+        );
         assert_eq!(moat.control().snapshot().counter("kernel_nft_failures"), 0);
         eprintln!(
             "100,000 bans issued in {banned_in:?}; {in_set} elements in the set {filling:?} \

@@ -9,8 +9,8 @@
 //!
 //! The table sits in the `input` hook, a little before the usual filter priority, and looks
 //! only at TCP packets to moat's listening ports. Trusted networks are accepted first; then
-//! denied networks and banned ones (sets with timeouts, filled as bans happen, left to expire
-//! by themselves) are dropped; then each source's new-connection rate and open connections are
+//! denied networks and banned ones (sets with timeouts, one for addresses and one for wider
+//! networks per family, filled as bans happen, left to expire by themselves) are dropped; then each source's new-connection rate and open connections are
 //! capped, looser than the guard's own limits so the guard stays the precise layer and nft
 //! only stops the flood that would cost moat CPU.
 
@@ -20,7 +20,8 @@ mod sync;
 
 pub use cmd::{NftError, NftTable, has_net_admin};
 pub use ruleset::{
-    BANNED4, BANNED6, LOOSENESS, NftSpec, Rate, RateUnit, SourceLimits, create_script, ruleset,
+    BANNED_NETS4, BANNED_NETS6, BANNED4, BANNED6, LOOSENESS, NftSpec, Rate, RateUnit, SourceLimits,
+    create_script, ruleset,
 };
 pub use sync::{BanSync, GRACE, MIN_TIMEOUT, Op};
 

@@ -4,9 +4,10 @@
 //! operations of one tick and assumes they were applied. If applying fails, the caller
 //! rebuilds the table and calls [`BanSync::reset`].
 //!
-//! The ban sets are interval sets, which refuse overlapping elements: of two overlapping
-//! bans, the wider network goes in (narrower ones pushed earlier are taken out), and the
-//! narrower returns once the wider one is over. An element is deleted only while its
+//! Addresses go to a hash set, wider networks to an interval set, which refuses overlapping
+//! elements: of two overlapping network bans, the wider goes in (narrower ones pushed earlier
+//! are taken out), and the narrower returns once the wider one is over. An address inside a
+//! banned network is in the address set as well: the two sets do not conflict. An element is deleted only while its
 //! timeout is well ahead ([`GRACE`]): deleting one the kernel already expired would fail the
 //! whole batch, so an element ending sooner is left to expire, and remembered until
 //! `GRACE` past its end, so nothing overlapping it is added before the kernel drops it.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::ruleset::{BANNED4, BANNED6, canonical_net, element};
+use super::ruleset::{BANNED_NETS4, BANNED_NETS6, BANNED4, BANNED6, canonical_net, element};
 
 /// Margin between moat's clock and the kernel's expiry of an element.
 pub const GRACE: Duration = Duration::from_secs(2);
@@ -45,9 +46,11 @@ pub enum Op {
 impl Op {
     /// The nft command for this change to table `table`'s ban sets.
     pub fn command(&self, table: &str) -> String {
-        let set = |net: &IpNet| match net {
-            IpNet::V4(_) => BANNED4,
-            IpNet::V6(_) => BANNED6,
+        let set = |net: &IpNet| match (net, is_host(net)) {
+            (IpNet::V4(_), true) => BANNED4,
+            (IpNet::V6(_), true) => BANNED6,
+            (IpNet::V4(_), false) => BANNED_NETS4,
+            (IpNet::V6(_), false) => BANNED_NETS6,
         };
         match self {
             Op::Add { net, timeout } => format!(
@@ -78,10 +81,10 @@ impl Op {
 #[derive(Debug)]
 pub struct BanSync {
     pushed: BTreeMap<IpNet, Instant>,
-    /// Elements per family (v4, v6), each bounded by `set_size`.
-    counts: [usize; 2],
-    /// Prefix lengths in `pushed`, per family, with their counts: the ancestors a network
-    /// may have among the pushed ones.
+    /// Elements per set (by [`set_index`]), each bounded by `set_size`.
+    counts: [usize; 4],
+    /// Prefix lengths of the networks (not addresses) in `pushed`, per family, with their
+    /// counts: the ancestors a network may have among the pushed ones.
     lengths: [BTreeMap<u8, usize>; 2],
     set_size: usize,
     max_ops: usize,
@@ -94,13 +97,22 @@ fn family(net: &IpNet) -> usize {
     }
 }
 
+fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// Which of the four ban sets holds `net`.
+fn set_index(net: &IpNet) -> usize {
+    family(net) * 2 + usize::from(!is_host(net))
+}
+
 impl BanSync {
     /// Nothing pushed yet; sets of `set_size` elements per family, at most `max_ops`
     /// element operations per [`BanSync::plan`].
     pub fn new(set_size: usize, max_ops: usize) -> Self {
         BanSync {
             pushed: BTreeMap::new(),
-            counts: [0, 0],
+            counts: [0; 4],
             lengths: [BTreeMap::new(), BTreeMap::new()],
             set_size,
             max_ops: max_ops.max(1),
@@ -116,22 +128,28 @@ impl BanSync {
     /// Forgets what was pushed: the sets are empty again (the table was rebuilt).
     pub fn reset(&mut self) {
         self.pushed.clear();
-        self.counts = [0, 0];
+        self.counts = [0; 4];
         self.lengths = [BTreeMap::new(), BTreeMap::new()];
     }
 
     fn insert(&mut self, net: IpNet, until: Instant) {
         if self.pushed.insert(net, until).is_none() {
-            let f = family(&net);
-            self.counts[f] += 1;
-            *self.lengths[f].entry(net.prefix_len()).or_default() += 1;
+            self.counts[set_index(&net)] += 1;
+            if !is_host(&net) {
+                *self.lengths[family(&net)]
+                    .entry(net.prefix_len())
+                    .or_default() += 1;
+            }
         }
     }
 
     fn remove(&mut self, net: &IpNet) {
         if self.pushed.remove(net).is_some() {
             let f = family(net);
-            self.counts[f] -= 1;
+            self.counts[set_index(net)] -= 1;
+            if is_host(net) {
+                return;
+            }
             if let Some(n) = self.lengths[f].get_mut(&net.prefix_len()) {
                 *n -= 1;
                 if *n == 0 {
@@ -141,8 +159,12 @@ impl BanSync {
         }
     }
 
-    /// Pushed networks overlapping `net`: those containing it, and those inside it.
+    /// Pushed networks overlapping network `net` in the interval set: those containing it,
+    /// and those inside it (addresses are in the other set: none for an address).
     fn overlapping(&self, net: &IpNet) -> Vec<(IpNet, Instant)> {
+        if is_host(net) {
+            return Vec::new();
+        }
         let f = family(net);
         let mut out: Vec<(IpNet, Instant)> = self.lengths[f]
             .keys()
@@ -162,7 +184,12 @@ impl BanSync {
             ),
         };
         if let (Ok(lo), Ok(hi)) = (lo, hi) {
-            out.extend(self.pushed.range(lo..=hi).map(|(n, u)| (*n, *u)));
+            out.extend(
+                self.pushed
+                    .range(lo..=hi)
+                    .filter(|(n, _)| !is_host(n))
+                    .map(|(n, u)| (*n, *u)),
+            );
         }
         out
     }
@@ -215,8 +242,7 @@ impl BanSync {
             if ops.len() >= self.max_ops {
                 break;
             }
-            let f = family(&net);
-            if self.counts[f] >= self.set_size {
+            if self.counts[set_index(&net)] >= self.set_size {
                 // Full: wait for elements to end (no replacing inner ones either).
                 continue;
             }
@@ -351,25 +377,25 @@ mod tests {
     fn wider_bans_win_and_narrower_ones_return_after() {
         let t0 = Instant::now();
         let mut s = BanSync::new(100, 100);
-        let host = (net("10.0.0.5/32"), t0 + secs(100));
+        let host = (net("10.0.0.16/28"), t0 + secs(100));
         s.plan([host], t0);
         let subnet = (net("10.0.0.0/24"), t0 + secs(20));
         let ops = s.plan([host, subnet], t0 + secs(1));
-        assert_eq!(deletes(&ops), ["10.0.0.5/32"]);
+        assert_eq!(deletes(&ops), ["10.0.0.16/28"]);
         assert_eq!(adds(&ops), ["10.0.0.0/24"]);
         // Both at once from scratch: only the wider goes in.
         let mut fresh = BanSync::new(100, 100);
         assert_eq!(adds(&fresh.plan([host, subnet], t0)), ["10.0.0.0/24"]);
         // The subnet ban ends: the host returns once the kernel surely dropped the subnet.
         assert!(s.plan([host], t0 + secs(21)).is_empty());
-        assert_eq!(adds(&s.plan([host], t0 + secs(23))), ["10.0.0.5/32"]);
+        assert_eq!(adds(&s.plan([host], t0 + secs(23))), ["10.0.0.16/28"]);
         // A wider ban whose inner element is about to expire waits for it.
         let mut s = BanSync::new(100, 100);
-        s.plan([(net("10.0.1.5/32"), t0 + secs(3))], t0);
+        s.plan([(net("10.0.1.4/30"), t0 + secs(3))], t0);
         assert!(
             s.plan(
                 [
-                    (net("10.0.1.5/32"), t0 + secs(3)),
+                    (net("10.0.1.4/30"), t0 + secs(3)),
                     (net("10.0.0.0/16"), t0 + secs(50))
                 ],
                 t0 + secs(2)
@@ -379,6 +405,20 @@ mod tests {
         assert_eq!(
             adds(&s.plan([(net("10.0.0.0/16"), t0 + secs(50))], t0 + secs(5))),
             ["10.0.0.0/16"]
+        );
+        // An address is in the address set, whatever networks hold it.
+        let addr = (net("10.0.0.7/32"), t0 + secs(90));
+        let ops = s.plan([(net("10.0.0.0/16"), t0 + secs(50)), addr], t0 + secs(6));
+        assert_eq!(
+            Op::script(&ops, "moat"),
+            "add element inet moat banned4 { 10.0.0.7 timeout 84000ms }\n"
+        );
+        assert_eq!(
+            Op::Delete {
+                net: net("10.0.0.0/16")
+            }
+            .command("moat"),
+            "delete element inet moat banned_nets4 { 10.0.0.0/16 }"
         );
     }
 
