@@ -2,8 +2,9 @@
 //! thread of its own, off the data path.
 //!
 //! The table is created when the proxy starts (replacing a crash's leftover) and deleted
-//! when it stops. Every [`TICK`] the thread diffs the guard's bans against what it pushed and
-//! applies the difference in one `nft` call of at most [`MAX_OPS_PER_TICK`] elements; a
+//! when it stops. Every [`TICK`] in which the guard's ban counts moved (at least every
+//! [`FULL_EVERY`]) the thread diffs the guard's bans against what it pushed and applies the
+//! difference in one `nft` call of at most [`MAX_OPS_PER_TICK`] elements; a
 //! reload that changes the guard's lists or per-address limits rebuilds the table. When nft
 //! is missing, refuses, or moat lacks `CAP_NET_ADMIN`, it logs once and the guard's own
 //! refusal goes on alone.
@@ -26,6 +27,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// Element changes per tick: bounds each nft call (and so the kernel's work) whatever the
 /// number of bans (4,000 a second at most).
 const MAX_OPS_PER_TICK: usize = 1_000;
+
+/// Longest time between two diffs while the guard's ban counts stay the same (expired bans
+/// and networks waiting for a wider one to end are handled at this pace).
+const FULL_EVERY: Duration = Duration::from_secs(2);
 
 /// Longest pause between attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -142,6 +147,11 @@ fn run(
     let mut backoff = TICK;
     let mut retry_at = Instant::now();
     let mut failing = false;
+    // Listing the bans holds the guard's lock (which admission takes) for a pass over them:
+    // only when its counts moved, work is left over, or FULL_EVERY has passed.
+    let mut seen = None;
+    let mut busy = true;
+    let mut last_full = Instant::now();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(TICK) {
         let now = Instant::now();
         if now < retry_at {
@@ -154,9 +164,18 @@ fn run(
                 sync = BanSync::new(want.ban_set_size as usize, MAX_OPS_PER_TICK);
                 table.rebuild(want)?;
                 broken = false;
+                busy = true;
             }
+            let g = guard.stats();
+            let mark = Some((g.bans_issued, g.bans_issued_admin, g.bans_active));
+            if !busy && mark == seen && now < last_full + FULL_EVERY {
+                return Ok(());
+            }
+            seen = mark;
+            last_full = now;
             let bans = guard.bans(now);
             let ops = sync.plan(bans.iter().map(|(net, ban)| (*net, ban.until)), now);
+            busy = !ops.is_empty();
             table.apply(&ops).inspect_err(|_| broken = true)
         })();
         metrics.nft_elements.store(
