@@ -340,3 +340,37 @@ fn a_hundred_thousand_bans_fill_the_set_at_a_bounded_pace() {
         assert!(!table_exists(TABLE));
     });
 }
+
+#[test]
+fn a_source_over_twice_the_guard_rate_meets_the_kernel() {
+    let Some(ns) = netns_or_skip() else {
+        return;
+    };
+    ns.run(|| {
+        let redis = RedisServer::start().expect("redis-server starts");
+        let mut config = Config::default();
+        config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.backend.address = redis.addr();
+        config.kernel.nftables = true;
+        config.kernel.nftables_table = "moatrate".into();
+        // nft: 2 new connections a second, burst 2, per address.
+        config.guard.ip_rate = 1.0;
+        config.guard.ip_burst = 1;
+        let moat = moat_proxy::start(config).expect("moat starts");
+        let source: IpAddr = "127.8.8.8".parse().expect("ip");
+        let mut dropped = 0;
+        for _ in 0..10 {
+            match connect_from(source, moat.local_addr()) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => dropped += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(dropped > 0, "no SYN of 10 quick connects was dropped");
+        // Trusted sources are exempt.
+        for _ in 0..10 {
+            TcpStream::connect(moat.local_addr()).expect("trusted connects");
+        }
+        moat.shutdown();
+    });
+}
