@@ -78,13 +78,32 @@ fn netns_or_skip() -> Option<Netns> {
         eprintln!("SKIPPED: no nft command ({e}); install nftables");
         return None;
     }
-    match Netns::create() {
-        Ok(ns) => Some(ns),
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
         Err(e) => {
             eprintln!("SKIPPED: cannot create a network namespace ({e})");
-            None
+            return None;
         }
+    };
+    // A kernel without nftables, or a container that refuses it even in a namespace.
+    let probe = |verb: &str| {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            "nft",
+            verb,
+            "table",
+            "inet",
+            "moatprobe",
+        ])
+    };
+    if let Err(e) = probe("add").and_then(|_| probe("delete")) {
+        eprintln!("SKIPPED: nft does not work in a network namespace here ({e})");
+        return None;
     }
+    Some(ns)
 }
 
 /// The elements of set `set` of table `table` (as nft prints them) with their timeouts.
