@@ -68,7 +68,7 @@ const ADMIN_REFUSED: [&str; 2] = ["token", "banned"];
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 10] = [
+const COUNTERS: [(&str, &str, &str); 11] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -119,10 +119,15 @@ const COUNTERS: [(&str, &str, &str); 10] = [
         "auth_refused",
         "AUTH / HELLO AUTH attempts refused.",
     ),
+    (
+        "moat_kernel_nft_failures",
+        "kernel_nft_failures",
+        "Failed nft operations on moat's nftables table (create, update, rebuild).",
+    ),
 ];
 
 /// Plain gauges: name, snapshot key, help.
-const GAUGES: [(&str, &str, &str); 6] = [
+const GAUGES: [(&str, &str, &str); 7] = [
     ("moat_clients_max", "clients_max", "guard.max_clients."),
     (
         "moat_pinned_leases",
@@ -144,6 +149,11 @@ const GAUGES: [(&str, &str, &str); 6] = [
         "moat_memory_budget_bytes",
         "memory_budget_bytes",
         "limits.memory_budget.",
+    ),
+    (
+        "moat_kernel_nft_elements",
+        "kernel_nft_elements",
+        "Elements of moat's nftables ban sets.",
     ),
 ];
 

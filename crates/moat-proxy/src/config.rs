@@ -586,6 +586,8 @@ impl Config {
             return Err(invalid("limits.max_inline_len", "must be at least 64"));
         }
         self.admin.validate()?;
+        moat_kernel::nft::validate_table_name(&self.kernel.nftables_table)
+            .map_err(|e| invalid("kernel.nftables_table", e.to_string()))?;
         if self.auth.mode == Some(AuthMode::Passthrough) {
             if !self.users.is_empty() {
                 return Err(invalid(

@@ -78,6 +78,8 @@ const NEEDS_RESTART: &[&str] = &[
     "guard.ban_capacity",
     "limits.max_reply_depth",
     "admin",
+    "kernel.nftables",
+    "kernel.nftables_table",
 ];
 
 fn unix_secs(at: SystemTime) -> u64 {
@@ -279,6 +281,10 @@ impl Control {
                 ("pinned_lease_waits", sum(&|w| w.lease_waits.get())),
                 ("pinned_lease_refusals", sum(&|w| w.lease_refusals.get())),
                 ("auth_refused", sum(&|w| w.auth_refused.get())),
+                (
+                    "kernel_nft_failures",
+                    m.nft_failures.load(std::sync::atomic::Ordering::Relaxed),
+                ),
             ],
             gauges: vec![
                 ("clients_max", u64::from(config.guard.max_clients)),
@@ -290,6 +296,10 @@ impl Control {
                 ("client_output_bytes", sum(&|w| w.output_bytes.get())),
                 ("request_buffer_bytes", sum(&|w| w.request_bytes.get())),
                 ("memory_budget_bytes", config.limits.memory_budget as u64),
+                (
+                    "kernel_nft_elements",
+                    m.nft_elements.load(std::sync::atomic::Ordering::Relaxed),
+                ),
             ],
             commands: by_index(&CommandKind::LABELS, &|w, i| w.commands[i].get()),
             proxy_latency: histogram(m, |w| &w.proxy_latency),

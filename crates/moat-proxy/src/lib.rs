@@ -19,6 +19,7 @@ mod link;
 mod listener;
 mod metrics;
 mod net;
+mod nft_sync;
 mod pinned;
 mod session;
 mod shed;
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 pub use config::{Config, ConfigError};
 pub use control::Control;
 pub use metrics::Metrics;
+pub use nft_sync::nftables_spec;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub struct RunningProxy {
     guard: Arc<moat_guard::Guard>,
     metrics: Arc<Metrics>,
     control: Control,
+    /// Moat's nftables table and its sync thread (`[kernel] nftables`).
+    nft: Option<nft_sync::NftSync>,
 }
 
 impl RunningProxy {
@@ -120,6 +124,10 @@ impl RunningProxy {
         let _ = self.shutdown.send(true);
         for worker in self.workers.drain(..) {
             let _ = worker.join();
+        }
+        // Moat's nftables table goes with it.
+        if let Some(mut nft) = self.nft.take() {
+            nft.stop();
         }
     }
 }
@@ -235,6 +243,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
             .map_err(StartError::Thread)?;
         handles.push(handle);
     }
+    let nft = nft_sync::NftSync::start(&config, addr.port(), guard.clone(), metrics.clone());
     let control = Control::new(control::Parts {
         guard: guard.clone(),
         metrics: metrics.clone(),
@@ -252,5 +261,6 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         guard,
         metrics,
         control,
+        nft,
     })
 }

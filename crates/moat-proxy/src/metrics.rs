@@ -16,6 +16,10 @@ pub struct Metrics {
     /// would on Redis: every worker reads it, so it is one shared atomic, written only when
     /// a MONITOR starts or ends.
     pub(crate) monitors: AtomicU64,
+    /// Elements of moat's nftables ban sets (a gauge, written by the nft sync thread).
+    pub(crate) nft_elements: AtomicU64,
+    /// Failed nft operations (a counter, written by the nft sync thread).
+    pub(crate) nft_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -32,6 +36,8 @@ impl Metrics {
                 .map(|_| Arc::new(WorkerStats::default()))
                 .collect(),
             monitors: AtomicU64::new(0),
+            nft_elements: AtomicU64::new(0),
+            nft_failures: AtomicU64::new(0),
         }
     }
 
