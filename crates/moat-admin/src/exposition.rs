@@ -66,7 +66,7 @@ const ADMIN_REFUSED: [&str; 2] = ["token", "banned"];
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 10] = [
+const COUNTERS: [(&str, &str, &str); 11] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -117,10 +117,15 @@ const COUNTERS: [(&str, &str, &str); 10] = [
         "auth_refused",
         "AUTH / HELLO AUTH attempts refused.",
     ),
+    (
+        "moat_kernel_filter_rebuilds",
+        "kernel_filter_rebuilds",
+        "Socket filters built and attached to the listeners.",
+    ),
 ];
 
 /// Plain gauges: name, snapshot key, help.
-const GAUGES: [(&str, &str, &str); 6] = [
+const GAUGES: [(&str, &str, &str); 8] = [
     ("moat_clients_max", "clients_max", "guard.max_clients."),
     (
         "moat_pinned_leases",
@@ -142,6 +147,16 @@ const GAUGES: [(&str, &str, &str); 6] = [
         "moat_memory_budget_bytes",
         "memory_budget_bytes",
         "limits.memory_budget.",
+    ),
+    (
+        "moat_kernel_filter_rules",
+        "kernel_filter_rules",
+        "Networks the kernel's socket filter drops now.",
+    ),
+    (
+        "moat_kernel_filter_left_out",
+        "kernel_filter_left_out",
+        "Networks the last socket filter left out for lack of room.",
     ),
 ];
 

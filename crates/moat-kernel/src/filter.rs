@@ -100,6 +100,56 @@ mod tests {
         Ok(())
     }
 
+    /// Whether a connect from the loopback address to `l` completes within a second (a
+    /// dropped SYN is retried after 1 s, so the connect times out).
+    fn connects(l: &TcpListener) -> Result<bool, Box<dyn std::error::Error>> {
+        let to = l.local_addr()?;
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        match s.connect_timeout(&to.into(), std::time::Duration::from_millis(900)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The kernel runs the program on the SYN with the IP header at `SKF_NET_OFF`: a
+    /// program dropping the loopback source stops the handshake, for both families, and
+    /// one dropping other networks does not.
+    #[test]
+    fn the_kernel_drops_the_listed_source_for_ipv4_and_ipv6()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let net = |s: &str| s.parse::<ipnet::IpNet>();
+        for (addr, own, other) in [
+            ("127.0.0.1:0", "127.0.0.1/32", "10.0.0.0/8"),
+            ("[::1]:0", "::1/128", "2001:db8::/32"),
+        ] {
+            let Ok(l) = TcpListener::bind(addr) else {
+                eprintln!("skipped {addr}: cannot bind");
+                continue;
+            };
+            attach(&l, &bpf::build_inner(&[net(other)?], &[], MAX_INSNS, false))?;
+            assert!(connects(&l)?, "{addr}: dropped by a rule for {other}");
+            attach(
+                &l,
+                &bpf::build_inner(&[net(other)?, net(own)?], &[], MAX_INSNS, false),
+            )?;
+            assert!(!connects(&l)?, "{addr}: not dropped by a rule for {own}");
+            // Kept first: the same rule with the address kept lets it in.
+            attach(
+                &l,
+                &bpf::build_inner(&[net(own)?], &[net(own)?], MAX_INSNS, false),
+            )?;
+            assert!(connects(&l)?, "{addr}: kept address dropped");
+            detach(&l)?;
+            assert!(connects(&l)?, "{addr}: still dropped after detach");
+        }
+        Ok(())
+    }
+
     #[test]
     fn a_socket_that_is_not_one_is_an_error_not_a_panic() -> Result<(), Box<dyn std::error::Error>>
     {

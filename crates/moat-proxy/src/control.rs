@@ -279,6 +279,10 @@ impl Control {
                 ("pinned_lease_waits", sum(&|w| w.lease_waits.get())),
                 ("pinned_lease_refusals", sum(&|w| w.lease_refusals.get())),
                 ("auth_refused", sum(&|w| w.auth_refused.get())),
+                (
+                    "kernel_filter_rebuilds",
+                    m.kernel_filter_rebuilds.load(Ordering::Relaxed),
+                ),
             ],
             gauges: vec![
                 ("clients_max", u64::from(config.guard.max_clients)),
@@ -290,6 +294,14 @@ impl Control {
                 ("client_output_bytes", sum(&|w| w.output_bytes.get())),
                 ("request_buffer_bytes", sum(&|w| w.request_bytes.get())),
                 ("memory_budget_bytes", config.limits.memory_budget as u64),
+                (
+                    "kernel_filter_rules",
+                    m.kernel_filter_rules.load(Ordering::Relaxed),
+                ),
+                (
+                    "kernel_filter_left_out",
+                    m.kernel_filter_left_out.load(Ordering::Relaxed),
+                ),
             ],
             commands: by_index(&CommandKind::LABELS, &|w, i| w.commands[i].get()),
             proxy_latency: histogram(m, |w| &w.proxy_latency),

@@ -16,6 +16,12 @@ pub struct Metrics {
     /// would on Redis: every worker reads it, so it is one shared atomic, written only when
     /// a MONITOR starts or ends.
     pub(crate) monitors: AtomicU64,
+    /// Networks in the socket filter attached now (a gauge; see `kernel_filter.rs`).
+    pub(crate) kernel_filter_rules: AtomicU64,
+    /// Networks the last filter build left out for lack of room (a gauge).
+    pub(crate) kernel_filter_left_out: AtomicU64,
+    /// Socket filters built and attached.
+    pub(crate) kernel_filter_rebuilds: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -32,6 +38,9 @@ impl Metrics {
                 .map(|_| Arc::new(WorkerStats::default()))
                 .collect(),
             monitors: AtomicU64::new(0),
+            kernel_filter_rules: AtomicU64::new(0),
+            kernel_filter_left_out: AtomicU64::new(0),
+            kernel_filter_rebuilds: AtomicU64::new(0),
         }
     }
 
