@@ -68,7 +68,7 @@ const ADMIN_REFUSED: [&str; 2] = ["token", "banned"];
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 11] = [
+const COUNTERS: [(&str, &str, &str); 12] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -124,10 +124,15 @@ const COUNTERS: [(&str, &str, &str); 11] = [
         "kernel_nft_failures",
         "Failed nft operations on moat's nftables table (create, update, rebuild).",
     ),
+    (
+        "moat_kernel_filter_rebuilds",
+        "kernel_filter_rebuilds",
+        "Socket filters built and attached to the listeners.",
+    ),
 ];
 
 /// Plain gauges: name, snapshot key, help.
-const GAUGES: [(&str, &str, &str); 7] = [
+const GAUGES: [(&str, &str, &str); 9] = [
     ("moat_clients_max", "clients_max", "guard.max_clients."),
     (
         "moat_pinned_leases",
@@ -154,6 +159,16 @@ const GAUGES: [(&str, &str, &str); 7] = [
         "moat_kernel_nft_elements",
         "kernel_nft_elements",
         "Elements of moat's nftables ban sets.",
+    ),
+    (
+        "moat_kernel_filter_rules",
+        "kernel_filter_rules",
+        "Networks the kernel's socket filter drops now.",
+    ),
+    (
+        "moat_kernel_filter_left_out",
+        "kernel_filter_left_out",
+        "Networks the last socket filter left out for lack of room.",
     ),
 ];
 

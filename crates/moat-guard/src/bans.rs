@@ -59,6 +59,9 @@ pub(crate) struct BanTable {
     /// banned when any banned network contains it.
     prefixes: BTreeMap<(bool, u8), usize>,
     capacity: usize,
+    /// Bumped on every insert and removal, so a watcher (the kernel filter) sees a change
+    /// without comparing lists.
+    generation: u64,
 }
 
 impl BanTable {
@@ -68,6 +71,7 @@ impl BanTable {
             by_end: BTreeSet::new(),
             prefixes: BTreeMap::new(),
             capacity,
+            generation: 0,
         }
     }
 
@@ -97,6 +101,7 @@ impl BanTable {
             };
             self.remove(&soonest);
         }
+        self.generation = self.generation.wrapping_add(1);
         self.by_end.insert((ban.until, net));
         *self.prefixes.entry(family_len(&net)).or_default() += 1;
         self.bans.insert(net, ban);
@@ -105,6 +110,7 @@ impl BanTable {
     pub(crate) fn remove(&mut self, net: &IpNet) -> bool {
         match self.bans.remove(net) {
             Some(ban) => {
+                self.generation = self.generation.wrapping_add(1);
                 self.by_end.remove(&(ban.until, *net));
                 let key = family_len(net);
                 if let Some(n) = self.prefixes.get_mut(&key) {
@@ -133,6 +139,20 @@ impl BanTable {
 
     pub(crate) fn len(&self) -> usize {
         self.bans.len()
+    }
+
+    /// Removes the bans that ended by `now` (cheap: they are the first by end).
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        while let Some(&(until, net)) = self.by_end.first() {
+            if until > now {
+                break;
+            }
+            self.remove(&net);
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 }
 

@@ -220,6 +220,9 @@ struct State {
     bans_issued: u64,
     bans_issued_admin: u64,
     evictions: u64,
+    /// Reconfigurations applied: a new deny or trusted list changes what the kernel
+    /// filter holds (see [`Guard::ban_generation`]).
+    reconfigured: u64,
 }
 
 /// `cache`'s entry for `key`, created if missing; counts in `evictions` the entry a full
@@ -422,6 +425,7 @@ impl Guard {
             bans_issued: 0,
             bans_issued_admin: 0,
             evictions: 0,
+            reconfigured: 0,
         };
         Arc::new(Self {
             state: Mutex::new(state),
@@ -439,7 +443,19 @@ impl Guard {
     /// capacities (`table_capacity`, `ban_capacity`) are fixed at start.
     pub fn reconfigure(&self, config: GuardConfig) {
         let settings = Settings::new(config);
-        self.lock().settings = settings;
+        let mut st = self.lock();
+        st.settings = settings;
+        st.reconfigured = st.reconfigured.wrapping_add(1);
+    }
+
+    /// A number that changes whenever the ban set or the settings change: a ban inserted,
+    /// lifted or ended by `now` (ended bans are swept out here), or a reconfiguration. A
+    /// watcher rebuilding something from [`Guard::bans`] and the deny list polls it and
+    /// rebuilds only when it moved. Cheap: one lock, no copy.
+    pub fn ban_generation(&self, now: Instant) -> u64 {
+        let mut st = self.lock();
+        st.bans.sweep(now);
+        st.bans.generation().wrapping_add(st.reconfigured)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

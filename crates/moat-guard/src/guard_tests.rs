@@ -615,3 +615,31 @@ fn a_full_table_counts_the_entries_it_drops() {
     drop(g.admit(ip("10.0.1.15"), t.at(1000)));
     assert_eq!(g.stats().evictions, 8);
 }
+
+#[test]
+fn the_ban_generation_moves_on_ban_unban_expiry_and_reconfigure() {
+    let g = Guard::new(config());
+    let t = clock();
+    let g0 = g.ban_generation(t.at(0));
+    assert_eq!(g.ban_generation(t.at(0)), g0, "nothing changed");
+    let net: IpNet = "127.9.0.0/16".parse().unwrap();
+    assert!(g.ban(net, Duration::from_secs(30), t.at(0)));
+    let g1 = g.ban_generation(t.at(1000));
+    assert_ne!(g1, g0);
+    assert_eq!(g.ban_generation(t.at(2000)), g1);
+    assert!(g.unban(net));
+    let g2 = g.ban_generation(t.at(3000));
+    assert_ne!(g2, g1);
+    assert!(!g.unban(net), "nothing to lift");
+    assert_eq!(g.ban_generation(t.at(3000)), g2);
+    // A ban that ends is swept out, and that is a change too.
+    assert!(g.ban(net, Duration::from_secs(5), t.at(4000)));
+    let g3 = g.ban_generation(t.at(5000));
+    assert_eq!(g.ban_generation(t.at(8000)), g3, "still running");
+    let g4 = g.ban_generation(t.at(10000));
+    assert_ne!(g4, g3, "ended");
+    assert!(g.bans(t.at(10000)).is_empty());
+    assert_eq!(g.ban_generation(t.at(11000)), g4);
+    g.reconfigure(config());
+    assert_ne!(g.ban_generation(t.at(11000)), g4);
+}

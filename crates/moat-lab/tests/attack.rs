@@ -108,6 +108,8 @@ async fn flood_against_a_rate_limited_moat_counts_its_refusals() {
     config.backend.address = redis.addr();
     config.guard.ip_rate = 1.0;
     config.guard.ip_burst = 2;
+    // Counts moat's refusal lines: banned sources must not be dropped by the kernel.
+    config.kernel.socket_filter = false;
     let moat = moat_proxy::start(config).unwrap();
     let flood = FloodSpec {
         concurrency: 8,

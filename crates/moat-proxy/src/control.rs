@@ -285,6 +285,10 @@ impl Control {
                     "kernel_nft_failures",
                     m.nft_failures.load(std::sync::atomic::Ordering::Relaxed),
                 ),
+                (
+                    "kernel_filter_rebuilds",
+                    m.kernel_filter_rebuilds.load(Ordering::Relaxed),
+                ),
             ],
             gauges: vec![
                 ("clients_max", u64::from(config.guard.max_clients)),
@@ -299,6 +303,14 @@ impl Control {
                 (
                     "kernel_nft_elements",
                     m.nft_elements.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                (
+                    "kernel_filter_rules",
+                    m.kernel_filter_rules.load(Ordering::Relaxed),
+                ),
+                (
+                    "kernel_filter_left_out",
+                    m.kernel_filter_left_out.load(Ordering::Relaxed),
                 ),
             ],
             commands: by_index(&CommandKind::LABELS, &|w, i| w.commands[i].get()),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 #[cfg(feature = "harness")]
 pub mod harness;
+mod kernel_filter;
 mod link;
 mod listener;
 mod metrics;
@@ -62,6 +63,8 @@ pub struct RunningProxy {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    /// The thread keeping the kernel's socket filter in step with the bans.
+    filter: Option<JoinHandle<()>>,
     guard: Arc<moat_guard::Guard>,
     metrics: Arc<Metrics>,
     control: Control,
@@ -128,6 +131,9 @@ impl RunningProxy {
         // Moat's nftables table goes with it.
         if let Some(mut nft) = self.nft.take() {
             nft.stop();
+        }
+        if let Some(filter) = self.filter.take() {
+            let _ = filter.join();
         }
     }
 }
@@ -204,6 +210,11 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let metrics = Arc::new(Metrics::new(workers));
     let (clients, queries) = clients::Shared::new(workers);
     let mut queries = queries.into_iter();
+    // The same sockets, for the socket filter's thread (a duplicate is the same socket).
+    let filtered: Vec<_> = listeners
+        .iter()
+        .filter_map(|l| l.try_clone().ok())
+        .collect();
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         // Split the backend cap so the sum over workers never exceeds it.
@@ -244,6 +255,14 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         handles.push(handle);
     }
     let nft = nft_sync::NftSync::start(&config, addr.port(), guard.clone(), metrics.clone());
+    let filter = kernel_filter::spawn(kernel_filter::Parts {
+        listeners: filtered,
+        guard: guard.clone(),
+        metrics: metrics.clone(),
+        live: live_rx.clone(),
+        drain: drain_rx.clone(),
+        shutdown: rx.clone(),
+    });
     let control = Control::new(control::Parts {
         guard: guard.clone(),
         metrics: metrics.clone(),
@@ -258,6 +277,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         addr,
         shutdown: tx,
         workers: handles,
+        filter,
         guard,
         metrics,
         control,

@@ -20,6 +20,12 @@ pub struct Metrics {
     pub(crate) nft_elements: AtomicU64,
     /// Failed nft operations (a counter, written by the nft sync thread).
     pub(crate) nft_failures: AtomicU64,
+    /// Networks in the socket filter attached now (a gauge; see `kernel_filter.rs`).
+    pub(crate) kernel_filter_rules: AtomicU64,
+    /// Networks the last filter build left out for lack of room (a gauge).
+    pub(crate) kernel_filter_left_out: AtomicU64,
+    /// Socket filters built and attached.
+    pub(crate) kernel_filter_rebuilds: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -38,6 +44,9 @@ impl Metrics {
             monitors: AtomicU64::new(0),
             nft_elements: AtomicU64::new(0),
             nft_failures: AtomicU64::new(0),
+            kernel_filter_rules: AtomicU64::new(0),
+            kernel_filter_left_out: AtomicU64::new(0),
+            kernel_filter_rebuilds: AtomicU64::new(0),
         }
     }
 

@@ -54,7 +54,9 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[proxy]\nlisten = \"{proxy}\"\n[backend]\naddress = \"{}\"\n\
-             [admin]\nlisten = \"{admin}\"\n{admin_extra}\n",
+             [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\
+             # These tests read moat's refusal lines; the kernel filter would drop the SYN.\n\
+             [kernel]\nsocket_filter = false\n",
             redis.addr()
         );
         std::fs::write(dir.path().join("moat.toml"), config).unwrap();

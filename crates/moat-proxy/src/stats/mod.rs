@@ -52,10 +52,11 @@ pub struct Snapshot {
     /// Plain counters by metric name (without `moat_` and `_total`): `backend_reconnects`,
     /// `backend_connect_failures`, `backend_connections_lost`, `backend_timeouts`,
     /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
-    /// `pinned_lease_refusals`, `auth_refused`.
+    /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
-    /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `memory_budget_bytes`.
+    /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `memory_budget_bytes`,
+    /// `kernel_filter_rules`, `kernel_filter_left_out`.
     /// The pinned leases and the two byte counts are refreshed by each worker every second.
     pub gauges: Vec<(&'static str, u64)>,
     /// Commands by how moat ran them: forwarded, local, pinned (`moat_commands_total{kind}`).

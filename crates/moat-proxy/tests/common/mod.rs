@@ -49,6 +49,9 @@ pub fn start_moat(backend: SocketAddr, tweak: impl FnOnce(&mut Config)) -> Runni
     let mut config = Config::default();
     config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.backend.address = backend;
+    // The tests read moat's own refusal lines for banned and denied sources; with the
+    // kernel filter those SYNs are dropped instead (tests/kernel_filter.rs turns it on).
+    config.kernel.socket_filter = false;
     tweak(&mut config);
     moat_proxy::start(config).expect("moat starts")
 }
