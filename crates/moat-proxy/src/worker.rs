@@ -51,6 +51,9 @@ pub(crate) struct WorkerCtx {
     pub(crate) stats: Arc<WorkerStats>,
     /// This worker's sessions, for CLIENT LIST/KILL/UNBLOCK, and the shared pause.
     pub(crate) clients: crate::clients::WorkerClients,
+    /// Connections shedding may close (silent, keep-alive-only), touched on admission, on
+    /// a class change and at a session's end, never per request.
+    pub(crate) hoard: std::cell::RefCell<crate::shed::Hoard>,
 }
 
 /// A worker's share of the pools: backend connections, dedicated ones, and the lease caps
@@ -211,6 +214,7 @@ impl WorkerCtx {
             metrics,
             stats,
             clients: crate::clients::WorkerClients::new(index, shares.clients),
+            hoard: std::cell::RefCell::default(),
         });
         crate::clients::WorkerClients::start(&ctx, shares.queries);
         tokio::task::spawn_local(refresh_gauges(Rc::downgrade(&ctx)));
@@ -358,13 +362,14 @@ fn log_refusals(worker: usize, reason: usize, count: u64) {
 fn admit(
     ctx: &Rc<WorkerCtx>,
     guard: &Arc<Guard>,
-    unhandshaken: &mut crate::shed::Unhandshaken,
     refusals: &mut RefusalLog,
     stream: std::net::TcpStream,
     peer: SocketAddr,
 ) {
     let now = std::time::Instant::now();
-    let ticket = match guard.admit(peer.ip(), now) {
+    // Refused only for capacity: a hoarder's connection makes room (see `shed`).
+    let mut make_room = || ctx.hoard.borrow_mut().evict().is_some();
+    let ticket = match guard.admit_making_room(peer.ip(), now, &mut make_room) {
         Ok(ticket) => ticket,
         Err(reject) => {
             if let Some(i) = ctx.stats.refused(reject.label())
@@ -387,14 +392,17 @@ fn admit(
         return;
     };
     let _ = stream.set_nodelay(true);
-    // Above the high-water mark, the oldest connections that never sent a command make
-    // room first.
-    // The shed session counts itself as closed when it ends.
+    // Above the high-water mark, each admission closes a connection doing no real work
+    // (see `shed` for which). The shed session counts itself as closed when it ends.
+    let mut hoard = ctx.hoard.borrow_mut();
     if ticket.over_high_water() {
-        unhandshaken.shed_oldest();
+        hoard.evict();
     }
     let link = Rc::new(crate::link::ClientLink::default());
-    unhandshaken.push(&link);
+    if !ticket.trusted() {
+        hoard.admitted(ticket.ip(), &link);
+    }
+    drop(hoard);
     tokio::task::spawn_local(crate::session::serve(
         stream.into(),
         peer,
@@ -413,7 +421,6 @@ async fn accept_loop(
     guard: Arc<Guard>,
     listener: AsyncFd<std::net::TcpListener>,
 ) -> std::io::Result<()> {
-    let mut unhandshaken = crate::shed::Unhandshaken::default();
     let mut refusals = RefusalLog::new(index);
     // Refusals left unlogged when a flood stops are logged at the next tick.
     let mut log_tick = tokio::time::interval(REFUSAL_LOG_EVERY);
@@ -430,7 +437,7 @@ async fn accept_loop(
                 for _ in 0..ACCEPT_BATCH {
                     match ready.get_inner().accept() {
                         Ok((stream, peer)) => {
-                            admit(&ctx, &guard, &mut unhandshaken, &mut refusals, stream, peer);
+                            admit(&ctx, &guard, &mut refusals, stream, peer);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             ready.clear_ready();
