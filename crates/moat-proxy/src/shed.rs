@@ -2,7 +2,7 @@
 //! cap. Only connections doing no real work are candidates: silent ones (no command yet)
 //! go before keep-alive-only ones (only commands moat answers itself or connection setup),
 //! and within a class the source holding the most candidates on this worker loses its
-//! oldest first. Clients that sent a command to Redis and trusted clients are never
+//! oldest first (between sources holding as many, the one with the oldest candidate). Clients that sent a command to Redis and trusted clients are never
 //! candidates.
 //!
 //! Each worker keeps one [`Hoard`]: per source, a queue of its candidates in accept order,
@@ -11,6 +11,7 @@
 //! entries that stopped being candidates are dropped lazily, so finding a victim costs
 //! O(log n) amortised, never a scan of all sessions.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::rc::{Rc, Weak};
@@ -31,18 +32,25 @@ fn slot(kind: Kind) -> Option<usize> {
 struct Source {
     /// Per class, in accept (or class change) order; may hold entries that are no longer
     /// candidates of the class, dropped when met.
-    queues: [VecDeque<Weak<ClientLink>>; 2],
+    queues: [VecDeque<(u64, Weak<ClientLink>)>; 2],
     /// Per class, the live candidates (exact).
     counts: [u32; 2],
+    /// Per class, the age (sequence number) in the source's index key.
+    ranked: [u64; 2],
 }
+
+/// A source's place in a class's index: most candidates, then oldest candidate.
+type Rank = (u32, Reverse<u64>, IpAddr);
 
 /// A worker's eviction candidates, by class and source.
 #[derive(Debug, Default)]
 pub(crate) struct Hoard {
     sources: FxHashMap<IpAddr, Source>,
-    /// Per class, `(candidates, source)` of every source with candidates in that class:
-    /// the last entry is the source to take from.
-    ranks: [BTreeSet<(u32, IpAddr)>; 2],
+    /// Per class, every source with candidates in that class: the last entry is the
+    /// source to take from.
+    ranks: [BTreeSet<Rank>; 2],
+    /// Numbers entries in the order they join a class (the age of a candidate).
+    next: u64,
 }
 
 /// Whether `link` is still a candidate of class `i`.
@@ -61,10 +69,13 @@ impl Hoard {
         let new = old.saturating_add_signed(delta);
         source.counts[i] = new;
         if old > 0 {
-            self.ranks[i].remove(&(old, ip));
+            self.ranks[i].remove(&(old, Reverse(source.ranked[i]), ip));
         }
         if new > 0 {
-            self.ranks[i].insert((new, ip));
+            // The front entry may be stale (older than the oldest live candidate): the
+            // source then looks a little older than it is, which only hastens a hoarder.
+            source.ranked[i] = source.queues[i].front().map_or(0, |(seq, _)| *seq);
+            self.ranks[i].insert((new, Reverse(source.ranked[i]), ip));
         } else {
             source.queues[i].clear();
         }
@@ -82,16 +93,17 @@ impl Hoard {
         // Entries that stopped being candidates are dropped from the front as they come;
         // a long-lived candidate at the front could hold stale ones behind it, so the
         // queue is compacted when they outnumber the live ones.
-        while queue
-            .front()
-            .is_some_and(|w| w.upgrade().is_none_or(|l| !is_candidate(&l, i)))
-        {
-            queue.pop_front();
-        }
+        // The front is kept while it is the key's age, so the index entry can be found.
+        let live = |w: &Weak<ClientLink>| w.upgrade().is_some_and(|l| is_candidate(&l, i));
         if queue.len() > 2 * source.counts[i] as usize + 16 {
-            queue.retain(|w| w.upgrade().is_some_and(|l| is_candidate(&l, i)));
+            let front = queue.pop_front();
+            queue.retain(|(_, w)| live(w));
+            if let Some(front) = front {
+                queue.push_front(front);
+            }
         }
-        queue.push_back(Rc::downgrade(link));
+        queue.push_back((self.next, Rc::downgrade(link)));
+        self.next += 1;
         self.recount(ip, i, 1);
     }
 
@@ -126,10 +138,12 @@ impl Hoard {
     /// candidate.
     pub(crate) fn evict(&mut self) -> Option<IpAddr> {
         for i in 0..CLASSES.len() {
-            while let Some(&(_, ip)) = self.ranks[i].last() {
+            while let Some(&(_, _, ip)) = self.ranks[i].last() {
                 let source = self.sources.get_mut(&ip)?;
                 let mut victim = None;
-                while let Some(w) = source.queues[i].pop_front() {
+                // Stale entries leave the front here; the key still names the age it was
+                // ranked with (`ranked`), so `recount` finds it.
+                while let Some((_, w)) = source.queues[i].pop_front() {
                     if let Some(link) = w.upgrade().filter(|l| is_candidate(l, i)) {
                         victim = Some(link);
                         break;
@@ -233,13 +247,13 @@ mod tests {
         let a: Vec<_> = (0..3).map(|_| t.admit("10.0.0.1")).collect();
         let b: Vec<_> = (0..5).map(|_| t.admit("10.0.0.2")).collect();
         let c = t.admit("10.0.0.3");
-        // b holds 5, a 3, c 1: b gives up its oldest until it holds as many as a; ties go
-        // to the higher address (any fixed order would do).
+        // b holds 5, a 3, c 1: b gives up its oldest until it holds as many as a; between
+        // sources holding as many, the one with the oldest candidate goes first.
         let mut order = vec![];
         while let Some(i) = t.evict() {
             order.push(i);
         }
-        assert_eq!(order, [b[0], b[1], b[2], a[0], b[3], a[1], c, b[4], a[2]]);
+        assert_eq!(order, [b[0], b[1], a[0], b[2], a[1], b[3], a[2], b[4], c]);
         assert_eq!(t.hoard.counts(), [0, 0]);
         assert!(t.hoard.sources.is_empty() && t.hoard.ranks.iter().all(BTreeSet::is_empty));
     }
