@@ -941,7 +941,7 @@ fn a_full_table_evicts_hoarders_from_the_biggest_source_never_real_clients() {
         .collect();
     // The hoard: 8 silent from A, 5 PING-only from B, 4 silent from C, in that order.
     let (a, b, c) = ([127, 5, 0, 1], [127, 6, 0, 1], [127, 7, 0, 1]);
-    let mut silent = |src: [u8; 4], n: u32, held: u32| -> Vec<Conn> {
+    let silent = |src: [u8; 4], n: u32, held: u32| -> Vec<Conn> {
         (0..n)
             .map(|i| {
                 let conn = Conn::from(src, addr);
@@ -958,7 +958,7 @@ fn a_full_table_evicts_hoarders_from_the_biggest_source_never_real_clients() {
     // making room. Silent ones go first, from the source holding the most (A, until it
     // holds as many as C; then the one with the older candidate), oldest first.
     let mut fresh: Vec<Conn> = Vec::new();
-    let mut serve_fresh = |n: u8, fresh: &mut Vec<Conn>| {
+    let serve_fresh = |n: u8, fresh: &mut Vec<Conn>| {
         for _ in 0..n {
             let k = u8::try_from(fresh.len()).unwrap();
             let mut conn = Conn::from([127, 3, 0, k + 1], addr);
@@ -967,11 +967,11 @@ fn a_full_table_evicts_hoarders_from_the_biggest_source_never_real_clients() {
         }
     };
     serve_fresh(10, &mut fresh);
-    for i in 0..7 {
-        from_a[i].expect_silent_close(&format!("A's silent connection {i}"));
+    for (i, conn) in from_a.iter_mut().enumerate().take(7) {
+        conn.expect_silent_close(&format!("A's silent connection {i}"));
     }
-    for i in 0..3 {
-        from_c[i].expect_silent_close(&format!("C's silent connection {i}"));
+    for (i, conn) in from_c.iter_mut().enumerate().take(3) {
+        conn.expect_silent_close(&format!("C's silent connection {i}"));
     }
     let short = Duration::from_millis(200);
     from_a[7].expect_open(short, "A's newest silent connection");
