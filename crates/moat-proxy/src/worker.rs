@@ -412,6 +412,40 @@ fn admit(
     ));
 }
 
+/// `EMFILE` and `ENFILE` (Linux): the process or the system is out of file descriptors.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// Failed accepts not yet logged: at most one line a second, not one per 10 ms pause.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+    freed: usize,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, worker: usize, error: &std::io::Error, freed: usize) {
+        self.unlogged += 1;
+        self.freed += freed;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        tracing::warn!(
+            worker,
+            %error,
+            failures = std::mem::take(&mut self.unlogged),
+            evicted = std::mem::take(&mut self.freed),
+            "accept failed"
+        );
+    }
+}
+
 /// Accepts and admits connections until the listener fails, as a task of its own: after
 /// each batch it yields, so every session task ready to run gets a turn before the next
 /// batch (established clients first under an accept storm).
@@ -422,6 +456,7 @@ async fn accept_loop(
     listener: AsyncFd<std::net::TcpListener>,
 ) -> std::io::Result<()> {
     let mut refusals = RefusalLog::new(index);
+    let mut failures = AcceptFailures::default();
     // Refusals left unlogged when a flood stops are logged at the next tick.
     let mut log_tick = tokio::time::interval(REFUSAL_LOG_EVERY);
     log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -444,9 +479,17 @@ async fn accept_loop(
                             break;
                         }
                         Err(e) => {
-                            // Out of file descriptors or memory: pause instead of
-                            // spinning, and let connections wait in the accept queue.
-                            tracing::warn!(worker = index, error = %e, "accept failed");
+                            // Out of file descriptors (a hoard beyond the fd limit): close
+                            // a batch of connections doing no real work, so the queue
+                            // behind them moves (each eviction strikes its source), and
+                            // pause instead of spinning. Bounded work per second either way.
+                            let freed = if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) {
+                                let mut hoard = ctx.hoard.borrow_mut();
+                                (0..ACCEPT_BATCH).take_while(|_| hoard.evict().is_some()).count()
+                            } else {
+                                0
+                            };
+                            failures.note(index, &e, freed);
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             break;
                         }
