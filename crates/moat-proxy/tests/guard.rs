@@ -653,8 +653,15 @@ fn the_trusted_reserve_is_kept_for_trusted_networks() {
         c.guard.high_water = 20;
     });
     let addr = stack.addr();
-    // 15 untrusted, each from its own /24 so no per-address or per-subnet cap trips.
-    let mut untrusted: Vec<Conn> = (0..15u8).map(|k| admitted([127, 1, k, 1], addr)).collect();
+    // 15 untrusted, each from its own /24 so no per-address or per-subnet cap trips, each
+    // doing real work (a PING-only client would be evicted to make room).
+    let mut untrusted: Vec<Conn> = (0..15u8)
+        .map(|k| {
+            let mut conn = admitted([127, 1, k, 1], addr);
+            set_get(&mut conn, &format!("untrusted-{k}"));
+            conn
+        })
+        .collect();
     expect_refused([127, 1, 100, 1], addr, FULL);
     expect_refused([127, 1, 0, 1], addr, FULL);
     // Trusted clients still get in, up to the reserve.
