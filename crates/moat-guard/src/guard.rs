@@ -266,8 +266,8 @@ impl Ticket {
         self.trusted
     }
 
-    /// Whether this admission took moat above the high-water mark, so the oldest
-    /// connection that never sent a command should be closed to make room.
+    /// Whether this admission took moat above the high-water mark, so a connection doing
+    /// no real work should be closed to make room.
     pub fn over_high_water(&self) -> bool {
         self.over_high_water
     }
@@ -616,8 +616,8 @@ impl Guard {
         self.lock().active_total
     }
 
-    /// Whether moat holds more clients than the high-water mark, so the oldest connections
-    /// that never sent a command should be closed.
+    /// Whether moat holds more clients than the high-water mark (pending evictions
+    /// excluded), so connections doing no real work should be closed.
     pub fn over_high_water(&self) -> bool {
         let st = self.lock();
         live(&st) > st.settings.config.high_water
