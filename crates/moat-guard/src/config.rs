@@ -40,9 +40,9 @@ pub struct GuardConfig {
     /// Part of `max_clients` only trusted networks may use, so local tools and admins get in
     /// while the rest is full.
     pub reserved_for_trusted: u32,
-    /// Above this many client connections, new connections from sources with no recent
-    /// successful command are refused, and the oldest connections that never sent a
-    /// command are closed.
+    /// Above this many client connections, each admission closes a connection doing no
+    /// real work (silent or keep-alive-only, see docs/guard.md), and new connections from
+    /// sources with no recent successful command wait unless such a connection makes room.
     pub high_water: u32,
     /// How long a successful command makes its source count as known (exempt from shedding).
     #[serde(with = "humantime_serde")]

@@ -96,6 +96,9 @@ pub enum Event {
     /// The client left more replies unread than it may (output limits, or the heaviest
     /// non-reader when unread output filled the budget): a slow-reader attack.
     SlowReader,
+    /// The connection was closed to make room while it held a slot without real work
+    /// (silent or keep-alive only): a strike, whatever it sent.
+    Evicted,
     /// The connection ended (closed or timed out) after this many commands.
     Closed {
         /// Commands the connection ran.
@@ -213,6 +216,9 @@ struct State {
     active_ip: FxHashMap<IpAddr, u32>,
     active_subnet: FxHashMap<IpNet, u32>,
     active_total: u32,
+    /// Connections a worker asked to close to make room, whose tickets are still held:
+    /// the caps count `active_total - vacating`, so an eviction makes room at once.
+    vacating: u32,
     bans: BanTable,
     rng: StdRng,
     admitted: u64,
@@ -266,8 +272,8 @@ impl Ticket {
         self.trusted
     }
 
-    /// Whether this admission took moat above the high-water mark, so the oldest
-    /// connection that never sent a command should be closed to make room.
+    /// Whether this admission took moat above the high-water mark, so a connection doing
+    /// no real work should be closed to make room.
     pub fn over_high_water(&self) -> bool {
         self.over_high_water
     }
@@ -282,6 +288,9 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut st = self.guard.lock();
         st.active_total = st.active_total.saturating_sub(1);
+        // Any close fulfils a pending eviction: at worst the caps see fewer free slots
+        // than there are, never more.
+        st.vacating = st.vacating.saturating_sub(1);
         decrement(&mut st.active_ip, &self.ip);
         decrement(&mut st.active_subnet, &self.subnet);
     }
@@ -300,13 +309,35 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
+/// Clients that stay once the pending evictions are done.
+fn live(st: &State) -> u32 {
+    st.active_total.saturating_sub(st.vacating)
+}
+
+/// Frees a slot with `make_room` when `refusal` would refuse for lack of capacity; true
+/// when a slot was freed (the admission then needs no more shedding).
+fn room_or(
+    st: &mut State,
+    refusal: Reject,
+    make_room: &mut dyn FnMut() -> bool,
+) -> Result<bool, Reject> {
+    if make_room() {
+        st.vacating += 1;
+        Ok(true)
+    } else {
+        Err(refusal)
+    }
+}
+
+/// The checks for an untrusted source; `Ok(true)` when a slot was made for it.
 fn check_untrusted(
     settings: &Settings,
     st: &mut State,
     ip: IpAddr,
     subnet: IpNet,
     now: Instant,
-) -> Result<(), Reject> {
+    make_room: &mut dyn FnMut() -> bool,
+) -> Result<bool, Reject> {
     let c = &settings.config;
     if settings.deny.contains(ip) || (!settings.allow.is_empty() && !settings.allow.contains(ip)) {
         return Err(Reject::Denied);
@@ -340,13 +371,15 @@ fn check_untrusted(
     if st.active_subnet.get(&subnet).copied().unwrap_or(0) >= c.max_per_subnet {
         return Err(Reject::TooManyFromSubnet);
     }
-    if st.active_total >= c.max_clients - c.reserved_for_trusted {
-        return Err(Reject::Full);
+    // Capacity last: evicting a hoarder is worth it only for a connection every other
+    // check let through.
+    if live(st) >= c.max_clients - c.reserved_for_trusted {
+        return room_or(st, Reject::Full, make_room);
     }
-    if st.active_total >= c.high_water && !known {
-        return Err(Reject::Shed);
+    if live(st) >= c.high_water && !known {
+        return room_or(st, Reject::Shed, make_room);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Whether `ip` ran a successful command within `recent_success` of `now`.
@@ -418,6 +451,7 @@ impl Guard {
             active_ip: FxHashMap::default(),
             active_subnet: FxHashMap::default(),
             active_total: 0,
+            vacating: 0,
             bans: BanTable::new(config.ban_capacity),
             rng: StdRng::from_os_rng(),
             admitted: 0,
@@ -471,6 +505,20 @@ impl Guard {
 
     /// Decides on a just-accepted connection from `ip` at `now`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Reject> {
+        self.admit_making_room(ip, now, &mut || false)
+    }
+
+    /// [`Guard::admit`], except that a connection refused only for capacity (`Full`, or
+    /// `Shed` above the high-water mark) is admitted when `make_room` closes another
+    /// connection (returns true): that slot counts as free at once, though its ticket is
+    /// still held until the evicted session ends. Called under the guard's lock: it must
+    /// only mark a connection for closing.
+    pub fn admit_making_room(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+        make_room: &mut dyn FnMut() -> bool,
+    ) -> Result<Ticket, Reject> {
         let ip = canonical(ip);
         let mut st = self.lock();
         let settings = st.settings.clone();
@@ -482,21 +530,22 @@ impl Guard {
         );
         let verdict = if trusted {
             // Trusted networks skip per-source limits and may use the reserve.
-            if st.active_total >= settings.config.max_clients {
-                Err(Reject::Full)
+            if live(&st) >= settings.config.max_clients {
+                room_or(&mut st, Reject::Full, make_room)
             } else {
-                Ok(())
+                Ok(false)
             }
         } else {
-            check_untrusted(&settings, &mut st, ip, subnet, now)
+            check_untrusted(&settings, &mut st, ip, subnet, now, make_room)
         };
         match verdict {
-            Ok(()) => {
+            Ok(made_room) => {
                 st.active_total += 1;
                 *st.active_ip.entry(ip).or_default() += 1;
                 *st.active_subnet.entry(subnet).or_default() += 1;
                 st.admitted += 1;
-                let over_high_water = st.active_total > settings.config.high_water;
+                // A slot made for this admission is all the shedding it calls for.
+                let over_high_water = !made_room && live(&st) > settings.config.high_water;
                 drop(st);
                 Ok(Ticket {
                     guard: self.clone(),
@@ -536,6 +585,15 @@ impl Guard {
         match event {
             Event::Command => {
                 entry(&mut st.sources, ip, &mut st.evictions).last_success = Some(now);
+            }
+            // Moat closed it to make room: a strike, but not for a source known to run real
+            // commands (a client of theirs can be evicted before moat read its first
+            // command, when moat is starved of descriptors).
+            Event::Evicted => {
+                let settings = st.settings.clone();
+                if !known_at(st, &settings, ip, now) {
+                    strike(&settings, st, ip, now);
+                }
             }
             Event::AuthFailed
             | Event::ProtocolError
@@ -604,11 +662,11 @@ impl Guard {
         self.lock().active_total
     }
 
-    /// Whether moat holds more clients than the high-water mark, so the oldest connections
-    /// that never sent a command should be closed.
+    /// Whether moat holds more clients than the high-water mark (pending evictions
+    /// excluded), so connections doing no real work should be closed.
     pub fn over_high_water(&self) -> bool {
         let st = self.lock();
-        st.active_total > st.settings.config.high_water
+        live(&st) > st.settings.config.high_water
     }
 
     /// Counts for metrics.

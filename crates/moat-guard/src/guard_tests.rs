@@ -215,6 +215,93 @@ fn strikes_outside_the_window_do_not_add_up() {
 }
 
 #[test]
+fn a_full_table_admits_when_room_is_made_and_counts_the_slot_free_at_once() {
+    let wide = GuardConfig {
+        ip_rate: 1000.0,
+        ip_burst: 1000,
+        subnet_rate: 1000.0,
+        subnet_burst: 1000,
+        ..config()
+    };
+    let g = Guard::new(wide.clone());
+    let t = clock();
+    let mut held: Vec<_> = (0..15)
+        .map(|i| g.admit(ip(&format!("10.0.{i}.1")), t.at(0)).unwrap())
+        .collect();
+    assert_eq!(g.admit(ip("10.9.9.9"), t.at(0)).unwrap_err(), Reject::Full);
+    // Each eviction admits exactly one more, though the evicted tickets are still held.
+    for i in 0..3 {
+        let addr = ip(&format!("10.8.0.{i}"));
+        held.push(g.admit_making_room(addr, t.at(0), &mut || true).unwrap());
+    }
+    assert_eq!(
+        g.clients(),
+        18,
+        "three evicted sessions still hold their tickets"
+    );
+    assert_eq!(
+        g.admit(ip("10.7.0.1"), t.at(0)).unwrap_err(),
+        Reject::Full,
+        "without an eviction the table is full"
+    );
+    // The evicted sessions end: the count is back at the cap, with nothing pending.
+    held.truncate(15);
+    assert_eq!(g.clients(), 15);
+    assert_eq!(g.admit(ip("10.7.0.2"), t.at(0)).unwrap_err(), Reject::Full);
+    // Trusted clients may make room too, beyond the reserve.
+    let trusted: Vec<_> = (0..5)
+        .map(|_| g.admit(ip("127.0.0.1"), t.at(0)).unwrap())
+        .collect();
+    assert_eq!(g.admit(ip("127.0.0.1"), t.at(0)).unwrap_err(), Reject::Full);
+    assert!(
+        g.admit_making_room(ip("127.0.0.1"), t.at(0), &mut || true)
+            .is_ok()
+    );
+    drop((held, trusted));
+
+    // Above the high-water mark an unknown source waits, unless a slot is made for it.
+    let g = Guard::new(GuardConfig {
+        high_water: 12,
+        ..wide
+    });
+    let held: Vec<_> = (0..12)
+        .map(|i| g.admit(ip(&format!("10.0.{i}.1")), t.at(0)).unwrap())
+        .collect();
+    let mut offered = 0;
+    let mut refuse = || {
+        offered += 1;
+        false
+    };
+    assert_eq!(
+        g.admit_making_room(ip("10.9.9.1"), t.at(0), &mut refuse)
+            .unwrap_err(),
+        Reject::Shed
+    );
+    assert_eq!(offered, 1, "asked once, at the capacity check only");
+    let made = g
+        .admit_making_room(ip("10.9.9.2"), t.at(0), &mut || true)
+        .unwrap();
+    assert!(!made.over_high_water(), "its slot is already made");
+    drop((held, made));
+}
+
+#[test]
+fn an_eviction_is_a_strike() {
+    let g = Guard::new(GuardConfig {
+        strikes_to_ban: 2,
+        ..config()
+    });
+    let t = clock();
+    let src = ip("127.5.0.9");
+    g.record(src, Event::Evicted, t.at(0));
+    g.record(src, Event::Evicted, t.at(1));
+    assert!(matches!(
+        g.admit(src, t.at(2)).unwrap_err(),
+        Reject::Banned(_)
+    ));
+}
+
+#[test]
 fn silent_connections_and_rejections_are_strikes_but_served_ones_are_not() {
     let g = Guard::new(GuardConfig {
         strikes_to_ban: 5,

@@ -15,6 +15,20 @@ use bytes::BytesMut;
 /// reads gets 16 of them, not a thousand.
 pub(crate) const FIRST_REPLY_ESTIMATE: u32 = 64 << 10;
 
+/// What a client has done so far, which decides whether shedding may close it. Only moves
+/// forward: silent, then keep-alive-only, then real.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    /// No command yet.
+    #[default]
+    Silent,
+    /// Only commands moat answers itself or connection setup (PING, ECHO, AUTH, HELLO,
+    /// SELECT, CLIENT SETNAME...), or ones refused: none reached Redis's data.
+    KeepAlive,
+    /// Sent at least one command forwarded to Redis: never shed.
+    Real,
+}
+
 /// Output and bookkeeping one session shares with the backend connections.
 #[derive(Debug, Default)]
 pub(crate) struct ClientLink {
@@ -33,8 +47,8 @@ pub(crate) struct ClientLink {
     closed: Cell<bool>,
     /// Set when something was delivered since the session last looked.
     woken: Cell<bool>,
-    /// The client has sent a command (shedding spares it).
-    handshaken: Cell<bool>,
+    /// What the client has done so far, for shedding (see [`Kind`]).
+    kind: Cell<Kind>,
     /// The worker asked the session to close (shedding).
     evicted: Cell<bool>,
     /// The session task, while it waits. A plain waker slot rather than a `Notify`: it
@@ -104,13 +118,19 @@ impl ClientLink {
         false
     }
 
-    /// Records that the client has sent a command.
-    pub(crate) fn mark_handshaken(&self) {
-        self.handshaken.set(true);
+    /// What the client has done so far.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind.get()
     }
 
-    pub(crate) fn handshaken(&self) -> bool {
-        self.handshaken.get()
+    /// Records what the client has done (see [`Kind`]: it only moves forward).
+    pub(crate) fn set_kind(&self, kind: Kind) {
+        self.kind.set(kind);
+    }
+
+    /// Whether the session has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
     }
 
     /// Asks the session to close (it is woken to notice).

@@ -653,8 +653,15 @@ fn the_trusted_reserve_is_kept_for_trusted_networks() {
         c.guard.high_water = 20;
     });
     let addr = stack.addr();
-    // 15 untrusted, each from its own /24 so no per-address or per-subnet cap trips.
-    let mut untrusted: Vec<Conn> = (0..15u8).map(|k| admitted([127, 1, k, 1], addr)).collect();
+    // 15 untrusted, each from its own /24 so no per-address or per-subnet cap trips, each
+    // doing real work (a PING-only client would be evicted to make room).
+    let mut untrusted: Vec<Conn> = (0..15u8)
+        .map(|k| {
+            let mut conn = admitted([127, 1, k, 1], addr);
+            set_get(&mut conn, &format!("untrusted-{k}"));
+            conn
+        })
+        .collect();
     expect_refused([127, 1, 100, 1], addr, FULL);
     expect_refused([127, 1, 0, 1], addr, FULL);
     // Trusted clients still get in, up to the reserve.
@@ -897,10 +904,110 @@ fn above_high_water_the_oldest_silent_connections_are_shed_first() {
         set_get(conn, &format!("talking-{i}"));
     }
     wait_clients(&stack, 11);
-    // A source never seen before waits while moat is at the mark.
-    expect_refused([127, 1, 60, 1], addr, BUSY);
+    // Sources never seen before are let in while silent connections are left to make
+    // room for them, the oldest first...
+    let newcomers: Vec<Conn> = (0..5u8)
+        .map(|k| {
+            let mut conn = admitted([127, 1, 60 + k, 1], addr);
+            set_get(&mut conn, &format!("newcomer-{k}"));
+            conn
+        })
+        .collect();
+    for (i, conn) in silent.iter_mut().enumerate().skip(5) {
+        conn.expect_silent_close(&format!("silent connection {i} (made room)"));
+    }
+    wait_clients(&stack, 11);
+    // ...and wait once only clients doing real work are left.
+    expect_refused([127, 1, 70, 1], addr, BUSY);
     // The known source is still let in.
     let _more = admitted(known, addr);
+    drop(newcomers);
+}
+
+#[test]
+fn a_full_table_evicts_hoarders_from_the_biggest_source_never_real_clients() {
+    let stack = with_config(|c| {
+        c.guard.max_clients = 20;
+        c.guard.reserved_for_trusted = 0;
+        c.guard.high_water = 20;
+        c.guard.handshake_timeout = Duration::from_secs(60);
+        c.guard.ip_rate = 1000.0;
+        c.guard.ip_burst = 1000;
+        c.guard.subnet_rate = 1000.0;
+        c.guard.subnet_burst = 1000;
+        c.guard.strikes_to_ban = 3;
+    });
+    let addr = stack.addr();
+    // Three real clients, connected first: older than any hoarder.
+    let mut real: Vec<Conn> = (1..=3u8)
+        .map(|k| {
+            let mut conn = Conn::from([127, 2, 0, k], addr);
+            set_get(&mut conn, &format!("real-{k}"));
+            conn
+        })
+        .collect();
+    // The hoard: 8 silent from A, 5 PING-only from B, 4 silent from C, in that order.
+    let (a, b, c) = ([127, 5, 0, 1], [127, 6, 0, 1], [127, 7, 0, 1]);
+    let silent = |src: [u8; 4], n: u32, held: u32| -> Vec<Conn> {
+        (0..n)
+            .map(|i| {
+                let conn = Conn::from(src, addr);
+                wait_clients(&stack, held + i + 1);
+                conn
+            })
+            .collect()
+    };
+    let mut from_a = silent(a, 8, 3);
+    let mut from_b: Vec<Conn> = (0..5).map(|_| admitted(b, addr)).collect();
+    let mut from_c = silent(c, 4, 16);
+    wait_clients(&stack, 20);
+    // Fresh real clients from other addresses: each is admitted and served, a hoarder
+    // making room. Silent ones go first, from the source holding the most (A, until it
+    // holds as many as C; then the one with the older candidate), oldest first.
+    let mut fresh: Vec<Conn> = Vec::new();
+    let serve_fresh = |n: u8, fresh: &mut Vec<Conn>| {
+        for _ in 0..n {
+            let k = u8::try_from(fresh.len()).unwrap();
+            let mut conn = Conn::from([127, 3, 0, k + 1], addr);
+            set_get(&mut conn, &format!("fresh-{k}"));
+            fresh.push(conn);
+        }
+    };
+    serve_fresh(10, &mut fresh);
+    for (i, conn) in from_a.iter_mut().enumerate().take(7) {
+        conn.expect_silent_close(&format!("A's silent connection {i}"));
+    }
+    for (i, conn) in from_c.iter_mut().enumerate().take(3) {
+        conn.expect_silent_close(&format!("C's silent connection {i}"));
+    }
+    let short = Duration::from_millis(200);
+    from_a[7].expect_open(short, "A's newest silent connection");
+    from_c[3].expect_open(short, "C's newest silent connection");
+    for (i, conn) in from_b.iter_mut().enumerate() {
+        conn.expect_open(short, &format!("B's PING-only connection {i}"));
+    }
+    // Then the last silent ones, then the keep-alive-only ones, oldest first.
+    serve_fresh(2, &mut fresh);
+    from_a[7].expect_silent_close("A's last silent connection");
+    from_c[3].expect_silent_close("C's last silent connection");
+    for i in 0..5 {
+        serve_fresh(1, &mut fresh);
+        from_b[i].expect_silent_close(&format!("B's PING-only connection {i}"));
+        for (j, conn) in from_b.iter_mut().enumerate().skip(i + 1) {
+            conn.expect_open(short, &format!("B's connection {j}, newer"));
+        }
+    }
+    // Only real clients are left: a newcomer waits, and none of them was touched.
+    wait_clients(&stack, 20);
+    expect_refused([127, 3, 9, 10], addr, FULL);
+    for (i, conn) in real.iter_mut().chain(fresh.iter_mut()).enumerate() {
+        set_get(conn, &format!("still-{i}"));
+    }
+    // Each eviction was a strike: the hoarders are banned, the real clients are not.
+    for src in [a, b, c] {
+        assert!(is_banned(&stack, src), "{src:?} should be banned");
+    }
+    assert!(!is_banned(&stack, [127, 2, 0, 1]) && !is_banned(&stack, [127, 3, 0, 1]));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 use crate::auth::Principal;
 use crate::backend::verify::Verdict;
 use crate::backend::{BackendConn, PickError};
-use crate::link::ClientLink;
+use crate::link::{ClientLink, Kind as LinkKind};
 use crate::net::Stream;
 use crate::stats::worker::{ClientClass, Closed, CommandKind};
 use crate::worker::WorkerCtx;
@@ -312,12 +312,22 @@ pub(crate) async fn serve(
     session.core.end_pin();
     session.core.link.close();
     let core = &session.core;
+    if !core.ticket.trusted() {
+        core.worker
+            .hoard
+            .borrow_mut()
+            .ended(core.ticket.ip(), &core.link, core.link.kind());
+    }
     let commands = core.commands;
-    core.ticket.guard().record(
-        core.ticket.ip(),
-        GuardEvent::Closed { commands },
-        Instant::now(),
-    );
+    // An evicted connection strikes even if it sent keep-alives (once: not also as silent).
+    let event = if core.link.evicted() {
+        GuardEvent::Evicted
+    } else {
+        GuardEvent::Closed { commands }
+    };
+    core.ticket
+        .guard()
+        .record(core.ticket.ip(), event, Instant::now());
 }
 
 impl Session {
@@ -660,6 +670,22 @@ impl Session {
 }
 
 impl Core {
+    /// Moves the client up to `kind` (shedding spares real clients), telling the worker's
+    /// hoard: a branch per request, a table update at most twice per connection.
+    fn note_kind(&self, kind: LinkKind) {
+        let from = self.link.kind();
+        if kind <= from {
+            return;
+        }
+        self.link.set_kind(kind);
+        if !self.ticket.trusted() {
+            self.worker
+                .hoard
+                .borrow_mut()
+                .reclassed(self.ticket.ip(), &self.link, from);
+        }
+    }
+
     /// Tells the guard what this client did.
     pub(super) fn report(&self, event: GuardEvent) {
         self.ticket
@@ -667,14 +693,13 @@ impl Core {
             .record(self.ticket.ip(), event, Instant::now());
     }
 
-    /// Counts a handled command; the first one as an authenticated client marks the source
-    /// as legitimate (spared when shedding).
+    /// Counts a handled command; the first real one (reaching Redis's data) as an
+    /// authenticated client marks the source as legitimate. Keep-alives do not: a hoard that
+    /// PINGs must not earn the leniency the guard shows known sources.
     fn note_command(&mut self) {
         self.commands += 1;
-        if self.commands == 1 {
-            self.link.mark_handshaken();
-        }
-        if !self.reported_success && self.state.user.is_some() {
+        if !self.reported_success && self.state.user.is_some() && self.link.kind() == LinkKind::Real
+        {
             self.reported_success = true;
             self.report(GuardEvent::Command);
         }
@@ -1009,6 +1034,11 @@ impl Core {
         let step = self.dispatch(request, action, &facts);
         if step != Step::Blocked {
             self.worker.stats.command(kind);
+            self.note_kind(if kind == CommandKind::Local {
+                LinkKind::KeepAlive
+            } else {
+                LinkKind::Real
+            });
         }
         if changes_state {
             self.publish_state();
@@ -1229,6 +1259,7 @@ mod tests {
                 draining: std::cell::Cell::new(false),
                 listen: addr,
                 clients: crate::clients::WorkerClients::new(0, crate::clients::Shared::new(1).0),
+                hoard: std::cell::RefCell::default(),
                 pinned: crate::pinned::PinnedPool::new(
                     Settings::from_config(&config, 0),
                     1,
