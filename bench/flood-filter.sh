@@ -13,7 +13,7 @@ ROUNDS=${ROUNDS:-3}
 
 bash scripts/install-redis.sh
 cargo build --release -q -p moat --bin moat --example flood
-MOAT=target/release/moat
+MOAT=${MOAT_BIN:-target/release/moat}
 FLOOD=target/release/examples/flood
 TICK=$(getconf CLK_TCK)
 
