@@ -1,0 +1,1 @@
+//! Reading the signals of a [`crate::Sample`].

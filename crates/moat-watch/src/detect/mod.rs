@@ -1,0 +1,1 @@
+//! Detectors: pure code that turns a series of [`crate::Sample`]s into alerts.

@@ -1,0 +1,15 @@
+//! `moat watch`: detects connection attacks on any Redis from its INFO and the host's `/proc`.
+//!
+//! - [`sample`]: one poll's worth of signals ([`Sample`]), the interface between the
+//!   collector and the detectors.
+//! - [`collect`]: reads the signals: Redis `INFO` (and `CONFIG GET` where INFO lacks a
+//!   field), `/proc/net/netstat`, `/proc/net/snmp`, the listener's accept queue, the Redis
+//!   process's fds, CPU and RSS. Parsers are pure functions tested on captured samples.
+//! - [`detect`]: pure detectors under a fake clock: absolute rules and adaptive baselines,
+//!   with hysteresis and minimum durations, raising and resolving alerts.
+
+pub mod collect;
+pub mod detect;
+pub mod sample;
+
+pub use sample::Sample;
