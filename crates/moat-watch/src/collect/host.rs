@@ -10,7 +10,8 @@ use crate::sample::HostSignals;
 
 /// Reads the host signals from the real `/proc`. `pid` is Redis's `process_id` and `port`
 /// its `tcp_port` (from INFO); `tcp_backlog` its `tcp-backlog` config when known (else
-/// Redis's default is assumed for the accept queue's size).
+/// Redis's default is assumed for the accept queue's size). Call it only for a Redis
+/// reached on a local address: the kernel counters are this host's.
 pub fn read(pid: Option<u32>, port: Option<u16>, tcp_backlog: Option<u64>) -> HostSignals {
     read_from(Path::new("/proc"), pid, port, tcp_backlog)
 }
@@ -43,13 +44,15 @@ pub fn read_from(
         host.curr_estab = snmp.curr_estab;
     }
 
-    host.accept_queue = port.and_then(|port| {
+    let queue_len = port.and_then(|port| {
         let v4 = net_file("tcp").and_then(|t| tcp_table::accept_queue_len(&t, port));
         let v6 = net_file("tcp6").and_then(|t| tcp_table::accept_queue_len(&t, port));
-        let len = v4.max(v6)?;
+        v4.max(v6)
+    });
+    host.accept_queue = queue_len.map(|len| {
         let somaxconn = read_text(&proc_root.join("sys/net/core/somaxconn"))
             .and_then(|t| tcp_table::parse_somaxconn(&t));
-        Some((len, tcp_table::effective_backlog(tcp_backlog, somaxconn)))
+        (len, tcp_table::effective_backlog(tcp_backlog, somaxconn))
     });
 
     let netfilter = proc_root.join("sys/net/netfilter");
@@ -57,7 +60,11 @@ pub fn read_from(
         .zip(read_text(&netfilter.join("nf_conntrack_max")))
         .and_then(|(count, max)| conntrack::parse(&count, &max));
 
-    if let Some(dir) = &pid_dir {
+    // A pid from INFO names a local process only if Redis runs here: when nothing listens
+    // on Redis's port in that pid's network namespace, the pid belongs to some other
+    // process (Redis is on another host) and its fds, CPU and RSS would be misleading.
+    let pid_is_redis = port.is_none() || queue_len.is_some();
+    if let Some(dir) = pid_dir.as_ref().filter(|_| pid_is_redis) {
         let open = process::count_fds(&dir.join("fd"));
         let limit = read_text(&dir.join("limits")).and_then(|t| process::parse_max_open_files(&t));
         host.fds = open.zip(limit);
@@ -168,8 +175,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_without_the_listener_is_not_redis() {
+        let root = fake_proc();
+        // Process 20379 exists but nothing listens on port 6379 in its namespace: the pid
+        // came from a Redis on another host, so the process fields stay unknown.
+        let host = read_from(root.path(), Some(20379), Some(6379), None);
+        assert_eq!(
+            (host.fds, host.cpu_seconds, host.rss_bytes),
+            (None, None, None)
+        );
+        assert_eq!(host.accept_queue, None);
+        // Without a port (a unix-socket-only Redis) the pid is trusted.
+        let host = read_from(root.path(), Some(20379), None, None);
+        assert_eq!(host.fds, Some((3, 20000)));
+    }
+
+    #[test]
     fn reads_this_process_from_the_real_proc() {
-        let host = read(Some(std::process::id()), None, None);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // Two connections the listener never accepts wait in its queue.
+        let _clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let host = read(Some(std::process::id()), Some(port), Some(64));
+        let (len, size) = host.accept_queue.expect("our listener is in /proc/net/tcp");
+        // The last handshake ACK may still be in flight on a loaded machine.
+        assert!(len <= 2, "{len}");
+        assert!(size <= 64 && size > 0, "{size}");
         assert!(
             host.fds
                 .is_some_and(|(open, limit)| open >= 3 && limit >= open),
