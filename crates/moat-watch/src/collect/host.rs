@@ -28,6 +28,8 @@ pub fn read_from(
     tcp_backlog: Option<u64>,
 ) -> HostSignals {
     let pid_dir = pid.map(|pid| proc_root.join(pid.to_string()));
+    // `tcp_port:0` is a Redis listening on a unix socket only.
+    let port = port.filter(|&port| port != 0);
     let net_file = |name: &str| {
         pid_dir
             .as_ref()
@@ -187,6 +189,8 @@ mod tests {
         assert_eq!(host.accept_queue, None);
         // Without a port (a unix-socket-only Redis) the pid is trusted.
         let host = read_from(root.path(), Some(20379), None, None);
+        assert_eq!(host.fds, Some((3, 20000)));
+        let host = read_from(root.path(), Some(20379), Some(0), None);
         assert_eq!(host.fds, Some((3, 20000)));
     }
 
