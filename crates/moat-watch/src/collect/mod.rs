@@ -6,6 +6,8 @@
 //! - [`tcp_table`]: the Redis listener's accept queue from `/proc/net/tcp` and `tcp6`.
 //! - [`process`]: the Redis process's fd limit, CPU time and RSS from `/proc/PID/*`.
 //! - [`conntrack`]: conntrack table usage, when the module is loaded.
+//! - [`poller`]: the one persistent, named monitoring connection to Redis: polls INFO,
+//!   reconnects with backoff, and reports its own failure to connect as a signal.
 //! - [`host`]: the only file I/O here; reads all of the above and tolerates every missing
 //!   file (another host, no permission), so each field is `None` when unknown.
 //!
@@ -16,5 +18,6 @@ pub mod conntrack;
 pub mod host;
 pub mod info;
 pub mod netstat;
+pub mod poller;
 pub mod process;
 pub mod tcp_table;
