@@ -114,6 +114,9 @@ fn steady_workload_raises_nothing() {
     let mut s = Series::new();
     s.run(4 * 3600, 100.0);
     assert_eq!(s.events, vec![]);
+    // The spike rule was judging all along, not warming up.
+    let t = s.detector.spike().thresholds().unwrap();
+    assert!((t.stats.median - 100.0).abs() < 5.0, "{t:?}");
 }
 
 #[test]
@@ -347,5 +350,10 @@ fn memory_stays_bounded_over_a_million_samples() {
     let (buckets, short) = s.detector.spike().held();
     assert!(buckets <= 60, "{buckets} buckets");
     assert!(short <= 6, "{short} short readings");
+    assert!(
+        s.detector.held() <= 60 + 6 + 3 * 60,
+        "{}",
+        s.detector.held()
+    );
     assert!(s.events.len() < 1_000, "{} events", s.events.len());
 }

@@ -60,8 +60,8 @@ impl Detector {
             raise_polls: config.min_polls,
             resolve_polls: config.min_polls,
         };
-        // A failed poll leaves Redis's signals empty, so its rules say `Unknown` and keep
-        // their state. The window already is the counter rules' duration: raise on the first poll.
+        // The sliding window already is the counter rules' duration: raise on the first
+        // poll that crosses it.
         let counted = Policy {
             raise_polls: 1,
             resolve_polls: config.min_polls,
@@ -107,6 +107,17 @@ impl Detector {
             .iter()
             .filter_map(|m| m.active().map(|s| (m.id(), s)))
             .collect()
+    }
+
+    /// Readings held across every window and baseline: bounded by the configuration,
+    /// whatever the number of samples (checked by the tests).
+    pub fn held(&self) -> usize {
+        let (buckets, short) = self.spike.held();
+        buckets
+            + short
+            + self.rejected.window.len()
+            + self.overflows.window.len()
+            + self.syn_drops.window.len()
     }
 
     /// Feeds the next sample; returns the alerts it raises and resolves. A sample not
@@ -175,6 +186,8 @@ impl Detector {
             ),
             self.spike.observe(at, delta, spike_active),
         ];
+        // A failed poll leaves Redis's signals empty, so its rules say `Unknown` and keep
+        // their state rather than resolving.
         let mut events = Vec::new();
         for (machine, condition) in self.alerts.iter_mut().zip(conditions) {
             events.extend(machine.step(at, condition));
