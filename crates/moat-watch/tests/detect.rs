@@ -294,6 +294,33 @@ fn redis_restart_raises_nothing() {
 }
 
 #[test]
+fn reconnect_storm_after_a_restart_raises_nothing() {
+    let mut s = Series::new();
+    s.run(1200, 100.0);
+    s.total = 0;
+    // Every client reconnects within a few seconds, with backoff.
+    s.run(3, 3_000.0);
+    s.run(10, 500.0);
+    s.run(600, 100.0);
+    assert_eq!(s.events, vec![]);
+    // The rule is judging again afterwards.
+    s.run(30, 5_000.0);
+    assert_eq!(s.ids().len(), 1, "{:?}", s.events);
+}
+
+#[test]
+fn a_lasting_change_of_workload_ends_its_alert() {
+    let mut s = Series::new();
+    s.run(1200, 100.0);
+    s.run(3600, 1_000.0);
+    let ids = s.ids();
+    assert_eq!(ids.len(), 2, "{:?}", s.events);
+    assert_eq!(ids[1].2, None);
+    // Within the freeze (a long window) plus half a window to move the median.
+    assert!(ids[1].0 - 1200 <= 16 * 60, "{:?}", ids);
+}
+
+#[test]
 fn unreachable_for_n_polls_raises_then_resolves() {
     let mut s = Series::new();
     s.run(600, 100.0);

@@ -110,6 +110,11 @@ pub struct SpikeConfig {
     /// An active spike resolves once the short rate falls below this fraction of the raise
     /// threshold (hysteresis). Default 0.5.
     pub resolve_fraction: f64,
+    /// After the connection counter goes down (Redis restarted), the rule stays silent
+    /// this long: every client reconnecting at once is a storm, not an attack.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub restart_grace: Duration,
 }
 
 impl Default for SpikeConfig {
@@ -123,6 +128,7 @@ impl Default for SpikeConfig {
             ratio: 3.0,
             min_rate: 20.0,
             resolve_fraction: 0.5,
+            restart_grace: Duration::from_secs(30),
         }
     }
 }

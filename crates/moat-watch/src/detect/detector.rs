@@ -135,7 +135,11 @@ impl Detector {
         let rejected_present = self.rejected.update(at, r.rejected_connections);
         let overflows_present = self.overflows.update(at, h.listen_overflows);
         let syn_present = self.syn_drops.update(at, h.reqq_full_drop);
+        let resets = self.connections.resets();
         let delta = self.connections.update(at, r.total_connections_received);
+        if self.connections.resets() != resets {
+            self.spike.restarted(at);
+        }
         let spike_active = self
             .alerts
             .iter()

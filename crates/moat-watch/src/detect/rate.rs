@@ -34,6 +34,7 @@ impl Delta {
 #[derive(Debug, Clone, Default)]
 pub struct Counter {
     last: Option<(Instant, u64)>,
+    resets: u64,
 }
 
 impl Counter {
@@ -52,12 +53,20 @@ impl Counter {
         }
         self.last = Some((at, value));
         if value < prev {
+            self.resets = self.resets.saturating_add(1);
             return None;
         }
         Some(Delta {
             increase: value - prev,
             elapsed: at.saturating_duration_since(prev_at),
         })
+    }
+}
+
+impl Counter {
+    /// How many times the counter went down (Redis restarts, `CONFIG RESETSTAT`).
+    pub fn resets(&self) -> u64 {
+        self.resets
     }
 }
 
@@ -147,6 +156,7 @@ mod tests {
         assert_eq!(c.update(at(4), Some(140)).unwrap().per_sec(), 10.0);
         // Restart: down to 3, nothing reported, then rates from the new reference.
         assert_eq!(c.update(at(5), Some(3)), None);
+        assert_eq!(c.resets(), 1);
         assert_eq!(c.update(at(6), Some(8)).unwrap().increase, 5);
         // Time going backwards or standing still reports nothing.
         assert_eq!(c.update(at(6), Some(9)), None);

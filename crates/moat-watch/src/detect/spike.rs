@@ -26,6 +26,7 @@ pub struct Spike {
     baseline: Baseline,
     short: VecDeque<(Instant, Delta)>,
     frozen_since: Option<Instant>,
+    grace_until: Option<Instant>,
 }
 
 /// Thresholds in force at one poll (for sinks and tests).
@@ -47,7 +48,15 @@ impl Spike {
             config,
             short: VecDeque::new(),
             frozen_since: None,
+            grace_until: None,
         }
+    }
+
+    /// The counter went down at `at` (Redis restarted): forget the short window and stay
+    /// silent for `restart_grace`, learning nothing from the reconnect storm.
+    pub fn restarted(&mut self, at: Instant) {
+        self.short.clear();
+        self.grace_until = at.checked_add(self.config.restart_grace);
     }
 
     /// The thresholds the current baseline gives, once warmed up.
@@ -78,6 +87,10 @@ impl Spike {
         let Some(delta) = delta else {
             return Condition::Unknown;
         };
+        if self.grace_until.is_some_and(|until| at < until) {
+            return Condition::Unknown;
+        }
+        self.grace_until = None;
         if self.short.len() >= SHORT_CAP {
             self.short.pop_front();
         }
