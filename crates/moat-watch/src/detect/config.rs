@@ -203,6 +203,17 @@ mod tests {
     }
 
     #[test]
+    fn defaults_round_trip_through_toml() {
+        // What `docs/watch.md` and `--print-config` would show parses back to the same.
+        let text = toml::to_string(&DetectConfig::default()).unwrap();
+        assert!(text.contains("counter_window = \"1m\""), "{text}");
+        assert_eq!(
+            DetectConfig::from_toml(&text).unwrap(),
+            DetectConfig::default()
+        );
+    }
+
+    #[test]
     fn unknown_fields_and_nonsense_are_refused() {
         assert!(DetectConfig::from_toml("client_warning = 0.7").is_err());
         assert!(DetectConfig::from_toml("clients_warning = 0.95").is_err());
