@@ -4,6 +4,16 @@
 //!   community Redis rules and netdata's where they exist, so alerts match what operators
 //!   already expect).
 //! - [`SpikeConfig`]: the adaptive connection-rate detector's windows and factors.
+//!
+//! ```toml
+//! clients_warning = 0.80
+//! min_polls = 3
+//! counter_window = "1m"
+//!
+//! [spike]
+//! long_window = "10m"
+//! min_rate = 20.0
+//! ```
 
 use std::time::Duration;
 
