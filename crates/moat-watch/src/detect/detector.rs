@@ -1,0 +1,201 @@
+//! [`Detector`]: every rule over one series of [`Sample`]s, in order, producing
+//! [`Event`]s.
+//!
+//! Each poll: counters become increases ([`Counter`]), the per-minute rules count them over
+//! their window, the spike rule rates connections, each rule gives a [`Condition`], and each
+//! alert's [`AlertMachine`] turns that into at most one event.
+
+use std::time::Instant;
+
+use super::alert::{AlertId, AlertMachine, Event, Policy, Severity};
+use super::config::DetectConfig;
+use super::rate::{Counter, WindowCount};
+use super::rules::{self, RatioThresholds};
+use super::spike::Spike;
+use crate::Sample;
+
+/// Entries a per-minute window keeps at most (one per poll with an increase).
+const WINDOW_CAP: usize = 4096;
+
+/// A counter rule's state: the counter and its sliding window.
+#[derive(Debug, Clone)]
+struct Counted {
+    counter: Counter,
+    window: WindowCount,
+}
+
+impl Counted {
+    fn new(config: &DetectConfig) -> Self {
+        Self {
+            counter: Counter::default(),
+            window: WindowCount::new(config.counter_window, WINDOW_CAP),
+        }
+    }
+
+    /// Takes a reading; returns whether the counter was readable this poll.
+    fn update(&mut self, at: Instant, value: Option<u64>) -> bool {
+        let increase = self.counter.update(at, value).map_or(0, |d| d.increase);
+        self.window.push(at, increase);
+        value.is_some()
+    }
+}
+
+/// All detectors over one watched Redis.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    config: DetectConfig,
+    last_at: Option<Instant>,
+    connections: Counter,
+    spike: Spike,
+    rejected: Counted,
+    overflows: Counted,
+    syn_drops: Counted,
+    alerts: Vec<AlertMachine>,
+}
+
+impl Detector {
+    /// Detectors with the given thresholds and no history.
+    pub fn new(config: DetectConfig) -> Self {
+        let level = Policy {
+            raise_polls: config.min_polls,
+            resolve_polls: config.min_polls,
+        };
+        // The sliding window already is the counter rules' duration: raise on the first
+        // poll that crosses it.
+        let counted = Policy {
+            raise_polls: 1,
+            resolve_polls: config.min_polls,
+        };
+        let unreachable = Policy {
+            raise_polls: config.unreachable_polls,
+            resolve_polls: 1,
+        };
+        let alerts = vec![
+            AlertMachine::new(AlertId::RedisUnreachable, unreachable),
+            AlertMachine::new(AlertId::ClientsNearMax, level),
+            AlertMachine::new(AlertId::RejectedConnections, counted),
+            AlertMachine::new(AlertId::ListenOverflows, counted),
+            AlertMachine::new(AlertId::SynQueueDrops, counted),
+            AlertMachine::new(AlertId::FdsNearLimit, level),
+            AlertMachine::new(AlertId::ConnectionRateSpike, level),
+        ];
+        Self {
+            connections: Counter::default(),
+            spike: Spike::new(config.spike.clone()),
+            rejected: Counted::new(&config),
+            overflows: Counted::new(&config),
+            syn_drops: Counted::new(&config),
+            alerts,
+            last_at: None,
+            config,
+        }
+    }
+
+    /// The thresholds in force.
+    pub fn config(&self) -> &DetectConfig {
+        &self.config
+    }
+
+    /// The spike rule's state (its thresholds and short rate, for dashboards).
+    pub fn spike(&self) -> &Spike {
+        &self.spike
+    }
+
+    /// Alerts active now, with their severity.
+    pub fn active(&self) -> Vec<(AlertId, Severity)> {
+        self.alerts
+            .iter()
+            .filter_map(|m| m.active().map(|s| (m.id(), s)))
+            .collect()
+    }
+
+    /// Readings held across every window and baseline: bounded by the configuration,
+    /// whatever the number of samples (checked by the tests).
+    pub fn held(&self) -> usize {
+        let (buckets, short) = self.spike.held();
+        buckets
+            + short
+            + self.rejected.window.len()
+            + self.overflows.window.len()
+            + self.syn_drops.window.len()
+    }
+
+    /// Feeds the next sample; returns the alerts it raises and resolves. A sample not
+    /// later than the previous one is ignored (the detectors need time to move forward).
+    pub fn observe(&mut self, sample: &Sample) -> Vec<Event> {
+        let at = sample.at;
+        if self.last_at.is_some_and(|last| at <= last) {
+            return Vec::new();
+        }
+        self.last_at = Some(at);
+        let c = &self.config;
+        let r = &sample.redis;
+        let h = &sample.host;
+
+        let rejected_present = self.rejected.update(at, r.rejected_connections);
+        let overflows_present = self.overflows.update(at, h.listen_overflows);
+        let syn_present = self.syn_drops.update(at, h.reqq_full_drop);
+        let resets = self.connections.resets();
+        let delta = self.connections.update(at, r.total_connections_received);
+        if self.connections.resets() != resets {
+            self.spike.restarted(at);
+        }
+        let spike_active = self
+            .alerts
+            .iter()
+            .any(|m| m.id() == AlertId::ConnectionRateSpike && m.active().is_some());
+
+        let conditions = [
+            rules::reachable(sample.redis_reachable),
+            rules::ratio(
+                r.connected_clients,
+                r.maxclients,
+                RatioThresholds {
+                    warning: c.clients_warning,
+                    critical: c.clients_critical,
+                    resolve: c.clients_resolve,
+                },
+                "connected_clients of maxclients",
+            ),
+            rules::per_minute(
+                &self.rejected.window,
+                rejected_present,
+                0.0,
+                0.0,
+                "rejected connections (maxclients reached)",
+            ),
+            rules::per_minute(
+                &self.overflows.window,
+                overflows_present,
+                c.drops_warning_per_min,
+                c.drops_critical_per_min,
+                "listen queue overflows",
+            ),
+            rules::per_minute(
+                &self.syn_drops.window,
+                syn_present,
+                c.drops_warning_per_min,
+                c.drops_critical_per_min,
+                "SYN queue drops",
+            ),
+            rules::ratio(
+                h.fds.map(|(used, _)| used),
+                h.fds.map(|(_, limit)| limit),
+                RatioThresholds {
+                    warning: c.fds_warning,
+                    critical: c.fds_critical,
+                    resolve: c.fds_resolve,
+                },
+                "Redis open fds of their limit",
+            ),
+            self.spike.observe(at, delta, spike_active),
+        ];
+        // A failed poll leaves Redis's signals empty, so its rules say `Unknown` and keep
+        // their state rather than resolving.
+        let mut events = Vec::new();
+        for (machine, condition) in self.alerts.iter_mut().zip(conditions) {
+            events.extend(machine.step(at, condition));
+        }
+        events
+    }
+}
