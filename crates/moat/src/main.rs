@@ -8,6 +8,7 @@ mod ctl;
 mod demo;
 mod lab;
 mod legit;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// Run a scenario of attacks against Redis alone, hardened and behind moat, and write
     /// a report with tables and charts.
     Lab(lab::LabArgs),
+    /// Watch any Redis for connection attacks (INFO and, on this host, /proc) and print
+    /// alerts as they are raised and resolved.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::Ctl(args) => ctl::main(args),
+        Command::Watch(args) => watch::main(args),
         Command::Attack(args) => attack::main(args),
         Command::Lab(args) => lab::main(args),
     }
