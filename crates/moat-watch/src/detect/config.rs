@@ -1,4 +1,4 @@
-//! Detector thresholds, read from the `[detect]` table of a TOML file.
+//! Detector thresholds, read from a TOML file (`moat watch --thresholds`).
 //!
 //! - [`DetectConfig`]: every threshold, with the defaults documented on each field (the
 //!   community Redis rules and netdata's where they exist, so alerts match what operators
