@@ -19,6 +19,21 @@ pub struct Sample {
     pub redis: RedisSignals,
     /// What the host said, when Redis runs on it.
     pub host: HostSignals,
+    /// Who holds the connections (a sampled `CLIENT LIST`), on the polls that took one.
+    pub clients: Option<ClientsSummary>,
+}
+
+/// A `CLIENT LIST` summarised by source address: who holds the connections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClientsSummary {
+    /// Client connections listed.
+    pub total: u64,
+    /// The addresses holding the most connections, most first (at most a handful).
+    pub top: Vec<(String, u64)>,
+    /// Connections that never ran a command (`cmd=NULL`): the mark of a hoard.
+    pub never_ran: u64,
+    /// Connections idle for a minute or more.
+    pub idle_over_minute: u64,
 }
 
 /// Redis's view (INFO `clients`, `stats`, `memory`; `CONFIG GET maxclients`).

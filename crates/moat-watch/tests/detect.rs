@@ -77,6 +77,7 @@ impl Series {
                 fds: Some(self.fds),
                 ..HostSignals::default()
             },
+            clients: None,
         }
     }
 
@@ -349,6 +350,7 @@ fn empty_out_of_order_and_absurd_samples_do_not_panic() {
         redis_reachable: true,
         redis: RedisSignals::default(),
         host: HostSignals::default(),
+        clients: None,
     };
     assert_eq!(d.observe(&empty(t0 + Duration::from_secs(10))), vec![]);
     assert_eq!(d.observe(&empty(t0)), vec![]);

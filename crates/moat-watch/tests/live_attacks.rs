@@ -66,7 +66,9 @@ fn a_flood_and_a_hoard_are_seen_and_resolve() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut poller = Poller::new(PollerConfig::new(&format!("redis://{addr}"))).unwrap();
+        let mut pc = PollerConfig::new(&format!("redis://{addr}"));
+        pc.clients_every = 2;
+        let mut poller = Poller::new(pc).unwrap();
         let mut detector = Detector::new(config);
         let t0 = Instant::now();
         // A steady workload: a client connecting, PINGing and leaving 5 times a second.
@@ -134,6 +136,13 @@ fn a_flood_and_a_hoard_are_seen_and_resolve() {
         let after = watch_for(&mut poller, &mut detector, Duration::from_secs(4), t0).await;
         let seen = raised(&during, AlertId::ClientsNearMax)
             .unwrap_or_else(|| panic!("the hoard was not seen: {during:?}"));
+        // The alert names who holds the connections: one of the hoard's 127.100.x.y.
+        let named = during.iter().any(|(_, e)| {
+            matches!(e,
+            Event::Raised { id: AlertId::ClientsNearMax, summary, .. }
+                if summary.contains("top source 127.100."))
+        });
+        assert!(named, "the hoard's top source is not named: {during:?}");
         eprintln!("hoard seen {:?} after it started", seen - hoard_at);
         assert!(
             during.iter().any(|(_, e)| matches!(e,

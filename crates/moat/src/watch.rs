@@ -30,6 +30,13 @@ pub(crate) struct WatchArgs {
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Sample `CLIENT LIST` (every `--clients-every` polls) to see who holds the
+    /// connections: alerts name the top source.
+    #[arg(long)]
+    clients: bool,
+    /// Polls between two `CLIENT LIST` samples (each walks every client on Redis).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    clients_every: u32,
     /// Output format of alert lines.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -57,7 +64,11 @@ pub(crate) fn main(args: WatchArgs) -> anyhow::Result<()> {
         }
         None => DetectConfig::default(),
     };
-    let poller = Poller::new(PollerConfig::new(&args.url))?;
+    let mut poller_config = PollerConfig::new(&args.url);
+    if args.clients {
+        poller_config.clients_every = args.clients_every;
+    }
+    let poller = Poller::new(poller_config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,6 +1,7 @@
 //! Reading the signals of a [`crate::Sample`].
 //!
 //! - [`info`]: Redis `INFO` text (and a `CONFIG GET` reply) into [`crate::sample::RedisSignals`].
+//! - [`client_list`]: a `CLIENT LIST` reply summarised by source address.
 //! - [`netstat`]: `/proc/net/netstat` (TcpExt) and `/proc/net/snmp` (Tcp), the kernel's
 //!   listen-queue overflows, SYN-queue drops and connection counters.
 //! - [`tcp_table`]: the Redis listener's accept queue from `/proc/net/tcp` and `tcp6`.
@@ -14,6 +15,7 @@
 //! Everything but [`host`] (and [`process::count_fds`]) is a pure function from text, so
 //! the parsers are tested on text captured from a real Redis and a real kernel.
 
+pub mod client_list;
 pub mod conntrack;
 pub mod host;
 pub mod info;

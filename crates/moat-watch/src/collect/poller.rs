@@ -41,6 +41,9 @@ pub struct PollerConfig {
     pub backoff_max: Duration,
     /// Read the host's signals (`/proc`): on when Redis's address is on this host.
     pub local: bool,
+    /// Take a `CLIENT LIST` (who holds the connections) every this many polls; 0 never.
+    /// It costs Redis a walk over every client, so it is sampled, not taken every poll.
+    pub clients_every: u32,
 }
 
 impl PollerConfig {
@@ -63,6 +66,7 @@ impl PollerConfig {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             local,
+            clients_every: 0,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Poller {
     next_attempt: Option<Instant>,
     connects: u64,
     attempts: u64,
+    polls: u64,
 }
 
 impl std::fmt::Debug for Poller {
@@ -112,6 +117,7 @@ impl Poller {
             next_attempt: None,
             connects: 0,
             attempts: 0,
+            polls: 0,
         })
     }
 
@@ -137,6 +143,13 @@ impl Poller {
             }
             None => None,
         };
+        let every = u64::from(self.config.clients_every);
+        let clients = if redis.is_some() && every > 0 && self.polls.is_multiple_of(every) {
+            self.client_list().await
+        } else {
+            None
+        };
+        self.polls += 1;
         let host = if self.config.local {
             host::read(self.process_id, self.tcp_port, self.tcp_backlog)
         } else {
@@ -147,7 +160,16 @@ impl Poller {
             redis_reachable: redis.is_some(),
             redis: redis.unwrap_or_default(),
             host,
+            clients,
         }
+    }
+
+    /// `CLIENT LIST`, summarised; `None` when denied or failed (the watch goes on).
+    async fn client_list(&mut self) -> Option<crate::sample::ClientsSummary> {
+        let conn = self.conn.as_mut()?;
+        let text: redis::RedisResult<String> =
+            redis::cmd("CLIENT").arg("LIST").query_async(conn).await;
+        text.ok().map(|t| super::client_list::summarise(&t))
     }
 
     async fn redis_signals(&mut self, now: Instant) -> Option<RedisSignals> {

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::alert::{AlertId, AlertMachine, Event, Policy, Severity};
+use super::alert::{AlertId, AlertMachine, Condition, Event, Policy, Severity};
 use super::config::DetectConfig;
 use super::rate::{Counter, WindowCount};
 use super::rules::{self, RatioThresholds};
@@ -45,6 +45,9 @@ impl Counted {
 pub struct Detector {
     config: DetectConfig,
     last_at: Option<Instant>,
+    /// The last sampled `CLIENT LIST` summary (taken every few polls), to name who holds
+    /// the connections on the polls between.
+    last_clients: Option<crate::sample::ClientsSummary>,
     connections: Counter,
     spike: Spike,
     rejected: Counted,
@@ -87,6 +90,7 @@ impl Detector {
             syn_drops: Counted::new(&config),
             alerts,
             last_at: None,
+            last_clients: None,
             config,
         }
     }
@@ -190,6 +194,17 @@ impl Detector {
             ),
             self.spike.observe(at, delta, spike_active),
         ];
+        // Name who holds the connections, when a CLIENT LIST was sampled.
+        let mut conditions = conditions;
+        if let Some(clients) = &sample.clients {
+            self.last_clients = Some(clients.clone());
+        }
+        if let (Some(top), Condition::Firing { summary, .. }) = (
+            self.last_clients.as_ref().and_then(|c| c.top.first()),
+            &mut conditions[1],
+        ) {
+            summary.push_str(&format!("; top source {} holds {}", top.0, top.1));
+        }
         // A failed poll leaves Redis's signals empty, so its rules say `Unknown` and keep
         // their state rather than resolving.
         let mut events = Vec::new();
