@@ -386,3 +386,64 @@ fn memory_stays_bounded_over_a_million_samples() {
     );
     assert!(s.events.len() < 1_000, "{} events", s.events.len());
 }
+
+/// One source holding half of maxclients (seen in a sampled CLIENT LIST, held between
+/// samples) raises `source_hoarding` naming it; once it lets go, the alert resolves.
+#[test]
+fn one_source_holding_a_large_share_is_named_and_resolves() {
+    use moat_watch::sample::ClientsSummary;
+    let t0 = Instant::now();
+    let mut d = Detector::new(DetectConfig::default());
+    let sample = |secs: u64, top: Option<u64>| Sample {
+        at: t0 + Duration::from_secs(secs),
+        redis_reachable: true,
+        redis: RedisSignals {
+            connected_clients: Some(70),
+            maxclients: Some(100),
+            ..RedisSignals::default()
+        },
+        host: HostSignals::default(),
+        // A CLIENT LIST every other poll.
+        clients: top.map(|n| ClientsSummary {
+            total: 70,
+            top: vec![("10.0.0.9".into(), n), ("10.0.0.1".into(), 5)],
+            never_ran: n,
+            idle_over_minute: 0,
+        }),
+    };
+    let mut events = Vec::new();
+    for secs in 0..6 {
+        events.extend(d.observe(&sample(secs, (secs % 2 == 0).then_some(55))));
+    }
+    let raised: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Raised {
+                id: AlertId::SourceHoarding,
+                severity,
+                summary,
+                ..
+            } => Some((*severity, summary.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(raised.len(), 1, "{events:?}");
+    assert_eq!(raised[0].0, Severity::Critical);
+    assert!(raised[0].1.contains("source 10.0.0.9"), "{}", raised[0].1);
+    let mut resolved = false;
+    for secs in 6..12 {
+        resolved |= d
+            .observe(&sample(secs, (secs % 2 == 0).then_some(10)))
+            .iter()
+            .any(|e| {
+                matches!(
+                    e,
+                    Event::Resolved {
+                        id: AlertId::SourceHoarding,
+                        ..
+                    }
+                )
+            });
+    }
+    assert!(resolved);
+}

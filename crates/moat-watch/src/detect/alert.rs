@@ -29,6 +29,9 @@ pub enum AlertId {
     ConnectionRateSpike,
     /// The monitoring connection cannot reach Redis.
     RedisUnreachable,
+    /// One source address holds a large share of `maxclients` (from a sampled
+    /// `CLIENT LIST`): a hoarder, or an application pool far too large.
+    SourceHoarding,
 }
 
 impl AlertId {
@@ -42,6 +45,7 @@ impl AlertId {
             Self::FdsNearLimit => "fds_near_limit",
             Self::ConnectionRateSpike => "connection_rate_spike",
             Self::RedisUnreachable => "redis_unreachable",
+            Self::SourceHoarding => "source_hoarding",
         }
     }
 }

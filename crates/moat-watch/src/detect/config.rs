@@ -54,6 +54,14 @@ pub struct DetectConfig {
     pub fds_critical: f64,
     /// Ratio below which `fds_near_limit` may resolve. Default 0.85.
     pub fds_resolve: f64,
+    /// Share of `maxclients` one source address may hold before `source_hoarding` warns
+    /// (needs `--clients`). Default 0.25: several application hosts normally share Redis,
+    /// so one holding a quarter of its capacity is a hoarder or an oversized pool.
+    pub source_warning: f64,
+    /// Same share at or above which it turns critical. Default 0.50.
+    pub source_critical: f64,
+    /// Share below which an active `source_hoarding` may resolve. Default 0.20.
+    pub source_resolve: f64,
     /// Consecutive failed polls before `redis_unreachable` is raised (one failed poll is
     /// often a blip). Default 3.
     pub unreachable_polls: u32,
@@ -80,6 +88,9 @@ impl Default for DetectConfig {
             fds_warning: 0.90,
             fds_critical: 0.97,
             fds_resolve: 0.85,
+            source_warning: 0.25,
+            source_critical: 0.50,
+            source_resolve: 0.20,
             unreachable_polls: 3,
             min_polls: 3,
             counter_window: Duration::from_secs(60),
@@ -162,6 +173,11 @@ impl DetectConfig {
         }
         if !(self.fds_resolve <= self.fds_warning && self.fds_warning <= self.fds_critical) {
             return bad("need fds_resolve <= fds_warning <= fds_critical");
+        }
+        if !(self.source_resolve <= self.source_warning
+            && self.source_warning <= self.source_critical)
+        {
+            return bad("need source_resolve <= source_warning <= source_critical");
         }
         if !(0.0 <= self.drops_warning_per_min
             && self.drops_warning_per_min <= self.drops_critical_per_min)

@@ -81,6 +81,7 @@ impl Detector {
             AlertMachine::new(AlertId::SynQueueDrops, counted),
             AlertMachine::new(AlertId::FdsNearLimit, level),
             AlertMachine::new(AlertId::ConnectionRateSpike, level),
+            AlertMachine::new(AlertId::SourceHoarding, level),
         ];
         Self {
             connections: Counter::default(),
@@ -193,11 +194,27 @@ impl Detector {
                 "Redis open fds of their limit",
             ),
             self.spike.observe(at, delta, spike_active),
+            Condition::Unknown,
         ];
         // Name who holds the connections, when a CLIENT LIST was sampled.
         let mut conditions = conditions;
         if let Some(clients) = &sample.clients {
             self.last_clients = Some(clients.clone());
+        }
+        let top = self.last_clients.as_ref().and_then(|c| c.top.first());
+        // Judged on the last sampled CLIENT LIST (it is taken every few polls).
+        conditions[7] = rules::ratio(
+            top.map(|(_, n)| *n),
+            r.maxclients,
+            RatioThresholds {
+                warning: c.source_warning,
+                critical: c.source_critical,
+                resolve: c.source_resolve,
+            },
+            "connections held by one source, of maxclients",
+        );
+        if let (Some((source, _)), Condition::Firing { summary, .. }) = (top, &mut conditions[7]) {
+            summary.push_str(&format!(" (source {source})"));
         }
         if let (Some(top), Condition::Firing { summary, .. }) = (
             self.last_clients.as_ref().and_then(|c| c.top.first()),
