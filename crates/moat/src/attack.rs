@@ -310,19 +310,7 @@ pub(crate) fn main(args: AttackArgs) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         // Registered before the attack starts, so an early Ctrl-C or SIGTERM (a lab
         // stopping its children) still ends in a summary rather than a killed process.
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let on_signal = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-                stop.cancel();
-            })
-        };
+        let on_signal = crate::stop::on_signal(&stop, None)?;
         let result = if shards > 1 {
             sharded(&spec, shards, stop, common.quiet).await
         } else {

@@ -91,20 +91,8 @@ pub(crate) fn run_and_write(
         .context("starting the runtime")?;
     let report = runtime.block_on(async {
         let stop = CancellationToken::new();
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let on_signal = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-                eprintln!("moat: stopping (the report will be partial)");
-                stop.cancel();
-            })
-        };
+        let on_signal =
+            crate::stop::on_signal(&stop, Some("moat: stopping (the report will be partial)"))?;
         let report = lab::run(scenario, &options, stop).await;
         on_signal.abort();
         anyhow::Ok(report)

@@ -8,6 +8,7 @@ mod ctl;
 mod demo;
 mod lab;
 mod legit;
+mod stop;
 mod watch;
 
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use moat_watch::Sample;
-use moat_watch::collect::poller::{Poller, PollerConfig};
+use moat_watch::collect::poller::{Poller, PollerConfig, redact};
 use moat_watch::detect::{DetectConfig, Detector, Event, Severity};
 
 /// `moat watch`'s arguments.
@@ -145,15 +145,6 @@ fn coverage(url: &str, s: &Sample) -> String {
         "no host view (Redis on another host, or /proc unreadable)".to_owned()
     };
     format!("moat watch: {}: {redis}; {host}", redact(url))
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn severity_name(s: Severity) -> &'static str {

@@ -259,8 +259,8 @@ pub fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     min.saturating_mul(1u32 << doublings).min(max)
 }
 
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
+/// The URL with any credentials replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
