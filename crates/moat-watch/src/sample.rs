@@ -21,6 +21,28 @@ pub struct Sample {
     pub host: HostSignals,
     /// Who holds the connections (a sampled `CLIENT LIST`), on the polls that took one.
     pub clients: Option<ClientsSummary>,
+    /// Moat's own view, when the watched Redis sits behind a moat (`--moat ADMIN_URL`).
+    pub moat: Option<MoatSignals>,
+}
+
+/// What a moat in front of the watched Redis says through its admin API: what it refuses,
+/// whom it bans, who connects most. Counters are cumulative, like the others.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MoatSignals {
+    /// Whether the admin API answered this poll.
+    pub reachable: bool,
+    /// Client connections moat holds now (`moat_clients`).
+    pub clients: Option<u64>,
+    /// Connections moat admitted (counter).
+    pub admitted_total: Option<u64>,
+    /// Connections moat refused, all reasons (counter).
+    pub refused_total: Option<u64>,
+    /// Refused connections by reason (counters), e.g. `("banned", 1200)`.
+    pub refused_by_reason: Vec<(String, u64)>,
+    /// Bans in force now.
+    pub bans_active: Option<u64>,
+    /// The sources moat sees most of, most first: (address or subnet, connections now).
+    pub top_sources: Vec<(String, u64)>,
 }
 
 /// A `CLIENT LIST` summarised by source address: who holds the connections.

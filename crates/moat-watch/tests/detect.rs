@@ -78,6 +78,7 @@ impl Series {
                 ..HostSignals::default()
             },
             clients: None,
+            moat: None,
         }
     }
 
@@ -351,6 +352,7 @@ fn empty_out_of_order_and_absurd_samples_do_not_panic() {
         redis: RedisSignals::default(),
         host: HostSignals::default(),
         clients: None,
+        moat: None,
     };
     assert_eq!(d.observe(&empty(t0 + Duration::from_secs(10))), vec![]);
     assert_eq!(d.observe(&empty(t0)), vec![]);
@@ -410,6 +412,7 @@ fn one_source_holding_a_large_share_is_named_and_resolves() {
             never_ran: n,
             idle_over_minute: 0,
         }),
+        moat: None,
     };
     let mut events = Vec::new();
     for secs in 0..6 {

@@ -161,6 +161,7 @@ impl Poller {
             redis: redis.unwrap_or_default(),
             host,
             clients,
+            moat: None,
         }
     }
 
