@@ -33,6 +33,8 @@ pub struct MoatSignals {
     pub reachable: bool,
     /// Client connections moat holds now (`moat_clients`).
     pub clients: Option<u64>,
+    /// Moat's cap on client connections (`moat_clients_max`).
+    pub clients_max: Option<u64>,
     /// Connections moat admitted (counter).
     pub admitted_total: Option<u64>,
     /// Connections moat refused, all reasons (counter).
@@ -41,8 +43,11 @@ pub struct MoatSignals {
     pub refused_by_reason: Vec<(String, u64)>,
     /// Bans in force now.
     pub bans_active: Option<u64>,
-    /// The sources moat sees most of, most first: (address or subnet, connections now).
+    /// The sources holding the most connections through moat, most first: (address,
+    /// connections now).
     pub top_sources: Vec<(String, u64)>,
+    /// The sources moat refused most, most first: (address, refusals counted by the guard).
+    pub top_refused: Vec<(String, u64)>,
 }
 
 /// A `CLIENT LIST` summarised by source address: who holds the connections.

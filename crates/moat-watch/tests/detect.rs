@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use moat_watch::Sample;
 use moat_watch::detect::{AlertId, DetectConfig, Detector, Event, Severity};
-use moat_watch::sample::{HostSignals, RedisSignals};
+use moat_watch::sample::{HostSignals, MoatSignals, RedisSignals};
 
 /// A synthetic Redis polled once a second: counters accumulate what the test sets.
 struct Series {
@@ -449,4 +449,115 @@ fn one_source_holding_a_large_share_is_named_and_resolves() {
             });
     }
     assert!(resolved);
+}
+
+/// Moat's view of one poll: `refused` so far, `clients` held, and whether it answered.
+fn moat_sample(t0: Instant, secs: u64, refused: u64, clients: u64, reachable: bool) -> Sample {
+    Sample {
+        at: t0 + Duration::from_secs(secs),
+        redis_reachable: true,
+        // Behind moat, Redis sees a couple of connections whatever happens in front.
+        redis: RedisSignals {
+            connected_clients: Some(2),
+            maxclients: Some(10_000),
+            total_connections_received: Some(10),
+            rejected_connections: Some(0),
+            ..RedisSignals::default()
+        },
+        host: HostSignals::default(),
+        clients: None,
+        moat: Some(MoatSignals {
+            reachable,
+            clients: reachable.then_some(clients),
+            clients_max: reachable.then_some(1_000),
+            refused_total: reachable.then_some(refused),
+            refused_by_reason: vec![("banned".into(), refused)],
+            bans_active: Some(40),
+            top_sources: vec![("127.100.3.4".into(), clients)],
+            top_refused: vec![("127.100.0.9".into(), refused / 2)],
+            ..MoatSignals::default()
+        }),
+    }
+}
+
+#[test]
+fn a_flood_moat_holds_off_is_raised_with_its_source_and_resolves() {
+    let t0 = Instant::now();
+    let mut d = Detector::new(DetectConfig::default());
+    let mut events = Vec::new();
+    let mut refused = 0;
+    // 30 quiet polls, 20 polls of 500 refusals a second, then quiet for two minutes.
+    for secs in 0..170 {
+        if (30..50).contains(&secs) {
+            refused += 500;
+        }
+        for e in d.observe(&moat_sample(t0, secs, refused, 5, true)) {
+            events.push((secs, e));
+        }
+    }
+    let ids: Vec<_> = events
+        .iter()
+        .map(|(s, e)| match e {
+            Event::Raised { id, severity, .. } => (*s, *id, Some(*severity)),
+            Event::Resolved { id, .. } => (*s, *id, None),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            // 500 in the window is above the warning rate; the next second's 1,000 above
+            // the critical one.
+            (30, AlertId::MoatRefusing, Some(Severity::Warning)),
+            (31, AlertId::MoatRefusing, Some(Severity::Critical)),
+            (111, AlertId::MoatRefusing, None),
+        ],
+        "{events:?}"
+    );
+    let Event::Raised { summary, .. } = &events[0].1 else {
+        unreachable!()
+    };
+    assert!(summary.contains("top reason banned"), "{summary}");
+    assert!(summary.contains("127.100.0.9"), "{summary}");
+    assert!(summary.contains("40 bans"), "{summary}");
+}
+
+#[test]
+fn a_hoard_of_moat_and_a_silent_admin_api_are_raised() {
+    let t0 = Instant::now();
+    let mut d = Detector::new(DetectConfig::default());
+    let mut raised = Vec::new();
+    for secs in 0..20 {
+        let clients = if secs >= 5 { 950 } else { 10 };
+        let reachable = secs < 12;
+        for e in d.observe(&moat_sample(t0, secs, 0, clients, reachable)) {
+            if let Event::Raised {
+                id,
+                severity,
+                summary,
+                ..
+            } = e
+            {
+                raised.push((secs, id, severity, summary));
+            }
+        }
+    }
+    assert_eq!(raised[0].1, AlertId::MoatClientsNearMax, "{raised:?}");
+    assert_eq!(raised[0].2, Severity::Critical, "{raised:?}");
+    assert!(raised[0].3.contains("127.100.3.4"), "{raised:?}");
+    assert_eq!(raised[1].0, 14, "{raised:?}");
+    assert_eq!(raised[1].1, AlertId::MoatUnreachable, "{raised:?}");
+    assert_eq!(raised.len(), 2, "{raised:?}");
+}
+
+#[test]
+fn without_moat_the_moat_alerts_never_fire() {
+    let mut s = Series::new();
+    s.run(120, 10.0);
+    assert!(
+        s.events
+            .iter()
+            .all(|(_, e)| !format!("{e:?}").contains("Moat")),
+        "{:?}",
+        s.events
+    );
 }

@@ -2,13 +2,15 @@
 //! host's view of it) over one named monitoring connection, runs the detectors, and prints
 //! each alert as it is raised and resolved: human lines or JSON lines. `--once` polls just
 //! long enough for the detectors to judge, prints what is active, and exits non-zero on an
-//! alert (1 warning, 2 critical), for scripts and cron.
+//! alert (1 warning, 2 critical), for scripts and cron. `--moat ADMIN_URL` adds the view of a
+//! moat in front of that Redis (refusals, bans, top sources).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use moat_watch::Sample;
+use moat_watch::collect::moat_view::MoatView;
 use moat_watch::collect::poller::{Poller, PollerConfig, redact};
 use moat_watch::detect::{DetectConfig, Detector, Event, Severity};
 
@@ -37,6 +39,13 @@ pub(crate) struct WatchArgs {
     /// Polls between two `CLIENT LIST` samples (each walks every client on Redis).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     clients_every: u32,
+    /// The admin API of a moat in front of this Redis (`http://host:port`): adds moat's
+    /// view (refusals, bans, top sources) to the alerts.
+    #[arg(long, value_name = "ADMIN_URL")]
+    moat: Option<String>,
+    /// Bearer token of moat's admin API, when it requires one.
+    #[arg(long, env = "MOAT_ADMIN_TOKEN", hide_env_values = true)]
+    moat_token: Option<String>,
     /// Output format of alert lines.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -68,7 +77,14 @@ pub(crate) fn main(args: WatchArgs) -> anyhow::Result<()> {
     if args.clients {
         poller_config.clients_every = args.clients_every;
     }
-    let poller = Poller::new(poller_config)?;
+    let mut poller = Poller::new(poller_config)?;
+    if let Some(url) = &args.moat {
+        // A read must end well within a poll, or the poll waits for it.
+        let timeout = args
+            .interval
+            .clamp(Duration::from_millis(200), Duration::from_secs(2));
+        poller = poller.with_moat(MoatView::new(url, args.moat_token.clone(), timeout)?);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -144,7 +160,17 @@ fn coverage(url: &str, s: &Sample) -> String {
     } else {
         "no host view (Redis on another host, or /proc unreadable)".to_owned()
     };
-    format!("moat watch: {}: {redis}; {host}", redact(url))
+    let moat = match &s.moat {
+        None => String::new(),
+        Some(m) if m.reachable => format!(
+            "; moat's view: {} clients, {} refused so far, {} bans",
+            m.clients.map_or("?".into(), |n| n.to_string()),
+            m.refused_total.map_or("?".into(), |n| n.to_string()),
+            m.bans_active.map_or("?".into(), |n| n.to_string())
+        ),
+        Some(_) => "; moat's admin API does not answer (wrong address or token?)".to_owned(),
+    };
+    format!("moat watch: {}: {redis}; {host}{moat}", redact(url))
 }
 
 fn severity_name(s: Severity) -> &'static str {

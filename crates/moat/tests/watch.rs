@@ -86,3 +86,96 @@ fn bad_thresholds_are_refused_with_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
 }
+
+/// Kills the child at the end of the test, whatever happens.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn moat_s_refusals_are_seen_through_its_admin_api() {
+    const TOKEN: &str = "watch-test-token-0123456789";
+    let redis = RedisServer::start().unwrap();
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], moat_testkit::free_port()));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], moat_testkit::free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("moat.toml");
+    // 127.100.0.0/16 plays a botnet moat refuses; the kernel filter would drop the SYNs
+    // before moat counts them.
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"{proxy}\"\n[backend]\naddress = \"{}\"\n\
+             [guard]\ndeny = [\"127.100.0.0/16\"]\n\
+             [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
+             [kernel]\nsocket_filter = false\n",
+            redis.addr()
+        ),
+    )
+    .unwrap();
+    let _moat = Killed(
+        Command::new(env!("CARGO_BIN_EXE_moat"))
+            .arg("proxy")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..400 {
+        if TcpStream::connect(admin).is_ok() && TcpStream::connect(proxy).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A wrong token: moat's view is missing, and the watch says so.
+    let out = watch(&[
+        &format!("redis://{proxy}"),
+        "--once",
+        "--moat",
+        &format!("http://{admin}"),
+        "--moat-token",
+        "wrong",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin API does not answer"), "{stderr}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["watch", &format!("redis://{proxy}"), "--once"])
+        .args(["--interval", "300ms", "--moat", &format!("http://{admin}")])
+        .env("MOAT_ADMIN_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Knock from denied addresses until the watch has judged (bounded by a count).
+    for i in 0..5_000u32 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let from = std::net::Ipv4Addr::new(127, 100, (i / 250) as u8, (i % 250 + 1) as u8);
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if socket
+            .bind(&std::net::SocketAddr::from((from, 0)).into())
+            .is_ok()
+        {
+            let _ = socket.connect_timeout(&proxy.into(), std::time::Duration::from_secs(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("moat's view"), "{stderr}");
+    // Warning or critical, by how many refusals this machine fitted in the polls.
+    assert!(matches!(out.status.code(), Some(1 | 2)), "{stdout}{stderr}");
+    assert!(stdout.contains("moat_refusing"), "{stdout}");
+    assert!(stdout.contains("top reason denied"), "{stdout}");
+}

@@ -9,6 +9,8 @@
 //! - [`conntrack`]: conntrack table usage, when the module is loaded.
 //! - [`poller`]: the one persistent, named monitoring connection to Redis: polls INFO,
 //!   reconnects with backoff, and reports its own failure to connect as a signal.
+//! - [`moat_view`]: a moat's admin API (`/metrics`, `/sources`), when the watched Redis
+//!   sits behind one.
 //! - [`host`]: the only file I/O here; reads all of the above and tolerates every missing
 //!   file (another host, no permission), so each field is `None` when unknown.
 //!
@@ -19,6 +21,7 @@ pub mod client_list;
 pub mod conntrack;
 pub mod host;
 pub mod info;
+pub mod moat_view;
 pub mod netstat;
 pub mod poller;
 pub mod process;

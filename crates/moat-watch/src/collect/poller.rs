@@ -85,6 +85,8 @@ pub struct Poller {
     tcp_port: Option<u16>,
     failures: u32,
     next_attempt: Option<Instant>,
+    /// The moat in front of Redis, read beside each poll.
+    moat: Option<super::moat_view::MoatView>,
     connects: u64,
     attempts: u64,
     polls: u64,
@@ -115,10 +117,17 @@ impl Poller {
             tcp_port: None,
             failures: 0,
             next_attempt: None,
+            moat: None,
             connects: 0,
             attempts: 0,
             polls: 0,
         })
+    }
+
+    /// Also reads this moat's admin API at each poll (`Sample::moat`), beside Redis.
+    pub fn with_moat(mut self, view: super::moat_view::MoatView) -> Self {
+        self.moat = Some(view);
+        self
     }
 
     /// Connections opened so far (one while Redis stays up).
@@ -134,6 +143,11 @@ impl Poller {
     /// Polls once at `now`: INFO over the monitoring connection (connecting first if needed
     /// and the backoff allows), then the host's signals.
     pub async fn poll(&mut self, now: Instant) -> Sample {
+        // Beside the Redis poll, on the blocking pool: a slow admin API delays neither.
+        let moat = self
+            .moat
+            .clone()
+            .map(|view| tokio::task::spawn_blocking(move || view.read()));
         let redis = match self.redis_signals(now).await {
             Some(mut r) => {
                 r.maxclients = r.maxclients.or(self.maxclients);
@@ -161,7 +175,10 @@ impl Poller {
             redis: redis.unwrap_or_default(),
             host,
             clients,
-            moat: None,
+            moat: match moat {
+                Some(task) => Some(task.await.unwrap_or_default()),
+                None => None,
+            },
         }
     }
 

@@ -32,6 +32,13 @@ pub enum AlertId {
     /// One source address holds a large share of `maxclients` (from a sampled
     /// `CLIENT LIST`): a hoarder, or an application pool far too large.
     SourceHoarding,
+    /// The moat in front of Redis (`--moat`) refuses connections: an attack it is holding
+    /// off, named by its top reason and source.
+    MoatRefusing,
+    /// The moat in front of Redis holds close to its own client cap (a hoard of moat).
+    MoatClientsNearMax,
+    /// The moat's admin API does not answer.
+    MoatUnreachable,
 }
 
 impl AlertId {
@@ -46,6 +53,9 @@ impl AlertId {
             Self::ConnectionRateSpike => "connection_rate_spike",
             Self::RedisUnreachable => "redis_unreachable",
             Self::SourceHoarding => "source_hoarding",
+            Self::MoatRefusing => "moat_refusing",
+            Self::MoatClientsNearMax => "moat_clients_near_max",
+            Self::MoatUnreachable => "moat_unreachable",
         }
     }
 }

@@ -62,6 +62,13 @@ pub struct DetectConfig {
     pub source_critical: f64,
     /// Share below which an active `source_hoarding` may resolve. Default 0.20.
     pub source_resolve: f64,
+    /// Connections moat refused per minute (`--moat`) above which `moat_refusing` warns.
+    /// Default 60: a legitimate client is almost never refused, so a sustained refusal a
+    /// second means some source is beyond moat's limits.
+    pub moat_refused_warning_per_min: f64,
+    /// Per minute above which `moat_refusing` turns critical. Default 600 (10 a second: a
+    /// flood or a botnet that moat is holding off).
+    pub moat_refused_critical_per_min: f64,
     /// Consecutive failed polls before `redis_unreachable` is raised (one failed poll is
     /// often a blip). Default 3.
     pub unreachable_polls: u32,
@@ -91,6 +98,8 @@ impl Default for DetectConfig {
             source_warning: 0.25,
             source_critical: 0.50,
             source_resolve: 0.20,
+            moat_refused_warning_per_min: 60.0,
+            moat_refused_critical_per_min: 600.0,
             unreachable_polls: 3,
             min_polls: 3,
             counter_window: Duration::from_secs(60),
@@ -184,6 +193,11 @@ impl DetectConfig {
         {
             return bad("need 0 <= drops_warning_per_min <= drops_critical_per_min");
         }
+        if !(0.0 <= self.moat_refused_warning_per_min
+            && self.moat_refused_warning_per_min <= self.moat_refused_critical_per_min)
+        {
+            return bad("need 0 <= moat_refused_warning_per_min <= moat_refused_critical_per_min");
+        }
         if self.min_polls == 0 || self.unreachable_polls == 0 {
             return bad("min_polls and unreachable_polls must be at least 1");
         }
@@ -244,6 +258,7 @@ mod tests {
         assert!(DetectConfig::from_toml("client_warning = 0.7").is_err());
         assert!(DetectConfig::from_toml("clients_warning = 0.95").is_err());
         assert!(DetectConfig::from_toml("min_polls = 0").is_err());
+        assert!(DetectConfig::from_toml("moat_refused_warning_per_min = -1.0").is_err());
         assert!(DetectConfig::from_toml("[spike]\nratio = 0.5").is_err());
     }
 }

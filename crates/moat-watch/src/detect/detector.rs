@@ -53,6 +53,7 @@ pub struct Detector {
     rejected: Counted,
     overflows: Counted,
     syn_drops: Counted,
+    moat_refused: Counted,
     alerts: Vec<AlertMachine>,
 }
 
@@ -82,6 +83,9 @@ impl Detector {
             AlertMachine::new(AlertId::FdsNearLimit, level),
             AlertMachine::new(AlertId::ConnectionRateSpike, level),
             AlertMachine::new(AlertId::SourceHoarding, level),
+            AlertMachine::new(AlertId::MoatUnreachable, unreachable),
+            AlertMachine::new(AlertId::MoatRefusing, counted),
+            AlertMachine::new(AlertId::MoatClientsNearMax, level),
         ];
         Self {
             connections: Counter::default(),
@@ -89,6 +93,7 @@ impl Detector {
             rejected: Counted::new(&config),
             overflows: Counted::new(&config),
             syn_drops: Counted::new(&config),
+            moat_refused: Counted::new(&config),
             alerts,
             last_at: None,
             last_clients: None,
@@ -123,6 +128,7 @@ impl Detector {
             + self.rejected.window.len()
             + self.overflows.window.len()
             + self.syn_drops.window.len()
+            + self.moat_refused.window.len()
     }
 
     /// Feeds the next sample; returns the alerts it raises and resolves. A sample not
@@ -222,6 +228,8 @@ impl Detector {
         ) {
             summary.push_str(&format!("; top source {} holds {}", top.0, top.1));
         }
+        let mut conditions = conditions.to_vec();
+        conditions.extend(self.moat_conditions(sample));
         // A failed poll leaves Redis's signals empty, so its rules say `Unknown` and keep
         // their state rather than resolving.
         let mut events = Vec::new();
@@ -229,5 +237,60 @@ impl Detector {
             events.extend(machine.step(at, condition));
         }
         events
+    }
+
+    /// The moat alerts' verdicts: all `Unknown` without `--moat`, so they never fire.
+    fn moat_conditions(&mut self, sample: &Sample) -> [Condition; 3] {
+        let Some(m) = &sample.moat else {
+            return [Condition::Unknown, Condition::Unknown, Condition::Unknown];
+        };
+        let c = &self.config;
+        let unreachable = if m.reachable {
+            Condition::Clear
+        } else {
+            Condition::Firing {
+                severity: Severity::Warning,
+                value: 1.0,
+                threshold: 1.0,
+                summary: "moat's admin API does not answer".to_owned(),
+            }
+        };
+        let present = self
+            .moat_refused
+            .update(sample.at, m.reachable.then_some(m.refused_total).flatten());
+        let mut refusing = rules::per_minute(
+            &self.moat_refused.window,
+            present,
+            c.moat_refused_warning_per_min,
+            c.moat_refused_critical_per_min,
+            "connections refused by moat",
+        );
+        if let Condition::Firing { summary, .. } = &mut refusing {
+            if let Some((reason, _)) = m.refused_by_reason.first() {
+                summary.push_str(&format!("; top reason {reason}"));
+            }
+            if let Some(bans) = m.bans_active.filter(|n| *n > 0) {
+                summary.push_str(&format!("; {bans} bans in force"));
+            }
+            if let Some((source, n)) = m.top_refused.first() {
+                summary.push_str(&format!("; most refused source {source} ({n})"));
+            }
+        }
+        let mut near_max = rules::ratio(
+            m.clients,
+            m.clients_max,
+            RatioThresholds {
+                warning: c.clients_warning,
+                critical: c.clients_critical,
+                resolve: c.clients_resolve,
+            },
+            "clients held by moat of its cap",
+        );
+        if let (Condition::Firing { summary, .. }, Some((source, n))) =
+            (&mut near_max, m.top_sources.first())
+        {
+            summary.push_str(&format!("; top source {source} holds {n}"));
+        }
+        [unreachable, refusing, near_max]
     }
 }
