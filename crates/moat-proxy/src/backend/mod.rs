@@ -2,7 +2,6 @@
 //! by a task that connects, serves and reconnects with backoff. Redis never sees more
 //! connections from the pool than its slots, whatever the clients do.
 
-mod backoff;
 mod breaker;
 mod conn;
 pub(crate) mod handshake;
@@ -26,9 +25,9 @@ use crate::command::CommandTable;
 use crate::config::Config;
 use crate::link::ClientLink;
 use crate::stats::worker::WorkerStats;
-use backoff::Backoff;
 use breaker::{Breaker, BreakerSettings, Verdict};
 use handshake::Login;
+use moat_resilience::Backoff;
 
 /// A connection with this many replies owed is busy enough to open another slot for the
 /// same database, when the pool has one free. Below it, concentrating clients on one

@@ -5,16 +5,18 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Delay policy for reconnect attempts.
+/// Delay policy for reconnect attempts: the ceiling doubles from `base` up to `max` with
+/// each attempt, and each delay is drawn uniformly below it.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Self {
+    /// Starts at `base`, never above `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
             max,
@@ -23,21 +25,27 @@ impl Backoff {
     }
 
     /// The ceiling of the next delay: `base * 2^attempt`, capped.
-    pub(crate) fn ceiling(&self) -> Duration {
+    pub fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.max)
     }
 
     /// The next delay, uniformly drawn from `[0, ceiling]` ("full jitter").
-    pub(crate) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.random_range(0..=nanos))
     }
 
-    /// Starts over after a successful connection.
-    pub(crate) fn reset(&mut self) {
+    /// Attempts since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Starts over after a success (a connection that passed its handshake, or, for a
+    /// client, a command that succeeded: a TCP connect alone proves nothing).
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 }
