@@ -171,9 +171,11 @@ fn a_receiver_that_never_answers_costs_a_bounded_queue_and_a_bounded_shutdown() 
         }
         std::thread::sleep(Duration::from_secs(120));
     });
+    // Each attempt waits its whole timeout, so the thread takes one event and sits on it
+    // while the 200 are queued.
     let config = WebhookConfig {
         queue_cap: 8,
-        timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(1),
         max_attempts: 3,
         ..quick()
     };

@@ -34,7 +34,7 @@ pub(crate) struct WatchArgs {
     /// on a warning and 2 on a critical one.
     #[arg(long)]
     once: bool,
-    /// Stop after this long (default: until Ctrl-C).
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Sample `CLIENT LIST` (every `--clients-every` polls) to see who holds the
@@ -75,7 +75,7 @@ const POLLS_TO_JUDGE: u32 = 3;
 /// How long queued webhook events may still be delivered at exit.
 const WEBHOOK_GRACE: Duration = Duration::from_secs(3);
 
-/// Runs `moat watch` until Ctrl-C, `--duration` or, with `--once`, its verdict.
+/// Runs `moat watch` until Ctrl-C or SIGTERM, `--duration` or, with `--once`, its verdict.
 pub(crate) fn main(args: WatchArgs) -> anyhow::Result<()> {
     let config = match &args.thresholds {
         Some(path) => {
@@ -162,12 +162,14 @@ async fn watch(
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut polls = 0u32;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // SIGTERM too (a service manager stopping the watch), so queued webhook events still
+    // get their flush at exit.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = crate::stop::on_signal(&stop, None)?;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = &mut ctrl_c => break,
+            _ = stop.cancelled() => break,
         }
         let sample = poller.poll(Instant::now()).await;
         if polls == 0 {
@@ -200,6 +202,7 @@ async fn watch(
             break;
         }
     }
+    on_signal.abort();
     let active = detector.active();
     if args.once {
         if active.is_empty() {

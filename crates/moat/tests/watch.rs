@@ -208,3 +208,40 @@ fn metrics_are_served_on_the_address_printed_at_start() {
         "{page}"
     );
 }
+
+#[test]
+fn sigterm_with_a_receiver_that_never_answers_exits_and_says_what_was_lost() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisServer::start().unwrap();
+    let url = format!("redis://{}", redis.addr());
+    redis.stop();
+    // Accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(8).collect();
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(held);
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["watch", &url, "--interval", "200ms", "--duration", "120s"])
+        .args(["--format", "json", "--webhook", &hook])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The unreachable alert is raised (and queued for the webhook) within a few polls.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("redis_unreachable"), "{line}");
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    // The watch exits on its own (a hang would block here; the webhook grace is 3 s).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("lost at exit"), "{stderr}");
+    assert!(stderr.contains("0 sent"), "{stderr}");
+}
