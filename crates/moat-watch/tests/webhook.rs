@@ -221,3 +221,16 @@ fn bad_urls_are_refused_at_start() {
         assert!(err.to_string().contains("http://"), "{err}");
     }
 }
+
+#[test]
+fn an_https_url_on_a_plain_http_receiver_fails_once_without_retries() {
+    // The TLS handshake meets plain HTTP: a setup error that would recur, not a blip.
+    let rx = Receiver::start(|_| 200);
+    let hook = start(&[format!("https://{}/hook", rx.addr)], quick());
+    hook.send(&raised());
+    let s = wait_for(&hook, |s| s.failed == 1);
+    assert_eq!(s.failed, 1, "{s:?}");
+    assert_eq!(s.retried, 0, "{s:?}");
+    assert_eq!(rx.hits.load(Ordering::SeqCst), 0);
+    hook.shutdown(Duration::from_secs(1));
+}

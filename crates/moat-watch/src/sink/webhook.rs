@@ -6,8 +6,9 @@
 //! (one per receiver; when full the oldest event is dropped and counted), and one thread per
 //! receiver delivers from it with a per-request timeout. Connection errors, timeouts, 5xx and
 //! 429 are retried under exponential backoff (backon's sequence, capped in delay and in
-//! attempts) with full jitter; any other status is a receiver's refusal, logged once and not
-//! retried; an event older than `max_age` is given up. [`Webhook::shutdown`] flushes for a
+//! attempts) with full jitter; any other status (or a failure that would recur, like a bad
+//! certificate) is a refusal, logged once and not retried; an event older than `max_age` is
+//! given up. [`Webhook::shutdown`] flushes for a
 //! bounded grace and reports what was lost.
 //!
 //! The retry decisions ([`classify`], [`retry_delay`]) are pure functions of their inputs
@@ -107,20 +108,32 @@ pub enum Verdict {
     Delivered,
     /// A passing failure (connection, timeout, 5xx, 429): try again later.
     Retry(String),
-    /// The receiver refused it (other statuses): retrying would not help.
+    /// The receiver refused it (other statuses), or the request cannot work (a bad
+    /// certificate): retrying would not help.
     Refused(String),
 }
 
-/// Judges one attempt: `Ok(status)` when the receiver answered, `Err(reason)` when the
-/// request failed before an answer (connection refused or reset, timeout, DNS).
-pub fn classify(result: Result<u16, String>) -> Verdict {
+/// Why an attempt got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Whether another attempt may succeed (connection refused or reset, timeout, DNS), as
+    /// opposed to a setup that will fail every time (a bad certificate, a malformed URL).
+    pub transient: bool,
+    /// What happened, for the log line.
+    pub reason: String,
+}
+
+/// Judges one attempt: `Ok(status)` when the receiver answered, `Err` when the request
+/// failed before an answer.
+pub fn classify(result: Result<u16, Failure>) -> Verdict {
     match result {
         Ok(s) if (200..300).contains(&s) => Verdict::Delivered,
         Ok(s) if s == 429 || s == 408 || (500..600).contains(&s) => {
             Verdict::Retry(format!("HTTP {s}"))
         }
         Ok(s) => Verdict::Refused(format!("HTTP {s}")),
-        Err(e) => Verdict::Retry(e),
+        Err(f) if f.transient => Verdict::Retry(f.reason),
+        Err(f) => Verdict::Refused(f.reason),
     }
 }
 
@@ -450,8 +463,8 @@ impl Worker {
                 Verdict::Delivered => return Outcome::Sent,
                 Verdict::Refused(why) => {
                     self.log(&format!(
-                        "the receiver refused an event ({why}); not retried: check the URL \
-                         and what the receiver expects"
+                        "an event was refused ({why}); not retried: check the URL, its \
+                         certificate and what the receiver expects"
                     ));
                     return Outcome::Failed;
                 }
@@ -478,7 +491,7 @@ impl Worker {
     }
 
     /// One POST; the status, or why there was none.
-    fn post(&self, body: &str, timeout: Duration) -> Result<u16, String> {
+    fn post(&self, body: &str, timeout: Duration) -> Result<u16, Failure> {
         self.agent
             .post(&self.url)
             .config()
@@ -487,7 +500,19 @@ impl Worker {
             .header("content-type", "application/json")
             .send(body)
             .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string())
+            .map_err(|e| Failure {
+                transient: match &e {
+                    // TLS failures (a bad certificate, TLS spoken to plain HTTP) come up as
+                    // invalid data: they would fail the same way every time.
+                    ureq::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+                    ureq::Error::Timeout(_)
+                    | ureq::Error::HostNotFound
+                    | ureq::Error::ConnectionFailed
+                    | ureq::Error::Protocol(_) => true,
+                    _ => false,
+                },
+                reason: e.to_string(),
+            })
     }
 
     /// Waits `delay`, or less when shutdown's deadline comes first (then `false`).
@@ -529,10 +554,12 @@ mod tests {
         assert!(matches!(classify(Ok(400)), Verdict::Refused(_)));
         assert!(matches!(classify(Ok(404)), Verdict::Refused(_)));
         assert!(matches!(classify(Ok(301)), Verdict::Refused(_)));
-        assert!(matches!(
-            classify(Err("connection refused".into())),
-            Verdict::Retry(_)
-        ));
+        let failure = |transient| Failure {
+            transient,
+            reason: "x".into(),
+        };
+        assert!(matches!(classify(Err(failure(true))), Verdict::Retry(_)));
+        assert!(matches!(classify(Err(failure(false))), Verdict::Refused(_)));
     }
 
     #[test]
