@@ -7,9 +7,12 @@
 //!   process's fds, CPU and RSS. Parsers are pure functions tested on captured samples.
 //! - [`detect`]: pure detectors under a fake clock: absolute rules and adaptive baselines,
 //!   with hysteresis and minimum durations, raising and resolving alerts.
+//! - [`sink`]: where alerts and signals go besides the terminal: a webhook (bounded queue,
+//!   retries off the poll loop) and a Prometheus `/metrics` page.
 
 pub mod collect;
 pub mod detect;
 pub mod sample;
+pub mod sink;
 
 pub use sample::Sample;

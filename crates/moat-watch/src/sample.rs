@@ -88,6 +88,10 @@ pub struct RedisSignals {
     pub used_memory: Option<u64>,
     /// `mem_clients_normal`, bytes.
     pub mem_clients_normal: Option<u64>,
+    /// `total_net_input_bytes` (counter): exported as redis_exporter does.
+    pub net_input_bytes: Option<u64>,
+    /// `total_net_output_bytes` (counter).
+    pub net_output_bytes: Option<u64>,
     /// `instantaneous_input_kbps`.
     pub input_kbps: Option<f64>,
     /// `instantaneous_output_kbps`.

@@ -4,7 +4,12 @@
 //! long enough for the detectors to judge, prints what is active, and exits non-zero on an
 //! alert (1 warning, 2 critical), for scripts and cron. `--moat ADMIN_URL` adds the view of a
 //! moat in front of that Redis (refusals, bans, top sources).
+//!
+//! `--webhook URL` (repeatable) POSTs each event from a bounded queue off the poll loop;
+//! `--metrics ADDR` serves the latest sample and the alerts on `/metrics` from the same
+//! runtime. Both are in `moat_watch::sink`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,6 +18,8 @@ use moat_watch::Sample;
 use moat_watch::collect::moat_view::MoatView;
 use moat_watch::collect::poller::{Poller, PollerConfig, redact};
 use moat_watch::detect::{DetectConfig, Detector, Event, Severity};
+use moat_watch::sink::prometheus::{Exporter, WatcherStats};
+use moat_watch::sink::webhook::{Webhook, WebhookConfig};
 
 /// `moat watch`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -29,7 +36,7 @@ pub(crate) struct WatchArgs {
     /// on a warning and 2 on a critical one.
     #[arg(long)]
     once: bool,
-    /// Stop after this long (default: until Ctrl-C).
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Sample `CLIENT LIST` (every `--clients-every` polls) to see who holds the
@@ -49,6 +56,17 @@ pub(crate) struct WatchArgs {
     /// Output format of alert lines.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// POST every alert event as JSON to this http:// or https:// URL (repeatable); a
+    /// slow or dead receiver never holds up the watch.
+    #[arg(long = "webhook", value_name = "URL")]
+    webhooks: Vec<String>,
+    /// Longest wait for one webhook request.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    webhook_timeout: Duration,
+    /// Serve the signals and alerts in Prometheus format on `ADDR` at `/metrics` (e.g.
+    /// 127.0.0.1:9121; port 0 picks one, printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// How alerts are printed.
@@ -63,7 +81,10 @@ enum Format {
 /// Polls the detectors need before they can raise anything (their minimum duration).
 const POLLS_TO_JUDGE: u32 = 3;
 
-/// Runs `moat watch` until Ctrl-C, `--duration` or, with `--once`, its verdict.
+/// How long queued webhook events may still be delivered at exit.
+const WEBHOOK_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs `moat watch` until Ctrl-C or SIGTERM, `--duration` or, with `--once`, its verdict.
 pub(crate) fn main(args: WatchArgs) -> anyhow::Result<()> {
     let config = match &args.thresholds {
         Some(path) => {
@@ -85,11 +106,43 @@ pub(crate) fn main(args: WatchArgs) -> anyhow::Result<()> {
             .clamp(Duration::from_millis(200), Duration::from_secs(2));
         poller = poller.with_moat(MoatView::new(url, args.moat_token.clone(), timeout)?);
     }
+    let webhook = if args.webhooks.is_empty() {
+        None
+    } else {
+        let config = WebhookConfig {
+            timeout: args.webhook_timeout,
+            ..WebhookConfig::default()
+        };
+        let hook = Webhook::start(
+            &args.webhooks,
+            config,
+            redact(&args.url),
+            moat_watch::sink::host_name(),
+        )?;
+        Some(hook)
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let worst = runtime.block_on(watch(args, poller, Detector::new(config)))?;
-    match worst {
+    let worst = runtime.block_on(watch(args, poller, Detector::new(config), webhook.as_ref()));
+    if let Some(hook) = webhook {
+        let pending = hook.stats().queued;
+        if pending > 0 {
+            eprintln!(
+                "moat watch: delivering {pending} queued webhook event(s) (at most {}s)",
+                WEBHOOK_GRACE.as_secs()
+            );
+        }
+        let report = hook.shutdown(WEBHOOK_GRACE);
+        let s = report.stats;
+        if report.lost > 0 || s.failed > 0 || s.dropped > 0 {
+            eprintln!(
+                "moat watch: webhook: {} sent, {} failed, {} dropped, {} lost at exit",
+                s.sent, s.failed, s.dropped, report.lost
+            );
+        }
+    }
+    match worst? {
         Some(Severity::Critical) => std::process::exit(2),
         Some(Severity::Warning) => std::process::exit(1),
         None => Ok(()),
@@ -100,17 +153,39 @@ async fn watch(
     args: WatchArgs,
     mut poller: Poller,
     mut detector: Detector,
+    webhook: Option<&Webhook>,
 ) -> anyhow::Result<Option<Severity>> {
+    let exporter = match args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for --metrics"))?;
+            let bound = listener.local_addr()?;
+            eprintln!("moat watch: metrics on http://{bound}/metrics");
+            let exporter = Exporter::new();
+            let serving = exporter.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serving.serve(listener).await {
+                    eprintln!("moat watch: the metrics server stopped: {e}");
+                }
+            });
+            Some(exporter)
+        }
+        None => None,
+    };
+    let mut stats = WatcherStats::default();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut polls = 0u32;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // SIGTERM too (a service manager stopping the watch), so queued webhook events still
+    // get their flush at exit.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = crate::stop::on_signal(&stop, None)?;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = &mut ctrl_c => break,
+            _ = stop.cancelled() => break,
         }
         let sample = poller.poll(Instant::now()).await;
         if polls == 0 {
@@ -119,6 +194,22 @@ async fn watch(
         polls += 1;
         for event in detector.observe(&sample) {
             print_event(args.format, &event);
+            if let Some(hook) = webhook {
+                hook.send(&event);
+            }
+        }
+        if let Some(exporter) = &exporter {
+            stats.polls += 1;
+            stats.polls_unreachable += u64::from(!sample.redis_reachable);
+            stats.connects = poller.connects();
+            stats.connect_attempts = poller.attempts();
+            stats.last_poll_unix = unix_now();
+            exporter.update(
+                &sample,
+                &detector.active(),
+                stats,
+                webhook.map(Webhook::stats),
+            );
         }
         if args.once && polls >= POLLS_TO_JUDGE {
             break;
@@ -127,6 +218,7 @@ async fn watch(
             break;
         }
     }
+    on_signal.abort();
     let active = detector.active();
     if args.once {
         if active.is_empty() {
@@ -180,18 +272,17 @@ fn severity_name(s: Severity) -> &'static str {
     }
 }
 
-fn print_event(format: Format, event: &Event) {
-    let unix = SystemTime::now()
+fn unix_now() -> f64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs_f64();
+        .as_secs_f64()
+}
+
+fn print_event(format: Format, event: &Event) {
     match format {
         Format::Json => {
-            let mut value = serde_json::to_value(event).unwrap_or_default();
-            if let Some(obj) = value.as_object_mut() {
-                obj.insert("unix_time".into(), unix.into());
-            }
-            println!("{value}");
+            println!("{}", moat_watch::sink::event_json(event, unix_now()));
         }
         Format::Text => match event {
             Event::Raised {

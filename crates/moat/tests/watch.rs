@@ -1,6 +1,8 @@
 //! `moat watch --once` against a real redis-server: a quiet Redis is "ok" (exit 0), one that
 //! does not answer is a critical `redis_unreachable` (exit 2), a flood of refused
-//! connections past maxclients raises `rejected_connections`; bad thresholds are refused.
+//! connections past maxclients raises `rejected_connections`; bad thresholds are refused;
+//! `--webhook` delivers the alert (password redacted) to a real receiver and `--metrics`
+//! serves `/metrics` on the address it prints.
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpStream;
@@ -85,6 +87,163 @@ fn bad_thresholds_are_refused_with_the_key() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
+}
+
+/// A one-shot HTTP receiver on loopback: answers each POST 200 and hands its body over.
+fn http_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hook/secret-token",
+        listener.local_addr().unwrap()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length.min(1 << 20)];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn the_webhook_gets_the_alert_with_the_password_redacted() {
+    let redis = RedisServer::start().unwrap();
+    let url = format!("redis://:sekret@{}", redis.addr());
+    redis.stop();
+    let (hook, bodies) = http_receiver();
+    let out = watch(&[&url, "--once", "--webhook", &hook]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let body = bodies
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], "raised", "{body}");
+    assert_eq!(v["id"], "redis_unreachable", "{body}");
+    assert_eq!(v["severity"], "critical", "{body}");
+    assert!(v["unix_time"].as_f64().is_some(), "{body}");
+    assert!(!v["host"].as_str().unwrap().is_empty(), "{body}");
+    let redis_field = v["redis"].as_str().unwrap();
+    assert!(redis_field.starts_with("redis://***@127.0.0.1:"), "{body}");
+    assert!(!body.contains("sekret"), "{body}");
+    assert!(
+        !stderr.contains("sekret") && !stderr.contains("secret-token"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn metrics_are_served_on_the_address_printed_at_start() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisServer::builder()
+        .config("maxclients 321")
+        .start()
+        .unwrap();
+    let url = format!("redis://{}", redis.addr());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["watch", &url, "--interval", "200ms", "--duration", "60s"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    for _ in 0..10 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.trim().strip_prefix("moat watch: metrics on ") {
+            addr = Some(rest.to_owned());
+            break;
+        }
+    }
+    let metrics = addr.expect("the metrics address on stderr");
+    assert!(metrics.starts_with("http://127.0.0.1:") && metrics.ends_with("/metrics"));
+    // Until the first poll lands (bounded in count).
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = ureq::get(&metrics)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if page.contains("redis_up") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(page.contains("\nredis_up 1\n"), "{page}");
+    assert!(page.contains("\nredis_config_maxclients 321\n"), "{page}");
+    assert!(
+        page.contains("# TYPE redis_connections_received_total counter"),
+        "{page}"
+    );
+    assert!(
+        page.contains("moat_watch_alert{alert=\"redis_unreachable\",severity=\"critical\"} 0"),
+        "{page}"
+    );
+}
+
+#[test]
+fn sigterm_with_a_receiver_that_never_answers_exits_and_says_what_was_lost() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisServer::start().unwrap();
+    let url = format!("redis://{}", redis.addr());
+    redis.stop();
+    // Accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(8).collect();
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(held);
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .args(["watch", &url, "--interval", "200ms", "--duration", "120s"])
+        .args(["--format", "json", "--webhook", &hook])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The unreachable alert is raised (and queued for the webhook) within a few polls.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("redis_unreachable"), "{line}");
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    // The watch exits on its own (a hang would block here; the webhook grace is 3 s).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("lost at exit"), "{stderr}");
+    assert!(stderr.contains("0 sent"), "{stderr}");
 }
 
 /// Kills the child at the end of the test, whatever happens.
