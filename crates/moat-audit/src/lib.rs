@@ -13,8 +13,14 @@
 //! - [`fix`]: applies the safe `CONFIG SET`s to a running Redis (`--fix`).
 
 pub mod advisories;
+pub mod collect;
+pub mod emit;
 pub mod facts;
+pub mod fix;
+pub mod report;
 pub mod rules;
 
+pub use collect::{CollectError, collect};
 pub use facts::Facts;
+pub use report::Audit;
 pub use rules::{Evaluation, Finding, Severity, evaluate};

@@ -248,7 +248,12 @@ fn dangerous(f: &Facts, ev: &mut Evaluation, nopass: Option<bool>) {
         DANGEROUS_OPEN.severity
     };
     let mut redis_conf = Vec::new();
-    match &f.redis.default_user.as_ref().and_then(|u| u.acl_line.clone()) {
+    match &f
+        .redis
+        .default_user
+        .as_ref()
+        .and_then(|u| u.acl_line.clone())
+    {
         Some(line) if !line.contains('(') => {
             redis_conf.push(
                 "# the default user without the dangerous commands (INFO stays allowed for \
@@ -355,7 +360,10 @@ mod tests {
             ("bind", "* -::*"),
         ]);
         let ev = evaluate(&f);
-        assert_eq!(sev(&ev, "default-user-no-password"), Some(Severity::Critical));
+        assert_eq!(
+            sev(&ev, "default-user-no-password"),
+            Some(Severity::Critical)
+        );
         assert_eq!(sev(&ev, "protected-mode-off"), Some(Severity::High));
         assert_eq!(sev(&ev, "bound-to-all-interfaces"), Some(Severity::Medium));
         let f = with_config(&[

@@ -104,14 +104,22 @@ fn maxclients_fd(f: &Facts, ev: &mut Evaluation) {
         redis_conf: vec![format!("maxclients {allowed}")],
         ..Fix::default()
     };
-    ev.push(finding(&MAXCLIENTS_FD, MAXCLIENTS_FD.severity, evidence, fix));
+    ev.push(finding(
+        &MAXCLIENTS_FD,
+        MAXCLIENTS_FD.severity,
+        evidence,
+        fix,
+    ));
 }
 
 fn maxclients_memory(f: &Facts, ev: &mut Evaluation) {
     let Some(maxclients) = f.config_u64("maxclients") else {
         return ev.skip(MAXCLIENTS_MEMORY.id, no_config(f, "maxclients"));
     };
-    let maxmemory = f.config("maxmemory").and_then(parse_memory).filter(|&m| m > 0);
+    let maxmemory = f
+        .config("maxmemory")
+        .and_then(parse_memory)
+        .filter(|&m| m > 0);
     let (budget, what) = match (maxmemory, f.host.mem_total) {
         (Some(m), _) => (m, "maxmemory"),
         (None, Some(total)) => (total, "the host's memory"),
@@ -202,7 +210,10 @@ fn keepalive(f: &Facts, ev: &mut Evaluation) {
 }
 
 fn rejected(f: &Facts, ev: &mut Evaluation) {
-    let Some(n) = f.info("rejected_connections").and_then(|v| v.parse::<u64>().ok()) else {
+    let Some(n) = f
+        .info("rejected_connections")
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
         return ev.skip(REJECTED.id, "INFO rejected_connections is unknown");
     };
     if n > 0 {
@@ -226,7 +237,6 @@ fn rejected(f: &Facts, ev: &mut Evaluation) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::rules::evaluate;
     use crate::rules::test_facts::with_config;
 
@@ -247,7 +257,11 @@ mod tests {
             .find(|x| x.id == "maxclients-over-fd-limit")
             .expect("found");
         assert!(hit.evidence.contains("100000"), "{}", hit.evidence);
-        assert!(hit.fix.text.contains("LimitNOFILE=100032"), "{}", hit.fix.text);
+        assert!(
+            hit.fix.text.contains("LimitNOFILE=100032"),
+            "{}",
+            hit.fix.text
+        );
     }
 
     #[test]
@@ -290,9 +304,13 @@ mod tests {
     #[test]
     fn rejected_connections_from_info() {
         let mut f = with_config(&[]);
-        f.redis.info.insert("rejected_connections".into(), "0".into());
+        f.redis
+            .info
+            .insert("rejected_connections".into(), "0".into());
         assert!(!evaluate(&f).has("rejected-connections"));
-        f.redis.info.insert("rejected_connections".into(), "12".into());
+        f.redis
+            .info
+            .insert("rejected_connections".into(), "12".into());
         assert!(evaluate(&f).has("rejected-connections"));
     }
 }

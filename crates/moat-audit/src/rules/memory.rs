@@ -80,7 +80,9 @@ fn clients(f: &Facts, ev: &mut Evaluation) {
 /// The normal class's (hard, soft, seconds) from a `client-output-buffer-limit` value.
 pub fn normal_limit(value: &str) -> Option<(u64, u64, u64)> {
     let words: Vec<&str> = value.split_whitespace().collect();
-    let at = words.iter().position(|w| w.eq_ignore_ascii_case("normal"))?;
+    let at = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case("normal"))?;
     let hard = parse_memory(words.get(at + 1)?)?;
     let soft = parse_memory(words.get(at + 2)?)?;
     let secs = words.get(at + 3)?.parse().ok()?;
@@ -156,7 +158,12 @@ fn maxmemory(f: &Facts, ev: &mut Evaluation) {
     }
     let suggestion = f.host.mem_total.map_or_else(
         || "about three quarters of the memory Redis may use".to_owned(),
-        |total| format!("{}mb (three quarters of this host's memory)", (total >> 20) * 3 / 4),
+        |total| {
+            format!(
+                "{}mb (three quarters of this host's memory)",
+                (total >> 20) * 3 / 4
+            )
+        },
     );
     ev.push(finding(
         &MAXMEMORY_UNSET,

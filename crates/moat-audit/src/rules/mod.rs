@@ -171,12 +171,7 @@ pub fn evaluate(facts: &Facts) -> Evaluation {
 }
 
 /// Builds a finding from its catalog entry.
-pub(crate) fn finding(
-    info: &CheckInfo,
-    severity: Severity,
-    evidence: String,
-    fix: Fix,
-) -> Finding {
+pub(crate) fn finding(info: &CheckInfo, severity: Severity, evidence: String, fix: Fix) -> Finding {
     Finding {
         id: info.id.to_owned(),
         severity,

@@ -53,7 +53,10 @@ pub(crate) fn run(f: &Facts, ev: &mut Evaluation) {
     }
     let Some(version) = f.version() else {
         for check in checks().iter().filter(|c| c.id.starts_with("advisory-")) {
-            ev.skip(check.id, "the server version is unknown (INFO was not readable)");
+            ev.skip(
+                check.id,
+                "the server version is unknown (INFO was not readable)",
+            );
         }
         return;
     };
