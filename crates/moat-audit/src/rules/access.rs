@@ -45,7 +45,7 @@ const FILE_MODE: CheckInfo = CheckInfo {
     id: "config-file-permissions",
     severity: Severity::Medium,
     title: "the config file is readable or writable by other users",
-    reference: "https://cisofy.com/lynis/controls/DBS-1884/ (Lynis's Redis checks)",
+    reference: "Lynis test DBS-1882, Redis configuration file (https://github.com/CISOfy/lynis, include/tests_databases)",
 };
 const ROOT: CheckInfo = CheckInfo {
     id: "runs-as-root",
