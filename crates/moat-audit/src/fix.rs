@@ -38,6 +38,20 @@ pub fn plan(audit: &Audit) -> Vec<Change> {
     out
 }
 
+/// Why `--fix` could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    /// No connection to Redis.
+    #[error("cannot connect to {0}")]
+    Connect(String),
+    /// Redis refused `CONFIG REWRITE`.
+    #[error("CONFIG REWRITE refused: {0}")]
+    Rewrite(String),
+}
+
+/// One change and how it went (Redis's error text when refused).
+pub type Outcome = (Change, Result<(), String>);
+
 /// Whether `CONFIG REWRITE` can persist the changes (Redis was started with a file).
 pub fn can_rewrite(audit: &Audit) -> bool {
     audit
@@ -47,11 +61,7 @@ pub fn can_rewrite(audit: &Audit) -> bool {
 }
 
 /// Applies `changes`; each with its own result (Redis's error text when refused).
-pub fn apply(
-    url: &str,
-    timeout: Duration,
-    changes: &[Change],
-) -> Result<Vec<(Change, Result<(), String>)>, String> {
+pub fn apply(url: &str, timeout: Duration, changes: &[Change]) -> Result<Vec<Outcome>, FixError> {
     let mut conn = connect(url, timeout)?;
     Ok(changes
         .iter()
@@ -67,19 +77,19 @@ pub fn apply(
 }
 
 /// `CONFIG REWRITE`.
-pub fn rewrite(url: &str, timeout: Duration) -> Result<(), String> {
+pub fn rewrite(url: &str, timeout: Duration) -> Result<(), FixError> {
     let mut conn = connect(url, timeout)?;
     redis::cmd("CONFIG")
         .arg("REWRITE")
         .query::<()>(&mut conn)
-        .map_err(|e| e.to_string())
+        .map_err(|e| FixError::Rewrite(e.to_string()))
 }
 
-fn connect(url: &str, timeout: Duration) -> Result<redis::Connection, String> {
+fn connect(url: &str, timeout: Duration) -> Result<redis::Connection, FixError> {
     let redacted = moat_watch::collect::poller::redact(url);
     let conn = redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(timeout))
-        .map_err(|e| format!("{redacted}: {e}"))?;
+        .map_err(|e| FixError::Connect(format!("{redacted}: {e}")))?;
     let _ = conn.set_read_timeout(Some(timeout));
     Ok(conn)
 }

@@ -139,7 +139,7 @@ fn apply_fixes(args: &AuditArgs, audit: &Audit) -> anyhow::Result<Option<Audit>>
         println!("Nothing changed.");
         return Ok(None);
     }
-    let results = fix::apply(&args.url, args.timeout, &changes).map_err(anyhow::Error::msg)?;
+    let results = fix::apply(&args.url, args.timeout, &changes)?;
     let mut applied = 0;
     for (c, r) in &results {
         match r {
@@ -159,7 +159,7 @@ fn apply_fixes(args: &AuditArgs, audit: &Audit) -> anyhow::Result<Option<Audit>>
         {
             match fix::rewrite(&args.url, args.timeout) {
                 Ok(()) => println!("  CONFIG REWRITE: {path} updated"),
-                Err(e) => println!("  CONFIG REWRITE refused: {e}"),
+                Err(e) => println!("  {e}"),
             }
         }
     } else if applied > 0 {

@@ -77,7 +77,12 @@ fn exit_status_is_the_worst_severity_and_sarif_has_what_code_scanning_needs() {
         assert!(res["partialFingerprints"].is_object());
     }
     for rule in rules {
-        assert!(!rule["shortDescription"]["text"].as_str().unwrap().is_empty());
+        assert!(
+            !rule["shortDescription"]["text"]
+                .as_str()
+                .unwrap()
+                .is_empty()
+        );
         let sev: f64 = rule["properties"]["security-severity"]
             .as_str()
             .unwrap()
@@ -138,7 +143,10 @@ fn emitted_nftables_ruleset_passes_nft_and_loads_in_a_namespace() {
             return;
         }
         Ok(o) if !o.status.success() && text(&o.stderr).contains("Operation not permitted") => {
-            println!("SKIPPED nft -c: not permitted here ({})", text(&o.stderr).trim());
+            println!(
+                "SKIPPED nft -c: not permitted here ({})",
+                text(&o.stderr).trim()
+            );
             return;
         }
         Ok(o) => assert!(o.status.success(), "nft -c: {}", text(&o.stderr)),
@@ -149,7 +157,10 @@ fn emitted_nftables_ruleset_passes_nft_and_loads_in_a_namespace() {
          && nft list set inet moat banned4",
         file.display()
     );
-    match Command::new("unshare").args(["-n", "sh", "-c", &script]).output() {
+    match Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+    {
         Ok(o) if o.status.success() => {
             assert!(text(&o.stdout).contains("192.0.2.9"), "{}", text(&o.stdout));
         }
@@ -172,7 +183,10 @@ fn emitted_sysctl_and_redis_conf_are_files() {
     let out = audit(&[&url(&r), "--emit", "sysctl"]);
     assert_eq!(out.status.code(), Some(0));
     let sysctl = text(&out.stdout);
-    for line in sysctl.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in sysctl
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (k, v) = line.split_once(" = ").unwrap();
         assert!(k.starts_with("net."), "{line}");
         assert!(!v.is_empty(), "{line}");
@@ -233,10 +247,7 @@ fn behind_moat_is_detected_and_still_audited() {
     let out = audit(&[&format!("redis://127.0.0.1:{port}"), "--format", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let evidence = doc["facts"]["redis"]["behind_moat"].as_str().unwrap();
-    assert!(
-        evidence.contains(&redis.port().to_string()),
-        "{evidence}"
-    );
+    assert!(evidence.contains(&redis.port().to_string()), "{evidence}");
     let ids: Vec<&str> = doc["findings"]
         .as_array()
         .unwrap()
@@ -244,5 +255,8 @@ fn behind_moat_is_detected_and_still_audited() {
         .map(|f| f["id"].as_str().unwrap())
         .collect();
     // Redis's own settings are still seen through moat.
-    assert!(ids.contains(&"behind-moat") && ids.contains(&"timeout-zero"), "{ids:?}");
+    assert!(
+        ids.contains(&"behind-moat") && ids.contains(&"timeout-zero"),
+        "{ids:?}"
+    );
 }

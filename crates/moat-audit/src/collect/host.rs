@@ -102,7 +102,7 @@ pub fn configured(text: &str, name: &str) -> Option<String> {
                 .then(|| words.next().map(str::to_owned))
                 .flatten()
         })
-        .last()
+        .next_back()
 }
 
 #[cfg(test)]
