@@ -112,12 +112,15 @@ pub struct HostFacts {
     pub mem_total: Option<u64>,
     /// The Redis process's open files and its soft limit.
     pub fds: Option<(u64, u64)>,
+    /// The Redis process's hard open-file limit: Redis raises its soft limit up to it.
+    pub fd_hard_limit: Option<u64>,
     /// The Redis process's real user id.
     pub redis_uid: Option<u32>,
     /// The config file's metadata.
     pub config_file: Option<FileFacts>,
-    /// `maxclients` as written in the config file, when it is readable (Redis lowers the
-    /// running value silently, so only the file shows what was asked for).
+    /// `maxclients` as written in the config file (Redis's default 10000 when the file has
+    /// no such line), when it is readable: Redis lowers the running value silently, so only
+    /// the file shows what was asked for.
     pub configured_maxclients: Option<u64>,
 }
 

@@ -67,13 +67,17 @@ pub fn collect(proc_root: &Path, facts: &mut Facts) {
                 uid: meta.uid(),
                 gid: meta.gid(),
             });
-            facts.host.configured_maxclients = read(Path::new(&path))
-                .and_then(|t| configured(&t, "maxclients"))
-                .and_then(|v| v.parse().ok());
+            // A readable file without the directive asks for Redis's default.
+            facts.host.configured_maxclients = read(Path::new(&path)).and_then(|t| {
+                configured(&t, "maxclients").map_or(Some(DEFAULT_MAXCLIENTS), |v| v.parse().ok())
+            });
         }
         Err(e) => facts.gap(format!("config file {path}"), format!("{e}")),
     }
 }
+
+/// Redis's `maxclients` when nothing sets it.
+const DEFAULT_MAXCLIENTS: u64 = 10_000;
 
 fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
@@ -84,6 +88,13 @@ pub fn parse_mem_total(text: &str) -> Option<u64> {
     let line = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().next()?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// The hard `Max open files` limit from `/proc/PID/limits`; `None` when unlimited.
+pub fn parse_hard_nofile(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let rest = line.strip_prefix("Max open files")?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The real uid from the `Uid:` line of `/proc/PID/status`.
@@ -121,6 +132,9 @@ mod tests {
             Some(110)
         );
         assert_eq!(parse_real_uid("Uid:\n"), None);
+        let limits = "Max open files            10032                20000                files\n";
+        assert_eq!(parse_hard_nofile(limits), Some(20000));
+        assert_eq!(parse_hard_nofile("Max open files 1 unlimited files"), None);
         let conf = "# maxclients 5\nmaxclients 100\nport 1\nMAXCLIENTS 200\n";
         assert_eq!(configured(conf, "maxclients").as_deref(), Some("200"));
         assert_eq!(configured(conf, "timeout"), None);

@@ -86,9 +86,12 @@ fn maxclients_fd(f: &Facts, ev: &mut Evaluation) {
             "maxclients is {running} but the fd limit is {limit}: accept() will fail \
              before Redis reaches maxclients"
         ),
-        None if running == allowed => format!(
-            "maxclients is {running}, exactly the fd limit {limit} minus {RESERVED_FDS}: \
-             Redis lowered a larger configured value at startup"
+        // Without the file: a soft limit that reached the hard one and maxclients right at
+        // it is what a lowered value looks like (a raised limit stops below the hard one).
+        None if running == allowed && f.host.fd_hard_limit == Some(limit) => format!(
+            "maxclients is {running}, exactly the fd limit {limit} minus {RESERVED_FDS}, and \
+             the limit is the hard one: Redis most likely lowered a larger configured value \
+             at startup (its log says so)"
         ),
         _ => return,
     };
@@ -242,7 +245,15 @@ mod tests {
 
     #[test]
     fn lowered_maxclients_is_found_from_the_file_or_the_exact_value() {
-        let mut f = with_config(&[("maxclients", "19968")]);
+        let mut f = with_config(&[("maxclients", "10000")]);
+        // Redis raised its soft limit to maxclients + 32, below the hard limit: fine.
+        f.host.fds = Some((10, 10_032));
+        f.host.fd_hard_limit = Some(20_000);
+        assert!(!evaluate(&f).has("maxclients-over-fd-limit"));
+        f.host.configured_maxclients = Some(10_000);
+        assert!(!evaluate(&f).has("maxclients-over-fd-limit"));
+        f.host.configured_maxclients = None;
+        f.redis.config.insert("maxclients".into(), "19968".into());
         f.host.fds = Some((10, 20000));
         let ev = evaluate(&f);
         assert!(ev.has("maxclients-over-fd-limit"), "exact limit minus 32");
