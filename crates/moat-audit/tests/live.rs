@@ -32,7 +32,7 @@ const HARDENED: &[&str] = &[
     "maxmemory-clients 10%",
     "client-output-buffer-limit normal 64mb 16mb 60",
     "client-query-buffer-limit 64mb",
-    "user default on >hardpass ~* &* +@all -config -debug -flushall -client|kill -shutdown",
+    "user default on >hardpass ~* &* +@all -config -debug -flushall -client|kill -shutdown -acl|setuser -module",
     ADMIN,
 ];
 

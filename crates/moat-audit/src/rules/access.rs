@@ -5,15 +5,32 @@
 use super::{CheckInfo, Evaluation, Fix, Severity, finding, no_config, no_host};
 use crate::facts::Facts;
 
-/// The commands an attacker uses to reconfigure, stall, wipe or stop Redis, as the
-/// command lines `ACL DRYRUN` is asked about, with the ACL rule that removes each.
+/// The commands an attacker uses to reconfigure, stall, wipe or stop Redis, or to grant
+/// themselves the rest (ACL SETUSER, MODULE LOAD), as the command lines `ACL DRYRUN` is
+/// asked about, with the ACL rule that removes each.
 pub const DANGEROUS: &[(&str, &str)] = &[
     ("CONFIG SET maxclients 1", "-config"),
     ("DEBUG SLEEP 0", "-debug"),
     ("FLUSHALL", "-flushall"),
     ("CLIENT KILL ID 1", "-client|kill"),
     ("SHUTDOWN", "-shutdown"),
+    ("ACL SETUSER moat-audit-probe", "-acl|setuser"),
+    ("MODULE LOAD /nonexistent.so", "-module"),
 ];
+
+/// How a dangerous command line is named in reports: the command, and its subcommand
+/// when the rule names one.
+fn command_name(line: &str, rule: &str) -> String {
+    let words = if rule.contains('|') || line.starts_with("CONFIG") {
+        2
+    } else {
+        1
+    };
+    line.split_whitespace()
+        .take(words)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 const SECURITY: &str = "https://redis.io/docs/latest/operate/oss_and_stack/management/security/";
 
@@ -38,7 +55,7 @@ const BIND_ALL: CheckInfo = CheckInfo {
 const DANGEROUS_OPEN: CheckInfo = CheckInfo {
     id: "dangerous-commands-open",
     severity: Severity::Medium,
-    title: "the default user may run CONFIG, DEBUG, FLUSHALL, CLIENT KILL or SHUTDOWN",
+    title: "the default user may run CONFIG, DEBUG, FLUSHALL, CLIENT KILL, SHUTDOWN, ACL SETUSER or MODULE",
     reference: "https://redis.io/docs/latest/operate/oss_and_stack/management/security/acl/",
 };
 const FILE_MODE: CheckInfo = CheckInfo {
@@ -230,16 +247,7 @@ fn dangerous(f: &Facts, ev: &mut Evaluation, nopass: Option<bool>) {
     }
     let names: Vec<String> = open
         .iter()
-        .map(|(cmd, _)| {
-            cmd.split_whitespace()
-                .take(if cmd.starts_with("CONFIG") || cmd.starts_with("CLIENT") {
-                    2
-                } else {
-                    1
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|(cmd, rule)| command_name(cmd, rule))
         .collect();
     let rules: Vec<&str> = open.iter().map(|(_, rule)| *rule).collect();
     let severity = if nopass == Some(true) {
