@@ -330,3 +330,18 @@ fn emitted_snippet_lets_redis_start_with_its_values() {
     // The password is the operator's to choose: still reported.
     assert!(a.evaluation.has("default-user-no-password"));
 }
+
+#[test]
+fn docs_describe_every_check() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/audit.md"))
+        .unwrap();
+    for check in moat_audit::rules::catalog() {
+        let heading = format!("### {}\n", check.id);
+        let row = format!("| {} |", check.id);
+        assert!(
+            docs.contains(&heading) || docs.contains(&row),
+            "docs/audit.md does not describe {}",
+            check.id
+        );
+    }
+}
