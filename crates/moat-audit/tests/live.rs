@@ -173,6 +173,14 @@ fn each_finding_appears_exactly_when_it_should() {
         s.evaluation.skipped
     );
     assert_eq!(s.facts.redis.unauthenticated_access, Some(false));
+    // Secrets never reach a report.
+    assert_eq!(s.facts.config("requirepass"), Some("(set, hidden)"));
+    let json = moat_audit::report::json::render(&s);
+    assert!(
+        !json.contains("hardpass") && !json.contains("adminpass"),
+        "{json}"
+    );
+    assert!(!moat_audit::report::sarif::render(&s).contains("hardpass"));
     assert_eq!(w.facts.redis.behind_moat, None);
 }
 

@@ -21,6 +21,17 @@ const INFO_SETTINGS: &[(&str, &str)] = &[
     ("maxmemory_policy", "maxmemory-policy"),
 ];
 
+/// Settings that hold secrets: kept only as set or not, so no report ever shows them.
+const SECRET_SETTINGS: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "tls-key-file-pass",
+    "tls-client-key-file-pass",
+];
+
+/// What a set secret is recorded as.
+pub const HIDDEN: &str = "(set, hidden)";
+
 /// Connects to `url` and fills `facts.redis`. `Err` only when nothing answers at all.
 pub fn collect(url: &str, timeout: Duration, facts: &mut Facts) -> Result<(), CollectError> {
     let client = redis::Client::open(url).map_err(|e| CollectError::Url(format!("{e}")))?;
@@ -78,7 +89,13 @@ fn config(conn: &mut Connection, facts: &mut Facts) {
         Ok(pairs) => {
             for pair in pairs.chunks_exact(2) {
                 if let [k, v] = pair {
-                    facts.redis.config.insert(k.to_ascii_lowercase(), v.clone());
+                    let k = k.to_ascii_lowercase();
+                    let v = if SECRET_SETTINGS.contains(&k.as_str()) && !v.is_empty() {
+                        HIDDEN.to_owned()
+                    } else {
+                        v.clone()
+                    };
+                    facts.redis.config.insert(k, v);
                 }
             }
             facts.redis.config_source = ConfigSource::ConfigGet;
