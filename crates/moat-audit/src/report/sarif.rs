@@ -33,19 +33,27 @@ pub fn render(audit: &Audit) -> String {
     let rules: Vec<Value> = catalog()
         .iter()
         .map(|c| {
-            json!({
+            let mut rule = json!({
                 "id": c.id,
                 "name": c.id,
                 "shortDescription": { "text": c.title },
                 "fullDescription": { "text": c.title },
-                "helpUri": c.reference.split_whitespace().next().unwrap_or(c.reference),
                 "help": { "text": format!("{} See docs/audit.md#{} and {}.", c.title, c.id, c.reference) },
                 "defaultConfiguration": { "level": level(c.severity) },
                 "properties": {
                     "tags": ["security", "redis", "connection-exhaustion"],
                     "security-severity": security_severity(c.severity),
                 },
-            })
+            });
+            // helpUri must be an absolute URI: the reference's first one, if it has one.
+            if let Some(uri) = c
+                .reference
+                .split([' ', ',', ';', '(', ')'])
+                .find(|w| w.starts_with("https://"))
+            {
+                rule["helpUri"] = json!(uri);
+            }
+            rule
         })
         .collect();
     let ids: Vec<&str> = catalog().iter().map(|c| c.id).collect();
