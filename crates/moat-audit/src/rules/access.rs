@@ -61,7 +61,7 @@ const DANGEROUS_OPEN: CheckInfo = CheckInfo {
 const FILE_MODE: CheckInfo = CheckInfo {
     id: "config-file-permissions",
     severity: Severity::Medium,
-    title: "the config file is readable or writable by other users",
+    title: "the config file is readable or writable by other users, or owned by another",
     reference: "Lynis test DBS-1882, Redis configuration file (https://github.com/CISOfy/lynis, include/tests_databases)",
 };
 const ROOT: CheckInfo = CheckInfo {
@@ -306,10 +306,19 @@ fn file_mode(f: &Facts, ev: &mut Evaluation) {
         return ev.skip(FILE_MODE.id, why);
     };
     let mode = file.mode & 0o777;
+    let foreign_owner = file.uid != 0 && f.host.redis_uid.is_some_and(|uid| uid != file.uid);
     let (severity, what) = if mode & 0o022 != 0 {
-        (Severity::High, "writable by other users")
+        (Severity::High, "writable by other users".to_owned())
     } else if mode & 0o004 != 0 {
-        (FILE_MODE.severity, "readable by every user")
+        (FILE_MODE.severity, "readable by every user".to_owned())
+    } else if foreign_owner {
+        (
+            Severity::Low,
+            format!(
+                "owned by uid {}, neither root nor Redis's user, who can change Redis's config",
+                file.uid
+            ),
+        )
     } else {
         return;
     };
@@ -462,5 +471,12 @@ mod tests {
         f.host.redis_uid = Some(110);
         let ev = evaluate(&f);
         assert!(!ev.has("config-file-permissions") && !ev.has("runs-as-root"));
+        f.host.config_file.as_mut().expect("set").uid = 1000;
+        assert_eq!(
+            sev(&evaluate(&f), "config-file-permissions"),
+            Some(Severity::Low)
+        );
+        f.host.config_file.as_mut().expect("set").uid = 110;
+        assert!(!evaluate(&f).has("config-file-permissions"));
     }
 }
