@@ -162,6 +162,23 @@ fn maxclients_memory(f: &Facts, ev: &mut Evaluation) {
 fn timeout(f: &Facts, ev: &mut Evaluation) {
     match f.config_u64("timeout") {
         None => ev.skip(TIMEOUT.id, no_config(f, "timeout")),
+        // Behind moat, Redis's clients are moat's pooled connections, idle by design
+        // between bursts; moat's own idle deadlines close the hoarders.
+        Some(0) if f.redis.behind_moat.is_some() => ev.push(finding(
+            &TIMEOUT,
+            Severity::Low,
+            "timeout is 0; behind moat, Redis's clients are moat's pooled connections and \
+             moat's idle deadlines close idle clients, but anyone reaching Redis's own port \
+             directly can still hoard it"
+                .to_owned(),
+            Fix {
+                text: "Keep Redis's port reachable only by moat (bind, `--emit nftables` on \
+                       Redis's host); a Redis `timeout` would also close moat's idle pooled \
+                       connections, so set it above moat's backend idle time if at all."
+                    .to_owned(),
+                ..Fix::default()
+            },
+        )),
         Some(0) => ev.push(finding(
             &TIMEOUT,
             TIMEOUT.severity,
@@ -310,6 +327,16 @@ mod tests {
         assert!(!ev.has("timeout-zero") && ev.has("tcp-keepalive-long"));
         let f = with_config(&[("timeout", "60"), ("tcp-keepalive", "300")]);
         assert!(!evaluate(&f).has("tcp-keepalive-long"));
+        let mut f = with_config(&[("timeout", "0")]);
+        f.redis.behind_moat = Some("CLIENT INFO".into());
+        let ev = evaluate(&f);
+        let hit = ev
+            .findings
+            .iter()
+            .find(|x| x.id == "timeout-zero")
+            .expect("found");
+        assert_eq!(hit.severity, crate::rules::Severity::Low);
+        assert!(hit.fix.live.is_empty(), "no live timeout behind moat");
     }
 
     #[test]
