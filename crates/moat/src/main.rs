@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod attack;
+mod audit;
 mod ctl;
 mod demo;
 mod lab;
@@ -52,6 +53,10 @@ enum Command {
     /// Watch any Redis for connection attacks (INFO and, on this host, /proc) and print
     /// alerts as they are raised and resolved.
     Watch(watch::WatchArgs),
+    /// Check a Redis server's and its host's hardening against connection exhaustion;
+    /// print findings (text, JSON, SARIF), emit fixes (redis.conf, sysctl, nftables) or
+    /// apply the safe ones.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -104,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Ctl(args) => ctl::main(args),
         Command::Watch(args) => watch::main(args),
+        Command::Audit(args) => audit::main(args),
         Command::Attack(args) => attack::main(args),
         Command::Lab(args) => lab::main(args),
     }
