@@ -7,8 +7,11 @@
 //!   process's fds, CPU and RSS. Parsers are pure functions tested on captured samples.
 //! - [`detect`]: pure detectors under a fake clock: absolute rules and adaptive baselines,
 //!   with hysteresis and minimum durations, raising and resolving alerts.
+//! - [`dashboard`]: the terminal dashboard (`--tui`): its model, its ratatui rendering, a
+//!   plain-text snapshot of a frame, and the raw-mode terminal it runs in.
 
 pub mod collect;
+pub mod dashboard;
 pub mod detect;
 pub mod sample;
 
