@@ -1,6 +1,7 @@
 //! `moat watch --once` against a real redis-server: a quiet Redis is "ok" (exit 0), one that
 //! does not answer is a critical `redis_unreachable` (exit 2), a flood of refused
 //! connections past maxclients raises `rejected_connections`; bad thresholds are refused.
+//! `--snapshot FILE` keeps FILE holding the dashboard's latest frame.
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpStream;
@@ -85,4 +86,49 @@ fn bad_thresholds_are_refused_with_the_key() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
+}
+
+#[test]
+fn snapshot_writes_the_dashboard_frame_after_each_poll() {
+    let redis = RedisServer::builder()
+        .config("maxclients 777")
+        .start()
+        .unwrap();
+    let url = format!("redis://{}", redis.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frame.txt");
+    let out = watch(&[
+        &url,
+        "--snapshot",
+        path.to_str().unwrap(),
+        "--snapshot-size",
+        "90x28",
+        "--duration",
+        "3s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let frame = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(frame.lines().count(), 28, "{frame}");
+    assert!(
+        frame.contains("/ 777 ("),
+        "the gauge shows maxclients: {frame}"
+    );
+    assert!(frame.contains(&url), "{frame}");
+    assert!(!dir.path().join("frame.txt.tmp").exists());
+    // Without --tui the alert lines still go to stdout as before.
+    assert!(stderr.contains("INFO ok"), "{stderr}");
+}
+
+#[test]
+fn tui_needs_a_terminal_and_refuses_once() {
+    let out = watch(&["redis://127.0.0.1:1", "--tui", "--duration", "1s"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tui needs a terminal"), "{stderr}");
+    let out = watch(&["redis://127.0.0.1:1", "--tui", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let out = watch(&["redis://127.0.0.1:1", "--snapshot-size", "0x5", "--once"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("COLSxROWS"), "{stderr}");
 }

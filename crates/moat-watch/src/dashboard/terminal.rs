@@ -42,6 +42,12 @@ impl Tui {
     /// Enters raw mode and the alternate screen, hiding the cursor. Fails (restoring what
     /// was changed) when stdout is not a terminal.
     pub fn enter() -> io::Result<Self> {
+        use std::io::IsTerminal;
+        // Raw mode works through /dev/tty even when stdout is a pipe: refuse rather than
+        // draw escape codes into a file.
+        if !io::stdout().is_terminal() {
+            return Err(io::Error::other("stdout is not a terminal"));
+        }
         install_panic_hook();
         terminal::enable_raw_mode()?;
         ACTIVE.store(true, Ordering::SeqCst);
