@@ -364,12 +364,12 @@ fn draw_sources(
         None => block.title(" top sources "),
     };
     if rows.is_empty() {
-        frame.render_widget(
-            Paragraph::new("n/a: --clients samples CLIENT LIST; --moat adds moat's")
-                .style(dim())
-                .block(block),
-            area,
-        );
+        let text = if d.client_list().is_some() {
+            "no client but the monitor"
+        } else {
+            "n/a: --clients samples CLIENT LIST; --moat adds moat's"
+        };
+        frame.render_widget(Paragraph::new(text).style(dim()).block(block), area);
         return;
     }
     let table_rows = rows.iter().map(|r| {
