@@ -156,7 +156,12 @@ async fn watch(
                 continue;
             }
         }
-        let sample = poller.poll(Instant::now()).await;
+        // A poll of a Redis under attack can take seconds (its timeouts): keys still quit.
+        let sample = tokio::select! {
+            sample = poller.poll(Instant::now()) => sample,
+            _ = &mut ctrl_c => break,
+            Some(Input::Quit) = next_input(&mut inputs) => break,
+        };
         if polls == 0 {
             let line = coverage(&args.url, &sample);
             // While the dashboard owns the terminal it says this in its header.
