@@ -50,6 +50,15 @@ fn connections_refused_at_maxclients_are_critical() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Fill Redis only once the monitor holds its connection: otherwise the monitor itself
+    // may be the one refused, and the watch reports Redis unreachable instead.
+    for _ in 0..500 {
+        let list = redis.command(&["CLIENT", "LIST"]).unwrap_or_default();
+        if String::from_utf8_lossy(&list).contains("name=moat-watch") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Until the watch has judged: hold Redis full and keep knocking, so every poll sees
     // more connections refused (bounded by the watch's few polls and a count).
     let mut held = Vec::new();
