@@ -9,8 +9,11 @@
 //!   with hysteresis and minimum durations, raising and resolving alerts.
 //! - [`sink`]: where alerts and signals go besides the terminal: a webhook (bounded queue,
 //!   retries off the poll loop) and a Prometheus `/metrics` page.
+//! - [`dashboard`]: the terminal dashboard (`--tui`): its model, its ratatui rendering, a
+//!   plain-text snapshot of a frame, and the raw-mode terminal it runs in.
 
 pub mod collect;
+pub mod dashboard;
 pub mod detect;
 pub mod sample;
 pub mod sink;

@@ -7,7 +7,8 @@
 //!
 //! `--webhook URL` (repeatable) POSTs each event from a bounded queue off the poll loop;
 //! `--metrics ADDR` serves the latest sample and the alerts on `/metrics` from the same
-//! runtime. Both are in `moat_watch::sink`.
+//! runtime. Both are in `moat_watch::sink`. `--tui` shows the live dashboard instead of
+//! alert lines; `--snapshot FILE` keeps FILE holding its latest frame as text.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ use anyhow::Context;
 use moat_watch::Sample;
 use moat_watch::collect::moat_view::MoatView;
 use moat_watch::collect::poller::{Poller, PollerConfig, redact};
+use moat_watch::dashboard::terminal::{Input, Inputs, Tui};
+use moat_watch::dashboard::{Dashboard, snapshot};
 use moat_watch::detect::{DetectConfig, Detector, Event, Severity};
 use moat_watch::sink::prometheus::{Exporter, WatcherStats};
 use moat_watch::sink::webhook::{Webhook, WebhookConfig};
@@ -67,7 +70,33 @@ pub(crate) struct WatchArgs {
     /// 127.0.0.1:9121; port 0 picks one, printed on stderr).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Show the live terminal dashboard (sparklines, clients gauge, top sources, alerts)
+    /// instead of alert lines; q, Esc or Ctrl-C quits.
+    #[arg(long, conflicts_with = "once")]
+    tui: bool,
+    /// Rewrite FILE with the dashboard's current frame, as text, after each poll (for
+    /// reports and bug tickets); works with or without --tui.
+    #[arg(long, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Size of the --snapshot frame, COLSxROWS (default: the terminal's with --tui, else
+    /// 100x30).
+    #[arg(long, value_name = "COLSxROWS", value_parser = parse_size)]
+    snapshot_size: Option<(u16, u16)>,
 }
+/// `COLSxROWS`, e.g. `100x30`.
+fn parse_size(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("expected COLSxROWS such as 100x30, got {text:?}");
+    let (cols, rows) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    let cols: u16 = cols.trim().parse().map_err(|_| bad())?;
+    let rows: u16 = rows.trim().parse().map_err(|_| bad())?;
+    if cols == 0 || rows == 0 {
+        return Err(bad());
+    }
+    Ok((cols, rows))
+}
+
+/// The snapshot size without --tui or --snapshot-size.
+const SNAPSHOT_SIZE: (u16, u16) = (100, 30);
 
 /// How alerts are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,20 +211,63 @@ async fn watch(
     // get their flush at exit.
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = crate::stop::on_signal(&stop, None)?;
+    let mut dashboard = (args.tui || args.snapshot.is_some()).then(|| {
+        let c = detector.config();
+        Dashboard::new(&args.url).clients_thresholds(c.clients_warning, c.clients_critical)
+    });
+    // The terminal is restored when `tui` drops: on return, on `?` and on panic.
+    let mut tui = if args.tui {
+        Some(Tui::enter().context("--tui needs a terminal on stdout")?)
+    } else {
+        None
+    };
+    let mut inputs = if args.tui {
+        Some(Inputs::spawn().context("cannot read the terminal's keys")?)
+    } else {
+        None
+    };
+    let mut last_coverage = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.cancelled() => break,
+            input = next_input(&mut inputs) => {
+                match input {
+                    Some(Input::Quit) => break,
+                    Some(Input::Resize) => {
+                        if let (Some(tui), Some(d)) = (tui.as_mut(), dashboard.as_ref()) {
+                            tui.draw(d)?;
+                        }
+                    }
+                    Some(Input::Other) => {}
+                    // The key reader ended (the terminal went away): Ctrl-C still works.
+                    None => inputs = None,
+                }
+                continue;
+            }
         }
-        let sample = poller.poll(Instant::now()).await;
+        // A poll of a Redis under attack can take seconds (its timeouts): keys still quit.
+        let sample = tokio::select! {
+            sample = poller.poll(Instant::now()) => sample,
+            _ = stop.cancelled() => break,
+            Some(Input::Quit) = next_input(&mut inputs) => break,
+        };
         if polls == 0 {
-            eprintln!("{}", coverage(&args.url, &sample));
+            let line = coverage(&args.url, &sample);
+            // While the dashboard owns the terminal it says this in its header.
+            if tui.is_none() {
+                eprintln!("{line}");
+            }
+            last_coverage = Some(line);
         }
         polls += 1;
-        for event in detector.observe(&sample) {
-            print_event(args.format, &event);
+        let events = detector.observe(&sample);
+        for event in &events {
+            if tui.is_none() {
+                print_event(args.format, event);
+            }
             if let Some(hook) = webhook {
-                hook.send(&event);
+                hook.send(event);
             }
         }
         if let Some(exporter) = &exporter {
@@ -211,11 +283,37 @@ async fn watch(
                 webhook.map(Webhook::stats),
             );
         }
+        if let Some(d) = dashboard.as_mut() {
+            d.observe(&sample, &events);
+            if let Some(tui) = tui.as_mut() {
+                tui.draw(d)?;
+            }
+            if let Some(path) = &args.snapshot {
+                let size = match (args.snapshot_size, tui.as_ref()) {
+                    (Some(size), _) => size,
+                    (None, Some(tui)) => tui.size().unwrap_or(SNAPSHOT_SIZE),
+                    (None, None) => SNAPSHOT_SIZE,
+                };
+                write_snapshot(path, &snapshot(d, size.0, size.1))?;
+            }
+        }
         if args.once && polls >= POLLS_TO_JUDGE {
             break;
         }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
+        }
+    }
+    drop(inputs);
+    let had_tui = tui.is_some();
+    drop(tui);
+    if had_tui {
+        // Back on the normal screen: leave a record of what was watched and what is on.
+        if let Some(line) = last_coverage {
+            eprintln!("{line}");
+        }
+        for (id, severity) in detector.active() {
+            eprintln!("active at exit: {} {id}", severity_name(severity));
         }
     }
     on_signal.abort();
@@ -229,6 +327,24 @@ async fn watch(
         }
     }
     Ok(active.iter().map(|(_, s)| *s).max())
+}
+
+/// The next key or resize from the terminal; never, without one.
+async fn next_input(inputs: &mut Option<Inputs>) -> Option<Input> {
+    match inputs {
+        Some(inputs) => inputs.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Replaces `path` with `frame` through a rename, so a reader never sees half a frame.
+fn write_snapshot(path: &std::path::Path, frame: &str) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, frame)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write the snapshot {}", path.display()))
 }
 
 /// The first poll's account of what is and is not watched.

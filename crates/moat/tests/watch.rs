@@ -3,6 +3,8 @@
 //! connections past maxclients raises `rejected_connections`; bad thresholds are refused;
 //! `--webhook` delivers the alert (password redacted) to a real receiver and `--metrics`
 //! serves `/metrics` on the address it prints.
+//! `--snapshot FILE` keeps FILE holding the dashboard's latest frame; `--moat` reads a
+//! real moat's refusals through its admin API.
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpStream;
@@ -51,6 +53,15 @@ fn connections_refused_at_maxclients_are_critical() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Fill Redis only once the monitor holds its connection: otherwise the monitor itself
+    // may be the one refused, and the watch reports Redis unreachable instead.
+    for _ in 0..500 {
+        let list = redis.command(&["CLIENT", "LIST"]).unwrap_or_default();
+        if String::from_utf8_lossy(&list).contains("name=moat-watch") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Until the watch has judged: hold Redis full and keep knocking, so every poll sees
     // more connections refused (bounded by the watch's few polls and a count).
     let mut held = Vec::new();
@@ -87,6 +98,51 @@ fn bad_thresholds_are_refused_with_the_key() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
+}
+
+#[test]
+fn snapshot_writes_the_dashboard_frame_after_each_poll() {
+    let redis = RedisServer::builder()
+        .config("maxclients 777")
+        .start()
+        .unwrap();
+    let url = format!("redis://{}", redis.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frame.txt");
+    let out = watch(&[
+        &url,
+        "--snapshot",
+        path.to_str().unwrap(),
+        "--snapshot-size",
+        "90x28",
+        "--duration",
+        "3s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let frame = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(frame.lines().count(), 28, "{frame}");
+    assert!(
+        frame.contains("/ 777 ("),
+        "the gauge shows maxclients: {frame}"
+    );
+    assert!(frame.contains(&url), "{frame}");
+    assert!(!dir.path().join("frame.txt.tmp").exists());
+    // Without --tui the alert lines still go to stdout as before.
+    assert!(stderr.contains("INFO ok"), "{stderr}");
+}
+
+#[test]
+fn tui_needs_a_terminal_and_refuses_once() {
+    let out = watch(&["redis://127.0.0.1:1", "--tui", "--duration", "1s"]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tui needs a terminal"), "{stderr}");
+    let out = watch(&["redis://127.0.0.1:1", "--tui", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let out = watch(&["redis://127.0.0.1:1", "--snapshot-size", "0x5", "--once"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("COLSxROWS"), "{stderr}");
 }
 
 /// A one-shot HTTP receiver on loopback: answers each POST 200 and hands its body over.
