@@ -162,6 +162,7 @@ fn top_sources_and_the_moat_panel_come_with_their_data() {
                     refused_by_reason: vec![("banned".into(), 1000 * i)],
                     bans_active: Some(4),
                     top_sources: vec![("203.0.113.0/24".into(), 55)],
+                    top_refused: vec![("198.51.100.9".into(), 4200)],
                     ..MoatSignals::default()
                 });
             }),
@@ -175,6 +176,10 @@ fn top_sources_and_the_moat_panel_come_with_their_data() {
     assert!(frame.contains("203.0.113.0/24"), "{frame}");
     assert!(frame.contains("moat's view"), "{frame}");
     assert!(frame.contains("bans 4"), "{frame}");
+    assert!(
+        frame.contains("most refused: 198.51.100.9 (4200)"),
+        "{frame}"
+    );
     assert!(
         frame.contains("banned 1000"),
         "refusals per second by reason: {frame}"

@@ -287,7 +287,7 @@ fn draw_one_series(frame: &mut Frame<'_>, area: Rect, v: &SeriesView<'_>) {
 fn draw_right(frame: &mut Frame<'_>, area: Rect, d: &Dashboard) {
     let sources = d.sources();
     let sources_height = (sources.len().max(1) as u16).saturating_add(3).min(10);
-    let moat_height = if d.moat().is_some() { 6 } else { 0 };
+    let moat_height = if d.moat().is_some() { 7 } else { 0 };
     let [gauge, sources_area, alerts, moat] = Layout::vertical([
         Constraint::Length(4),
         Constraint::Length(sources_height),
@@ -483,8 +483,19 @@ fn draw_moat(frame: &mut Frame<'_>, area: Rect, d: &Dashboard) {
             },
             or_na(m.admitted_rate, number)
         )),
+        Line::raw(if m.top_refused.is_empty() {
+            "most refused: none".to_owned()
+        } else {
+            let top: Vec<_> = m
+                .top_refused
+                .iter()
+                .take(3)
+                .map(|(source, n)| format!("{source} ({n})"))
+                .collect();
+            format!("most refused: {}", top.join(", "))
+        }),
     ];
-    let [text, spark] = Layout::vertical([Constraint::Length(2), Constraint::Fill(1)]).areas(inner);
+    let [text, spark] = Layout::vertical([Constraint::Length(3), Constraint::Fill(1)]).areas(inner);
     frame.render_widget(Paragraph::new(lines), text);
     draw_one_series(
         frame,

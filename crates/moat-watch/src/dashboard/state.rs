@@ -195,6 +195,8 @@ pub struct MoatView {
     pub refused_by_reason: Vec<(String, Option<f64>)>,
     /// The sources moat sees most of, most first.
     pub top_sources: Vec<(String, u64)>,
+    /// The sources moat refused most, most first (refusals counted by its guard).
+    pub top_refused: Vec<(String, u64)>,
     refused: Rate,
     admitted: Rate,
     reasons: Vec<(String, Rate)>,
@@ -210,6 +212,7 @@ impl MoatView {
             admitted_rate: None,
             refused_by_reason: Vec::new(),
             top_sources: Vec::new(),
+            top_refused: Vec::new(),
             refused: Rate::default(),
             admitted: Rate::default(),
             reasons: Vec::new(),
@@ -239,6 +242,7 @@ impl MoatView {
             self.refused_by_reason.push((reason.clone(), rate));
         }
         self.top_sources = m.top_sources.iter().take(SOURCES_KEPT).cloned().collect();
+        self.top_refused = m.top_refused.iter().take(SOURCES_KEPT).cloned().collect();
     }
 }
 
