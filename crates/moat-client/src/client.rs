@@ -275,6 +275,9 @@ impl Client {
                 // A timed-out, refused or broken connection is not lent again: a late reply
                 // or a server that closes after refusing would meet the next command.
                 lease.discard();
+                if matches!(e, ClientError::Connection { .. }) {
+                    inner.pool.flush_idle();
+                }
                 if e.is_unavailable() {
                     self.breaker_outcome(true);
                 }

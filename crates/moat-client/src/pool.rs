@@ -139,6 +139,15 @@ impl Pool {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Closes every idle connection: one broke, and the others reach the same server.
+    pub(crate) fn flush_idle(&self) {
+        let flushed: Vec<_> = self.lock_idle().drain(..).collect();
+        for p in flushed {
+            drop(p);
+            self.closed();
+        }
+    }
+
     /// A command succeeded: connection opening may start over from the shortest delay.
     pub(crate) fn command_succeeded(&self) {
         self.lock_gate().command_succeeded();
