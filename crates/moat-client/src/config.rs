@@ -38,7 +38,8 @@ pub struct PoolConfig {
     pub max_connects_per_sec: u32,
     /// First delay after a failed connect; doubles per failure, with full jitter. Default 50 ms.
     pub reconnect_base: Duration,
-    /// Ceiling of the reconnect delay. Default 5 s.
+    /// Ceiling of the reconnect delay. Default 2 s: long enough that a fleet of apps
+    /// spreads its attempts, short enough that an app is back soon after Redis is.
     pub reconnect_max: Duration,
 }
 
@@ -54,7 +55,7 @@ impl Default for PoolConfig {
             wait_timeout: Duration::from_millis(250),
             max_connects_per_sec: 10,
             reconnect_base: Duration::from_millis(50),
-            reconnect_max: Duration::from_secs(5),
+            reconnect_max: Duration::from_secs(2),
         }
     }
 }
@@ -132,7 +133,8 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Breaker settings (moat-resilience's, the same code moat's proxy runs). Default: the
     /// proxy's (5 consecutive failures or half of 20 in 10 s; open 5 s; 3 probes), but open
-    /// for 2 s, since an app's pool probes cheaply.
+    /// for 1 s: while open, the app is served stale values or errors at once, and a probe
+    /// costs Redis one command.
     pub breaker: BreakerSettings,
     /// The stale-value cache; `None` (the default) keeps nothing.
     pub cache: Option<CacheConfig>,
@@ -148,7 +150,7 @@ impl Config {
             pool: PoolConfig::default(),
             retry: RetryConfig::default(),
             breaker: BreakerSettings {
-                open_for: Duration::from_secs(2),
+                open_for: Duration::from_secs(1),
                 ..BreakerSettings::default()
             },
             cache: None,
