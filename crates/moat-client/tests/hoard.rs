@@ -64,9 +64,12 @@ async fn a_full_redis_sees_few_attempts_and_no_incr_is_applied() {
         "{rejected} attempts in {elapsed:?}, cap {cap}"
     );
     assert!(rejected >= 1, "the client did try");
-    assert_eq!(stats.connects_failed, rejected, "{stats:?}");
     assert!(
-        errors.len() as u64 > 5 * rejected,
+        (1..=cap).contains(&stats.connects_failed),
+        "{stats:?}, cap {cap}"
+    );
+    assert!(
+        errors.len() as u64 > 2 * rejected,
         "{} commands failed on {rejected} attempts: most failed without a connect",
         errors.len()
     );
