@@ -254,6 +254,14 @@ impl Client {
             });
         };
         let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // Checked here because a zero timeout still polls (and sends) once.
+            lock(&inner.breaker).unadmit();
+            return Err(ClientError::Timeout {
+                after: started.elapsed(),
+                applied: Applied::No,
+            });
+        }
         let sent = tokio::time::timeout(left, conn.req_packed_command(cmd)).await;
         let result = match sent {
             Err(_) => Err(ClientError::Timeout {
@@ -272,9 +280,14 @@ impl Client {
                 self.breaker_outcome(false);
             }
             Err(e) => {
-                // A timed-out, refused or broken connection is not lent again: a late reply
-                // or a server that closes after refusing would meet the next command.
-                lease.discard();
+                // A timed-out or broken connection is not lent again (a late reply would meet
+                // the next command), nor one Redis refused for lack of room (it closes it);
+                // one that answered LOADING or BUSY is sound.
+                let sound = matches!(e, ClientError::Refused { source }
+                    if !source.detail().is_some_and(|d| d.starts_with("max number of clients")));
+                if !sound {
+                    lease.discard();
+                }
                 if matches!(e, ClientError::Connection { .. }) {
                     inner.pool.flush_idle();
                 }

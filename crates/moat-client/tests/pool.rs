@@ -166,3 +166,53 @@ async fn the_backlog_stays_bounded_while_redis_does_not_answer() {
     assert!(full >= 7, "{full} turned away");
     assert!(until_ok(&client, Duration::from_secs(10)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_and_min_idle_is_kept() {
+    let server = RedisServer::start().expect("redis");
+    let lean = builder(&server)
+        .min_idle(0)
+        .idle_timeout(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    let kept = builder(&server).min_idle(2).build().expect("client");
+    let short = builder(&server)
+        .min_idle(1)
+        .max_lifetime(Duration::from_millis(300), 0.5)
+        .build()
+        .expect("client");
+    assert!(until_ok(&lean, Duration::from_secs(5)).await);
+    assert!(until_ok(&kept, Duration::from_secs(5)).await);
+    let received_before = server.info_u64("total_connections_received").expect("INFO");
+    // The housekeeping runs twice a second; look for up to 5 s.
+    let mut settled = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if lean.connections() == 0 && kept.connections() == 2 {
+            settled = true;
+            break;
+        }
+    }
+    assert!(
+        settled,
+        "idle: {} (want 0), min idle: {} (want 2)",
+        lean.connections(),
+        kept.connections()
+    );
+    // Lifetimes of 150-300 ms: the idle connection is replaced as it expires.
+    let mut replaced = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let received = server.info_u64("total_connections_received").expect("INFO");
+        // Each look opens one connection of its own.
+        if received - received_before > 2 * 50 {
+            break;
+        }
+        if short.stats().connects_ok >= 4 {
+            replaced = true;
+            break;
+        }
+    }
+    assert!(replaced, "{:?}", short.stats());
+    assert!(short.connections() <= 1);
+}
