@@ -163,9 +163,13 @@ impl Client {
         let mut backoff = Backoff::new(retry.base, retry.max);
         // Bounded by max_retries and by the deadline.
         let mut retries = 0;
+        // What Redis last did to this command, for when a retry ends in one of the client's
+        // own refusals: "connection refused" says more than "breaker open" after it.
+        let mut cause: Option<ClientError> = None;
         loop {
             let err = match self.attempt(cmd, &name, started, deadline).await {
                 Ok(v) => return Ok(v),
+                Err(e) if e.is_local_refusal() => return Err(cause.unwrap_or(e)),
                 Err(e) => e,
             };
             if retries >= retry.max_retries
@@ -185,6 +189,7 @@ impl Client {
             retries += 1;
             inner.metrics.retries.inc();
             tracing::debug!(command = %name, retries, error = %err, "retrying");
+            cause = Some(err);
             tokio::time::sleep(delay).await;
         }
     }

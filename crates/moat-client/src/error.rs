@@ -137,6 +137,18 @@ impl ClientError {
         }
     }
 
+    /// Whether the client refused the command itself, without Redis having a say (breaker
+    /// open, backlog full, pool exhausted, connect backoff).
+    pub fn is_local_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::CircuitOpen { .. }
+                | Self::BacklogFull { .. }
+                | Self::PoolTimeout { .. }
+                | Self::ConnectBackoff { .. }
+        )
+    }
+
     /// Whether this says Redis is unreachable or unhealthy (so a stale value may be served
     /// and the breaker counts it), as opposed to an answer about the command itself.
     pub fn is_unavailable(&self) -> bool {
