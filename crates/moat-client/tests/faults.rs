@@ -192,3 +192,57 @@ async fn client_pause_holds_commands_and_they_finish_when_it_ends() {
     // so it ran once or not at all), then this one: never twice.
     assert!((2..=3).contains(&n), "{n}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_refuses_before_running_so_an_incr_is_retried_and_applied_once() {
+    let server = RedisServer::builder()
+        .config("busy-reply-threshold 50")
+        .start()
+        .expect("redis");
+    let client = builder(&server)
+        .command_timeout(Duration::from_secs(4))
+        .retries(20, Duration::from_millis(50), Duration::from_millis(200))
+        .breaker(moat_client::BreakerSettings {
+            consecutive_failures: 100,
+            ..moat_client::BreakerSettings::default()
+        })
+        .build()
+        .expect("client");
+    assert!(until_ok(&client, Duration::from_secs(5)).await);
+
+    // A script that never ends: past the threshold Redis answers everyone else -BUSY.
+    let url = format!("redis://{}/", server.addr());
+    let script_url = url.clone();
+    let script = std::thread::spawn(move || {
+        let mut c = redis::Client::open(script_url)
+            .expect("url")
+            .get_connection()
+            .expect("connect");
+        // Ends with an error once killed.
+        let _ = redis::cmd("EVAL")
+            .arg("local i = 0 while true do i = i + 1 end")
+            .arg(0)
+            .exec(&mut c);
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut c = redis::Client::open(url)
+            .expect("url")
+            .get_connection()
+            .expect("connect");
+        redis::cmd("SCRIPT")
+            .arg("KILL")
+            .exec(&mut c)
+            .expect("SCRIPT KILL");
+    });
+    let n: i64 = client
+        .query(redis::cmd("INCR").arg("busy"))
+        .await
+        .expect("INCR retried past BUSY");
+    killer.join().expect("killer");
+    script.join().expect("script");
+    assert_eq!(n, 1);
+    assert_eq!(read_int(&server, "busy"), 1);
+    assert!(client.stats().retries >= 1, "{:?}", client.stats());
+}
