@@ -191,3 +191,21 @@ impl ClientBuilder {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_and_a_missing_runtime_are_errors_not_panics() {
+        let e = ClientBuilder::new("redis://127.0.0.1/")
+            .max_size(0)
+            .build()
+            .expect_err("max_size 0");
+        assert!(e.to_string().contains("max_size"), "{e}");
+        let e = ClientBuilder::new("redis://127.0.0.1/")
+            .build()
+            .expect_err("no tokio runtime here");
+        assert!(e.to_string().contains("tokio runtime"), "{e}");
+    }
+}
