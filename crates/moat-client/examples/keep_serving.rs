@@ -15,9 +15,9 @@
 //! moat-client), errors, p99 latency of all requests, and connection attempts the app made
 //! while Redis was full or down. `--quick` runs a few seconds (CI); without it, longer phases.
 //!
-//! Baseline: `bb8` 0.9 over the redis crate's `MultiplexedConnection` (bb8-redis has no
-//! release for redis 1.x; the redis crate's own `bb8` feature provides the same manager,
-//! wrapped here only to count connection attempts), bb8's defaults otherwise.
+//! Baseline: `bb8` 0.9 with `bb8-redis` 0.26 (its `RedisConnectionManager` over redis 1.x's
+//! `MultiplexedConnection`, wrapped here only to count connection attempts), bb8's defaults
+//! but for the pool size and a checkout timeout equal to the request timeout.
 //!
 //! ```sh
 //! cargo run -p moat-client --example keep_serving -- --quick
@@ -98,9 +98,9 @@ struct Phase {
     first_fresh_after: std::sync::OnceLock<Instant>,
 }
 
-/// The bb8 manager: the redis crate's, counting connection attempts.
+/// bb8-redis's manager, counting connection attempts.
 struct Counted {
-    client: redis::Client,
+    inner: bb8_redis::RedisConnectionManager,
     attempts: Arc<AtomicU64>,
 }
 
@@ -110,18 +110,15 @@ impl bb8::ManageConnection for Counted {
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        self.client.get_multiplexed_async_connection().await
+        self.inner.connect().await
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        redis::cmd("PING")
-            .query_async::<String>(conn)
-            .await
-            .map(|_| ())
+        self.inner.is_valid(conn).await
     }
 
-    fn has_broken(&self, _: &mut Self::Connection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        self.inner.has_broken(conn)
     }
 }
 
@@ -146,7 +143,7 @@ impl App {
             "bb8" => {
                 let attempts = Arc::new(AtomicU64::new(0));
                 let manager = Counted {
-                    client: redis::Client::open(url)?,
+                    inner: bb8_redis::RedisConnectionManager::new(url)?,
                     attempts: attempts.clone(),
                 };
                 let pool = bb8::Pool::builder()
