@@ -3,7 +3,7 @@
 //!
 //! - [`facts`]: everything observed ([`Facts`]), every field optional, with what could
 //!   not be read and why.
-//! - [`collect`]: gathers the facts: Redis (`CONFIG GET`, `INFO`, `ACL`), and the host
+//! - [`collect`](mod@collect): gathers the facts: Redis (`CONFIG GET`, `INFO`, `ACL`), and the host
 //!   (`/proc/sys`, the Redis process's limits and owner, the config file) when Redis runs
 //!   here.
 //! - [`rules`]: the checks, pure functions of the facts returning findings with stable ids.

@@ -16,7 +16,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CtlArgs {
-    /// Moat's config file: the admin API's address and token are read from its [admin].
+    /// Moat's config file: the admin API's address and token are read from its `[admin]` table.
     #[arg(long, short, env = "MOAT_CONFIG")]
     config: Option<PathBuf>,
     /// Address of the admin API (overrides admin.listen; default 127.0.0.1:6390).

@@ -25,7 +25,7 @@ pub(crate) struct DemoArgs {
     /// Idle connections the hoard opens (more than Redis's default maxclients of 10,000).
     #[arg(long, default_value_t = 12_000)]
     hoard: u32,
-    /// Where the report goes (default: target/lab/demo-<UTC timestamp>).
+    /// Where the report goes (default: `target/lab/demo-<UTC timestamp>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print only the final table.

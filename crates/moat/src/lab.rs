@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct LabArgs {
     /// The scenario (TOML); default: the shipped default matrix (about 15 minutes).
     scenario: Option<PathBuf>,
-    /// Where the report goes (default: target/lab/<UTC timestamp>).
+    /// Where the report goes (default: `target/lab/<UTC timestamp>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Also attack an endpoint you started (loopback only), e.g. other=127.0.0.1:7000.

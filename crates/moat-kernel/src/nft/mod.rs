@@ -2,9 +2,9 @@
 //!
 //! - [`ruleset`]: the table as nft script text, a pure function of an [`NftSpec`] (what
 //!   moat loads at start, and what `moat audit --emit nftables` prints).
-//! - [`sync`]: [`BanSync`], the pure diff between the guard's bans and the ban sets' elements,
+//! - `sync`: [`BanSync`], the pure diff between the guard's bans and the ban sets' elements,
 //!   bounded per tick, with a fake clock in its tests.
-//! - [`cmd`]: [`NftTable`], which runs the `nft` command: creates the table atomically
+//! - `cmd`: [`NftTable`], which runs the `nft` command: creates the table atomically
 //!   (replacing a leftover of a crash), applies batches, removes it on drop.
 //!
 //! The table sits in the `input` hook, a little before the usual filter priority, and looks

@@ -7,7 +7,7 @@
 //! - [`snapshot()`]: the same frame as plain text, for tests, reports and bug tickets.
 //! - [`terminal`]: the interactive pieces: raw mode and the alternate screen (restored on
 //!   exit, error and panic), and the keys that quit.
-//! - [`format`]: short human forms of rates, bytes and ages.
+//! - [`format`](mod@format): short human forms of rates, bytes and ages.
 
 pub mod format;
 pub mod render;
