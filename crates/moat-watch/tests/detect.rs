@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use moat_watch::Sample;
 use moat_watch::detect::{AlertId, DetectConfig, Detector, Event, Severity};
-use moat_watch::sample::{HostSignals, MoatSignals, RedisSignals};
+use moat_watch::sample::{ClientsSummary, HostSignals, MoatSignals, RedisSignals};
 
 /// A synthetic Redis polled once a second: counters accumulate what the test sets.
 struct Series {
@@ -393,7 +393,6 @@ fn memory_stays_bounded_over_a_million_samples() {
 /// samples) raises `source_hoarding` naming it; once it lets go, the alert resolves.
 #[test]
 fn one_source_holding_a_large_share_is_named_and_resolves() {
-    use moat_watch::sample::ClientsSummary;
     let t0 = Instant::now();
     let mut d = Detector::new(DetectConfig::default());
     let sample = |secs: u64, top: Option<u64>| Sample {
@@ -559,5 +558,58 @@ fn without_moat_the_moat_alerts_never_fire() {
             .all(|(_, e)| !format!("{e:?}").contains("Moat")),
         "{:?}",
         s.events
+    );
+}
+
+#[test]
+fn a_hoard_gets_a_client_list_before_it_is_raised_and_is_named() {
+    let t0 = Instant::now();
+    let mut d = Detector::new(DetectConfig::default());
+    let mut wanted = Vec::new();
+    let mut raised = None;
+    let mut requested = false;
+    for secs in 0..12u64 {
+        let connected = if secs >= 4 { 9_500 } else { 40 };
+        // The poller takes a CLIENT LIST only when asked (its schedule is far off here).
+        let clients = requested.then(|| ClientsSummary {
+            total: connected,
+            top: vec![("127.100.0.7".into(), 600)],
+            never_ran: 9_400,
+            idle_over_minute: 0,
+        });
+        let sample = Sample {
+            at: t0 + Duration::from_secs(secs),
+            redis_reachable: true,
+            redis: RedisSignals {
+                connected_clients: Some(connected),
+                maxclients: Some(10_000),
+                ..RedisSignals::default()
+            },
+            host: HostSignals::default(),
+            clients,
+            moat: None,
+        };
+        for e in d.observe(&sample) {
+            if let Event::Raised {
+                id: AlertId::ClientsNearMax,
+                summary,
+                ..
+            } = e
+            {
+                raised.get_or_insert((secs, summary));
+            }
+        }
+        requested = d.wants_clients();
+        if requested {
+            wanted.push(secs);
+        }
+    }
+    // Asked once, on the hoard's first poll; raised on its third, naming the source.
+    assert_eq!(wanted, vec![4], "{raised:?}");
+    let (secs, summary) = raised.unwrap();
+    assert_eq!(secs, 6);
+    assert!(
+        summary.contains("top source 127.100.0.7 holds 600"),
+        "{summary}"
     );
 }

@@ -262,6 +262,9 @@ async fn watch(
         }
         polls += 1;
         let events = detector.observe(&sample);
+        if detector.wants_clients() {
+            poller.sample_clients_next();
+        }
         for event in &events {
             if tui.is_none() {
                 print_event(args.format, event);

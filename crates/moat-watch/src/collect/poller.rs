@@ -85,6 +85,8 @@ pub struct Poller {
     tcp_port: Option<u16>,
     failures: u32,
     next_attempt: Option<Instant>,
+    /// A `CLIENT LIST` was asked for at the next poll (see [`Poller::sample_clients_next`]).
+    clients_requested: bool,
     /// The moat in front of Redis, read beside each poll.
     moat: Option<super::moat_view::MoatView>,
     connects: u64,
@@ -117,6 +119,7 @@ impl Poller {
             tcp_port: None,
             failures: 0,
             next_attempt: None,
+            clients_requested: false,
             moat: None,
             connects: 0,
             attempts: 0,
@@ -128,6 +131,12 @@ impl Poller {
     pub fn with_moat(mut self, view: super::moat_view::MoatView) -> Self {
         self.moat = Some(view);
         self
+    }
+
+    /// Takes a `CLIENT LIST` at the next poll whatever the schedule (when `clients_every`
+    /// is on): the detectors want to name who fills Redis before they raise.
+    pub fn sample_clients_next(&mut self) {
+        self.clients_requested = true;
     }
 
     /// Connections opened so far (one while Redis stays up).
@@ -158,7 +167,9 @@ impl Poller {
             None => None,
         };
         let every = u64::from(self.config.clients_every);
-        let clients = if redis.is_some() && every > 0 && self.polls.is_multiple_of(every) {
+        let due = self.polls.is_multiple_of(every) || self.clients_requested;
+        let clients = if redis.is_some() && every > 0 && due {
+            self.clients_requested = false;
             self.client_list().await
         } else {
             None

@@ -192,9 +192,11 @@ impl AlertMachine {
                 }
                 self.active = None;
                 self.clear = 0;
+                // Whole seconds: the alert's own resolution is a poll, and sinks print it.
+                let after = now.saturating_duration_since(since);
                 Some(Event::Resolved {
                     id: self.id,
-                    after: now.saturating_duration_since(since),
+                    after: Duration::from_secs(after.as_secs()),
                 })
             }
             Condition::Firing {

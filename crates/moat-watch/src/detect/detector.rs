@@ -48,6 +48,10 @@ pub struct Detector {
     /// The last sampled `CLIENT LIST` summary (taken every few polls), to name who holds
     /// the connections on the polls between.
     last_clients: Option<crate::sample::ClientsSummary>,
+    /// When that summary was taken.
+    last_clients_at: Option<Instant>,
+    /// Since when `clients_near_max` has been firing (not yet raised, or raised).
+    clients_firing_since: Option<Instant>,
     connections: Counter,
     spike: Spike,
     rejected: Counted,
@@ -97,6 +101,8 @@ impl Detector {
             alerts,
             last_at: None,
             last_clients: None,
+            last_clients_at: None,
+            clients_firing_since: None,
             config,
         }
     }
@@ -117,6 +123,15 @@ impl Detector {
             .iter()
             .filter_map(|m| m.active().map(|s| (m.id(), s)))
             .collect()
+    }
+
+    /// Whether a `CLIENT LIST` taken now would name who fills Redis before
+    /// `clients_near_max` is raised: the rule is firing and the last summary is older than
+    /// that. The watch then takes one at its next poll instead of waiting for its schedule
+    /// (one extra walk over the clients per episode).
+    pub fn wants_clients(&self) -> bool {
+        self.clients_firing_since
+            .is_some_and(|since| self.last_clients_at.is_none_or(|at| at < since))
     }
 
     /// Readings held across every window and baseline: bounded by the configuration,
@@ -206,6 +221,14 @@ impl Detector {
         let mut conditions = conditions;
         if let Some(clients) = &sample.clients {
             self.last_clients = Some(clients.clone());
+            self.last_clients_at = Some(at);
+        }
+        match &conditions[1] {
+            Condition::Firing { .. } => {
+                self.clients_firing_since.get_or_insert(at);
+            }
+            Condition::Clear => self.clients_firing_since = None,
+            Condition::Holding | Condition::Unknown => {}
         }
         let top = self.last_clients.as_ref().and_then(|c| c.top.first());
         // Judged on the last sampled CLIENT LIST (it is taken every few polls).
