@@ -5,7 +5,7 @@
 # the applications throughout, so the spike detector has a baseline to judge against.
 #
 # Prints the alert timeline (seconds from each attack's start) and keeps the raw JSON lines,
-# the attacks' summaries and, when the dashboard is built in, its last frame in $OUT.
+# the attacks' summaries and the dashboard's frame 10 s into each attack in $OUT.
 #
 #   bash bench/watch-detect.sh      # FLOOD_SECS=20 HOARD=9500 HOARD_SECS=40 SETTLE=100 OUT=dir
 set -euo pipefail
@@ -40,10 +40,8 @@ redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$O
 pids+=("$!")
 for _ in $(seq 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-snapshot=()
-if "$MOAT" watch --help | grep -q -- '--snapshot'; then snapshot=(--snapshot "$OUT/frame.txt"); fi
 "$MOAT" watch "redis://127.0.0.1:$PORT" --format json --clients --clients-every 5 \
-    "${snapshot[@]}" >"$OUT/alerts.jsonl" 2>"$OUT/watch.stderr" &
+    --snapshot "$OUT/frame.txt" --snapshot-size 110x34 >"$OUT/alerts.jsonl" 2>"$OUT/watch.stderr" &
 pids+=("$!")
 total=$((WARMUP + FLOOD_SECS + SETTLE + HOARD_SECS + SETTLE + 30))
 "$MOAT" attack flood --target "127.0.0.1:$PORT" --rate 5 --duration "${total}s" --quiet \
@@ -52,17 +50,20 @@ pids+=("$!")
 
 echo "warming up the baseline for ${WARMUP}s..." >&2
 sleep "$WARMUP"
+# Keeps the dashboard's frame as it was 10 s into an attack.
+keep_frame() { sleep 10; cp "$OUT/frame.txt" "$OUT/frame-$1.txt" 2>/dev/null || true; }
 flood_start=$(now)
+keep_frame flood &
 "$MOAT" attack flood --target "127.0.0.1:$PORT" --sources 1024 --duration "${FLOOD_SECS}s" \
     --quiet --json >"$OUT/flood.json"
 flood_end=$(now)
 sleep "$SETTLE"
 hoard_start=$(now)
+keep_frame hoard &
 "$MOAT" attack hoard --target "127.0.0.1:$PORT" --sources 16 --connections "$HOARD" \
     --duration "${HOARD_SECS}s" --quiet --json >"$OUT/hoard.json"
 hoard_end=$(now)
 sleep "$SETTLE"
-cp "$OUT/frame.txt" "$OUT/last-frame.txt" 2>/dev/null || true
 
 python3 - "$OUT/alerts.jsonl" "$flood_start" "$flood_end" "$hoard_start" "$hoard_end" <<'PY'
 import json, sys
