@@ -15,6 +15,10 @@ pub struct Sample {
     /// Whether the monitoring connection could talk to Redis at all this poll (a failure to
     /// connect is itself a signal: it is often the attack).
     pub redis_reachable: bool,
+    /// Redis answered but refused what the watch needs (its login, or `INFO`: a wrong
+    /// password, an ACL, a renamed command), in Redis's words; its own signals are then
+    /// unknown, and the host's still come.
+    pub redis_refused: Option<String>,
     /// What Redis's INFO (and CONFIG) said.
     pub redis: RedisSignals,
     /// What the host said, when Redis runs on it.

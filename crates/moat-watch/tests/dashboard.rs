@@ -17,6 +17,7 @@ fn sample(at: Instant, f: impl FnOnce(&mut Sample)) -> Sample {
     let mut s = Sample {
         at,
         redis_reachable: true,
+        redis_refused: None,
         redis: RedisSignals::default(),
         host: HostSignals::default(),
         clients: None,
@@ -253,4 +254,20 @@ fn real_samples_from_a_real_redis_show_its_clients() {
         "{frame}"
     );
     assert!(frame.contains("of max 321"), "{frame}");
+}
+
+#[test]
+fn a_redis_that_refuses_the_watch_says_so_in_the_header() {
+    let t0 = Instant::now();
+    let mut d = Dashboard::new("redis://127.0.0.1:6379");
+    d.observe(
+        &sample(t0, |s| {
+            s.redis = RedisSignals::default();
+            s.redis_refused = Some("NOAUTH: Authentication required.".into());
+        }),
+        &[],
+    );
+    let frame = snapshot(&d, 100, 30);
+    assert!(frame.contains("REFUSES THE WATCH: NOAUTH"), "{frame}");
+    assert!(!frame.contains("UNREACHABLE"), "{frame}");
 }

@@ -70,6 +70,7 @@ impl Series {
         Sample {
             at: self.t0 + Duration::from_secs(self.secs),
             redis_reachable: self.reachable,
+            redis_refused: None,
             redis,
             host: HostSignals {
                 listen_overflows: Some(self.overflows),
@@ -349,6 +350,7 @@ fn empty_out_of_order_and_absurd_samples_do_not_panic() {
     let empty = |at| Sample {
         at,
         redis_reachable: true,
+        redis_refused: None,
         redis: RedisSignals::default(),
         host: HostSignals::default(),
         clients: None,
@@ -398,6 +400,7 @@ fn one_source_holding_a_large_share_is_named_and_resolves() {
     let sample = |secs: u64, top: Option<u64>| Sample {
         at: t0 + Duration::from_secs(secs),
         redis_reachable: true,
+        redis_refused: None,
         redis: RedisSignals {
             connected_clients: Some(70),
             maxclients: Some(100),
@@ -455,6 +458,7 @@ fn moat_sample(t0: Instant, secs: u64, refused: u64, clients: u64, reachable: bo
     Sample {
         at: t0 + Duration::from_secs(secs),
         redis_reachable: true,
+        redis_refused: None,
         // Behind moat, Redis sees a couple of connections whatever happens in front.
         redis: RedisSignals {
             connected_clients: Some(2),
@@ -580,6 +584,7 @@ fn a_hoard_gets_a_client_list_before_it_is_raised_and_is_named() {
         let sample = Sample {
             at: t0 + Duration::from_secs(secs),
             redis_reachable: true,
+            redis_refused: None,
             redis: RedisSignals {
                 connected_clients: Some(connected),
                 maxclients: Some(10_000),

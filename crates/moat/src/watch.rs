@@ -172,9 +172,10 @@ pub(crate) fn main(args: WatchArgs) -> anyhow::Result<()> {
         }
     }
     match worst? {
-        Some(Severity::Critical) => std::process::exit(2),
-        Some(Severity::Warning) => std::process::exit(1),
-        None => Ok(()),
+        Verdict::Alert(Severity::Critical) => std::process::exit(2),
+        Verdict::Alert(Severity::Warning) => std::process::exit(1),
+        Verdict::Unknown => std::process::exit(3),
+        Verdict::Ok => Ok(()),
     }
 }
 
@@ -183,7 +184,7 @@ async fn watch(
     mut poller: Poller,
     mut detector: Detector,
     webhook: Option<&Webhook>,
-) -> anyhow::Result<Option<Severity>> {
+) -> anyhow::Result<Verdict> {
     let exporter = match args.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -227,6 +228,8 @@ async fn watch(
         None
     };
     let mut last_coverage = None;
+    // Why Redis refuses the watch, as of the last poll.
+    let mut refused: Option<String> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -247,11 +250,18 @@ async fn watch(
             }
         }
         // A poll of a Redis under attack can take seconds (its timeouts): keys still quit.
-        let sample = tokio::select! {
+        let sample: Sample = tokio::select! {
             sample = poller.poll(Instant::now()) => sample,
             _ = stop.cancelled() => break,
             Some(Input::Quit) = next_input(&mut inputs) => break,
         };
+        if polls > 0 && sample.redis_refused != refused && tui.is_none() {
+            match &sample.redis_refused {
+                Some(why) => eprintln!("moat watch: Redis now refuses the watch: {why}"),
+                None => eprintln!("moat watch: Redis accepts the watch again"),
+            }
+        }
+        refused.clone_from(&sample.redis_refused);
         if polls == 0 {
             let line = coverage(&args.url, &sample);
             // While the dashboard owns the terminal it says this in its header.
@@ -322,6 +332,11 @@ async fn watch(
     on_signal.abort();
     let active = detector.active();
     if args.once {
+        if let (true, Some(why)) = (active.is_empty(), &refused) {
+            // Nothing raised, but nothing of Redis's own was judged either.
+            println!("unknown: Redis refuses the watch: {why}");
+            return Ok(Verdict::Unknown);
+        }
         if active.is_empty() {
             println!("ok: no alert after {polls} polls");
         }
@@ -329,7 +344,22 @@ async fn watch(
             println!("active: {} {id}", severity_name(*severity));
         }
     }
-    Ok(active.iter().map(|(_, s)| *s).max())
+    Ok(active
+        .iter()
+        .map(|(_, s)| *s)
+        .max()
+        .map_or(Verdict::Ok, Verdict::Alert))
+}
+
+/// How the watch ends, for its exit status.
+enum Verdict {
+    /// No alert active (exit 0).
+    Ok,
+    /// The worst active alert (exit 1 warning, 2 critical).
+    Alert(Severity),
+    /// `--once` could not judge: Redis refuses the watch (exit 3, as monitoring plugins'
+    /// UNKNOWN).
+    Unknown,
 }
 
 /// The next key or resize from the terminal; never, without one.
@@ -352,7 +382,12 @@ fn write_snapshot(path: &std::path::Path, frame: &str) -> anyhow::Result<()> {
 
 /// The first poll's account of what is and is not watched.
 fn coverage(url: &str, s: &Sample) -> String {
-    let redis = if s.redis_reachable {
+    let redis = if let Some(why) = &s.redis_refused {
+        format!(
+            "Redis answers but refuses the watch ({why}): its own signals are NOT watched; give \
+             the watch a user allowed INFO (see docs/watch.md)"
+        )
+    } else if s.redis_reachable {
         let r = &s.redis;
         format!(
             "INFO ok (clients {} of maxclients {})",

@@ -394,3 +394,21 @@ fn moat_s_refusals_are_seen_through_its_admin_api() {
     assert!(stdout.contains("moat_refusing"), "{stdout}");
     assert!(stdout.contains("top reason denied"), "{stdout}");
 }
+
+#[test]
+fn a_redis_that_refuses_the_watch_is_unknown_not_down() {
+    let redis = RedisServer::builder()
+        .password("pw-0123456789")
+        .start()
+        .unwrap();
+    let out = watch(&[&format!("redis://{}", redis.addr()), "--once"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("unknown: Redis refuses the watch"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("NOT watched"), "{stderr}");
+    assert!(!stdout.contains("redis_unreachable"), "{stdout}");
+}

@@ -85,6 +85,8 @@ pub struct Poller {
     tcp_port: Option<u16>,
     failures: u32,
     next_attempt: Option<Instant>,
+    /// Why Redis refuses the watch (login or INFO), while it does.
+    refused: Option<String>,
     /// A `CLIENT LIST` was asked for at the next poll (see [`Poller::sample_clients_next`]).
     clients_requested: bool,
     /// The moat in front of Redis, read beside each poll.
@@ -120,6 +122,7 @@ impl Poller {
             failures: 0,
             next_attempt: None,
             clients_requested: false,
+            refused: None,
             moat: None,
             connects: 0,
             attempts: 0,
@@ -157,14 +160,15 @@ impl Poller {
             .moat
             .clone()
             .map(|view| tokio::task::spawn_blocking(move || view.read()));
-        let redis = match self.redis_signals(now).await {
-            Some(mut r) => {
+        let (redis, refused) = match self.redis_signals(now).await {
+            Polled::Signals(mut r) => {
                 r.maxclients = r.maxclients.or(self.maxclients);
                 self.process_id = r.process_id.or(self.process_id);
                 self.tcp_port = r.tcp_port.or(self.tcp_port);
-                Some(r)
+                (Some(r), None)
             }
-            None => None,
+            Polled::Refused(why) => (None, Some(why)),
+            Polled::Unreachable => (None, None),
         };
         let every = u64::from(self.config.clients_every);
         let due = self.polls.is_multiple_of(every) || self.clients_requested;
@@ -182,8 +186,10 @@ impl Poller {
         };
         Sample {
             at: now,
-            redis_reachable: redis.is_some(),
+            // Redis that refused the watch still answered: it is reachable.
+            redis_reachable: redis.is_some() || refused.is_some(),
             redis: redis.unwrap_or_default(),
+            redis_refused: refused,
             host,
             clients,
             moat: match moat {
@@ -201,34 +207,54 @@ impl Poller {
         text.ok().map(|t| super::client_list::summarise(&t))
     }
 
-    async fn redis_signals(&mut self, now: Instant) -> Option<RedisSignals> {
+    async fn redis_signals(&mut self, now: Instant) -> Polled {
         if self.conn.is_none() {
             if self.next_attempt.is_some_and(|at| now < at) {
-                return None;
+                return match &self.refused {
+                    Some(why) => Polled::Refused(why.clone()),
+                    None => Polled::Unreachable,
+                };
             }
             match self.connect().await {
-                Some(conn) => {
+                Ok(conn) => {
                     self.conn = Some(conn);
                     self.failures = 0;
                     self.next_attempt = None;
                 }
-                None => {
+                Err(e) => {
                     self.failed(now);
-                    return None;
+                    self.refused = refusal(&e);
+                    return match &self.refused {
+                        Some(why) => Polled::Refused(why.clone()),
+                        None => Polled::Unreachable,
+                    };
                 }
             }
         }
-        let conn = self.conn.as_mut()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Polled::Unreachable;
+        };
         let text: redis::RedisResult<String> =
             redis::cmd("INFO").arg("everything").query_async(conn).await;
         match text {
-            Ok(text) => Some(info::parse(&text)),
-            Err(_) => {
-                // The connection's state is unknown: start afresh (with backoff).
-                self.conn = None;
-                self.failed(now);
-                None
+            Ok(text) => {
+                self.refused = None;
+                Polled::Signals(info::parse(&text))
             }
+            Err(e) => match refusal(&e) {
+                // Redis answered: keep the connection (reconnecting would only inflate the
+                // connection rate) and ask again next poll, in case the ACL changes.
+                Some(why) => {
+                    self.refused = Some(why.clone());
+                    Polled::Refused(why)
+                }
+                None => {
+                    // The connection's state is unknown: start afresh (with backoff).
+                    self.conn = None;
+                    self.failed(now);
+                    Polled::Unreachable
+                }
+            },
         }
     }
 
@@ -242,8 +268,8 @@ impl Poller {
         self.next_attempt = Some(now + delay);
     }
 
-    /// Opens and prepares the monitoring connection; `None` when Redis does not answer.
-    async fn connect(&mut self) -> Option<MultiplexedConnection> {
+    /// Opens and prepares the monitoring connection.
+    async fn connect(&mut self) -> redis::RedisResult<MultiplexedConnection> {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.connect_timeout))
             .set_response_timeout(Some(self.config.response_timeout));
@@ -251,8 +277,7 @@ impl Poller {
         let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .ok()?;
+            .await?;
         self.connects += 1;
         // Each may be refused (an old Redis, an ACL): the monitor works without them.
         let _: redis::RedisResult<()> = redis::cmd("CLIENT")
@@ -278,8 +303,36 @@ impl Poller {
                 *slot = info::config_get_u64(&reply, name).or(*slot);
             }
         }
-        Some(conn)
+        Ok(conn)
     }
+}
+
+/// What one poll of Redis got.
+#[allow(clippy::large_enum_variant)] // one per poll, on the stack: no need to box
+enum Polled {
+    /// INFO, parsed.
+    Signals(RedisSignals),
+    /// Redis answered but refused the watch (why, in Redis's words).
+    Refused(String),
+    /// No answer: refused connection, timeout, dropped connection, Redis full.
+    Unreachable,
+}
+
+/// Why Redis refused the watch, when `e` is Redis saying no to the login or to INFO (a
+/// wrong password, an ACL, a renamed command): a configuration problem to report, not an
+/// outage. Redis turning the connection away at `maxclients`, or while loading, is not a
+/// refusal of the watch but Redis unable to serve: reported as unreachable.
+pub fn refusal(e: &redis::RedisError) -> Option<String> {
+    let code = e.code().unwrap_or_default();
+    let detail = e.detail().unwrap_or_default();
+    let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
+        || (code == "ERR" && detail.contains("unknown command"));
+    refused.then(|| {
+        let text = e.to_string();
+        // Bounded: the line goes to the terminal and to webhooks.
+        text.chars().take(200).collect()
+    })
 }
 
 /// The delay after `failures` consecutive failures: doubling from `min`, at most `max`.

@@ -82,6 +82,14 @@ fn level_color(level: Option<Level>) -> Color {
 
 /// Redis's state in a few words, and its style.
 fn status(d: &Dashboard) -> (String, Style) {
+    if let Some(why) = d.refused() {
+        return (
+            format!("REFUSES THE WATCH: {why}"),
+            Style::default()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
+        );
+    }
     match (d.reachable(), d.unreachable_for()) {
         (None, _) => ("waiting for the first poll".into(), dim()),
         (Some(true), _) => ("reachable".into(), Style::default().fg(Color::Green)),

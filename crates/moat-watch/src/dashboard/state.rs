@@ -258,6 +258,7 @@ pub struct Dashboard {
     last_at: Option<Instant>,
     reachable: Option<bool>,
     unreachable_since: Option<Instant>,
+    refused: Option<String>,
     connections: Rate,
     rejected: Rate,
     overflows: Rate,
@@ -299,6 +300,7 @@ impl Dashboard {
             last_at: None,
             reachable: None,
             unreachable_since: None,
+            refused: None,
             connections: Rate::default(),
             rejected: Rate::default(),
             overflows: Rate::default(),
@@ -353,6 +355,7 @@ impl Dashboard {
         self.first_at.get_or_insert(at);
         self.polls += 1;
         self.reachable = Some(sample.redis_reachable);
+        self.refused.clone_from(&sample.redis_refused);
         if sample.redis_reachable {
             self.unreachable_since = None;
         } else {
@@ -481,6 +484,11 @@ impl Dashboard {
     /// Whether Redis answered the last poll (`None` before the first).
     pub fn reachable(&self) -> Option<bool> {
         self.reachable
+    }
+
+    /// Why Redis refuses the watch (login or INFO), as of the last poll.
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
     }
 
     /// How long Redis has not been answering, when it is not.
@@ -625,6 +633,7 @@ mod tests {
         let mut s = Sample {
             at,
             redis_reachable: true,
+            redis_refused: None,
             redis: RedisSignals::default(),
             host: HostSignals::default(),
             clients: None,

@@ -602,6 +602,7 @@ mod tests {
         Sample {
             at: Instant::now(),
             redis_reachable: true,
+            redis_refused: None,
             redis: RedisSignals {
                 connected_clients: Some(7),
                 maxclients: Some(100),
