@@ -21,6 +21,7 @@
 #   TARGETS="direct moat twemproxy haproxy"  (haproxy is skipped when not installed)
 #   MAX_FOREIGN=0.3       foreign CPU (cores) above which a run counts as noisy
 #   RETRIES=2             repeats of a noisy run
+#   QUIET_WAIT=20         seconds to wait, before each run, for the machine to be quiet
 #   QUICK=1               a smoke run of well under a minute: 1 round, N=20000, 50 clients,
 #                         small values, no repeats (the knobs above still override it)
 #   MOAT_BIN=PATH         benchmark this moat binary instead of building one
@@ -31,7 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . bench/lib.sh
 
 if [ "${QUICK:-0}" = 1 ]; then
-    ROUNDS=${ROUNDS:-1} N=${N:-20000} CLIENTS=${CLIENTS:-50} SIZES=${SIZES:-3} RETRIES=${RETRIES:-0}
+    ROUNDS=${ROUNDS:-1} N=${N:-20000} CLIENTS=${CLIENTS:-50} SIZES=${SIZES:-3} RETRIES=${RETRIES:-0} QUIET_WAIT=${QUIET_WAIT:-0}
 fi
 ROUNDS=${ROUNDS:-3}
 N=${N:-200000}
@@ -43,6 +44,7 @@ SIZES=${SIZES:-"3 16384"}
 TARGETS=${TARGETS:-"direct moat twemproxy haproxy"}
 MAX_FOREIGN=${MAX_FOREIGN:-0.3}
 RETRIES=${RETRIES:-2}
+QUIET_WAIT=${QUIET_WAIT:-20}
 
 # summarize CSV: per cell, the medians of each target over its quiet runs (all runs, marked
 # `*`, when a cell has no quiet one), with throughput as a ratio to Redis direct.
@@ -198,13 +200,17 @@ measure() {
     local r0 r1 x0=0 x1=0 b0 b1 k0 k1 w0 w1 out line
     r0=$(cpu_ticks "$REDIS_PID")
     [ -z "$ppid" ] || x0=$(cpu_ticks "$ppid")
-    k0=$(child_ticks) b0=$(busy_ticks) w0=$(now_s)
+    # `times` must run in this shell (measure's own subshell), the client's parent.
+    child_ticks "$work/times" >"$work/k0"
+    b0=$(busy_ticks) w0=$(now_s)
     # In the background plus `wait`, so that a signal runs the cleanup trap at once.
     redis-benchmark -h 127.0.0.1 -p "${port[$t]}" -t "$test" -n "$n" -c "$c" -P "$p" -d "$d" \
         --csv -q >"$work/bench.out" 2>&1 &
     local bpid=$!
     wait "$bpid" || { cat "$work/bench.out" >&2; die "redis-benchmark failed against $t"; }
-    w1=$(now_s) b1=$(busy_ticks) k1=$(child_ticks)
+    w1=$(now_s) b1=$(busy_ticks)
+    child_ticks "$work/times" >"$work/k1"
+    k0=$(cat "$work/k0") k1=$(cat "$work/k1")
     r1=$(cpu_ticks "$REDIS_PID")
     [ -z "$ppid" ] || x1=$(cpu_ticks "$ppid")
     # --csv: a header, then "TEST","rps","avg_ms","min","p50","p95","p99","max".
@@ -228,6 +234,7 @@ run_cell() {
     local round=$1 t=$2 test=$3 p=$4 c=$5 d=$6 n=$N attempt fields foreign noisy
     [ "$d" -lt 16384 ] || n=$N_LARGE
     for attempt in $(seq 0 "$RETRIES"); do
+        wait_quiet "$MAX_FOREIGN" "$QUIET_WAIT" || true
         fields=$(measure "$t" "$test" "$p" "$c" "$d" "$n")
         foreign=${fields##*,}
         noisy=$(awk -v f="$foreign" -v m="$MAX_FOREIGN" 'BEGIN { print (f > m) ? 1 : 0 }')

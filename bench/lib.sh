@@ -64,20 +64,40 @@ rss_kib() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
-# busy_ticks: CPU ticks the whole machine spent busy (every core; user, nice, system, irq,
-# softirq, steal) since boot. Minus what the processes a script measures used over the same
-# interval, it is the foreign load that makes a run noisy.
+# busy_ticks: CPU ticks the whole machine spent busy (every core; user, nice, system, steal)
+# since boot. Minus what the processes a script measures used over the same interval, it is
+# the foreign load that makes a run noisy. irq and softirq time are left out: loopback
+# traffic is mostly softirq work that the kernel charges to no process, so our own runs
+# would count as foreign.
 busy_ticks() {
-    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $9; exit }' /proc/stat
 }
 
-# child_ticks: CPU ticks used by this shell's waited-for children so far (from `times`),
-# to count a benchmark client's CPU as ours.
+# wait_quiet MAX_CORES SECONDS: waits (up to SECONDS) until the machine's busy CPU over half
+# a second is at most MAX_CORES, so a run starts when colleagues' compilers pause. Call it
+# while the measured processes are idle: all busy CPU then counts as foreign. Returns 1 on
+# timeout (the caller measures anyway and marks the run by its foreign CPU).
+wait_quiet() {
+    local max=$1 limit=$2 b0 b1 start=$SECONDS
+    while :; do
+        b0=$(busy_ticks)
+        sleep 0.5
+        b1=$(busy_ticks)
+        awk -v d="$((b1 - b0))" -v t="$CLK_TCK" -v m="$max" 'BEGIN { exit !(d / t / 0.5 <= m) }' &&
+            return 0
+        [ $((SECONDS - start)) -lt "$limit" ] || return 1
+    done
+}
+
+# child_ticks FILE: prints the CPU ticks used so far by the calling shell's waited-for
+# children (from `times`), to count a benchmark client's CPU as ours. Call it as a plain
+# command, not in `$(...)` or a pipeline: a subshell has children of its own. FILE is scratch.
 child_ticks() {
-    times | awk -v t="$CLK_TCK" 'NR == 2 {
+    times >"$1"
+    awk -v t="$CLK_TCK" 'NR == 2 {
         s = 0
         for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] }
-        printf "%d\n", s * t + 0.5 }'
+        printf "%d\n", s * t + 0.5 }' "$1"
 }
 
 # now_s: wall time in seconds, fractional.

@@ -21,7 +21,9 @@ fn rss_bytes() -> Option<u64> {
 /// subnet's rate stays low and the subnet table fills too.
 fn spread(i: u32) -> IpAddr {
     let i = i & 0x00ff_ffff;
-    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | ((i & 0xffff) << 8) | (i >> 16)))
+    IpAddr::V4(Ipv4Addr::from(
+        0x0a00_0000 | ((i & 0xffff) << 8) | (i >> 16),
+    ))
 }
 
 #[test]

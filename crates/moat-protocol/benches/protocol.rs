@@ -13,7 +13,11 @@ use moat_protocol::{ReplyFramer, RequestParser};
 /// `SET key:NNNN <value>` as redis-benchmark sends it.
 fn set_command(i: usize, value_len: usize) -> Vec<u8> {
     let key = format!("key:{i:06}");
-    let mut out = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${value_len}\r\n", key.len()).into_bytes();
+    let mut out = format!(
+        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${value_len}\r\n",
+        key.len()
+    )
+    .into_bytes();
     out.extend(std::iter::repeat_n(b'x', value_len));
     out.extend_from_slice(b"\r\n");
     out
@@ -64,7 +68,11 @@ fn parser(c: &mut Criterion) {
         ("get", get_command(1), 1),
         ("set_3B", set_command(1, 3), 1),
         ("set_16KB", set_command(1, 16 * 1024), 1),
-        ("get_pipeline16", (0..16).flat_map(get_command).collect(), 16),
+        (
+            "get_pipeline16",
+            (0..16).flat_map(get_command).collect(),
+            16,
+        ),
         (
             "set_3B_pipeline16",
             (0..16).flat_map(|i| set_command(i, 3)).collect(),
@@ -91,7 +99,15 @@ fn framer(c: &mut Criterion) {
         ("bulk_3B", b"$3\r\nxxx\r\n".to_vec(), 1),
         ("bulk_16KB", bulk_16k, 1),
         ("ok_pipeline16", b"+OK\r\n".repeat(16), 16),
-        ("array_10", b"*10\r\n".iter().copied().chain(b"$3\r\nabc\r\n".repeat(10)).collect(), 1),
+        (
+            "array_10",
+            b"*10\r\n"
+                .iter()
+                .copied()
+                .chain(b"$3\r\nabc\r\n".repeat(10))
+                .collect(),
+            1,
+        ),
     ];
     for (name, buf, replies) in cases {
         group.throughput(Throughput::Elements(replies));
