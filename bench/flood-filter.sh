@@ -7,6 +7,7 @@
 #   bash bench/flood-filter.sh        # SECONDS_PER_RUN=5 THREADS=2 ROUNDS=3
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. bench/lib.sh
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
@@ -26,17 +27,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-RPORT=$(free_port)
+RPORT=$(pick_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
     --protected-mode no --logfile "$work/redis.log" --daemonize no &
 pids+=("$!")
 
 start_moat() { # socket_filter -> sets MPORT MPID
-    MPORT=$(free_port)
-    APORT=$(free_port)
+    MPORT=$(pick_port)
+    APORT=$(pick_port)
     printf '[guard]\ndeny = ["127.1.0.0/24"]\n[kernel]\nsocket_filter = %s\n' "$1" >"$work/moat-$1.toml"
     "$MOAT" proxy --config "$work/moat-$1.toml" --admin "127.0.0.1:$APORT" \
         --listen "127.0.0.1:$MPORT" --backend "127.0.0.1:$RPORT" 2>"$work/moat-$1.log" &
@@ -50,9 +49,9 @@ start_moat() { # socket_filter -> sets MPORT MPID
 
 run() { # port pid mode label
     local before after out n
-    before=$(cpu "$2")
+    before=$(cpu_ticks "$2")
     out=$("$FLOOD" "127.0.0.1:$1" "$SECONDS_PER_RUN" "$THREADS" 64 "$3")
-    after=$(cpu "$2")
+    after=$(cpu_ticks "$2")
     # Attempts: completed connects, plus (syn mode) SYNs sent, plus connects that failed.
     n=$(echo "$out" | awk '{print $2 + $4}')
     awk -v l="$4" -v c="$n" -v s="$SECONDS_PER_RUN" -v t="$((after - before))" -v k="$TICK" \

@@ -6,6 +6,7 @@
 #   bash bench/flood.sh            # SECONDS=5 THREADS=2 ROUNDS=3
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. bench/lib.sh
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
@@ -25,14 +26,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-RPORT=$(free_port)
+RPORT=$(pick_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
     --protected-mode no --logfile "$work/redis.log" --daemonize no &
 RPID=$!; pids+=("$RPID")
-MPORT=$(free_port)
+MPORT=$(pick_port)
 "$MOAT" proxy --admin 127.0.0.1:0 --listen "127.0.0.1:$MPORT" --backend "127.0.0.1:$RPORT" 2>"$work/moat.log" &
 MPID=$!; pids+=("$MPID")
 for _ in $(seq 100); do
@@ -42,9 +41,9 @@ done
 
 run() { # target-port pid label
     local before after out conns
-    before=$(cpu "$2")
+    before=$(cpu_ticks "$2")
     out=$("$FLOOD" "127.0.0.1:$1" "$SECONDS_PER_RUN" "$THREADS")
-    after=$(cpu "$2")
+    after=$(cpu_ticks "$2")
     conns=$(echo "$out" | awk '{print $2}')
     awk -v l="$3" -v c="$conns" -v s="$SECONDS_PER_RUN" -v t="$((after - before))" -v k="$TICK" \
         'BEGIN { printf "%-14s %10.0f conn/s  cpu %5.2f cores  %6.1f us/conn\n", l, c/s, t/k/s, (t/k)*1e6/(c>0?c:1) }'

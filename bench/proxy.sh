@@ -15,6 +15,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-5}
 N=${N:-200000}
@@ -23,123 +24,14 @@ PIPELINES=${PIPELINES:-"1 16"}
 DIRECT_ONLY=${DIRECT_ONLY:-0}
 TESTS="set get"
 
-for tool in redis-server redis-cli redis-benchmark getconf awk sort; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "proxy.sh: $tool not found; run: bash scripts/install-redis.sh" >&2
-        exit 1
-    fi
-done
+need redis-server redis-cli redis-benchmark getconf awk sort
 
-CLK_TCK=$(getconf CLK_TCK)
 MOAT_BIN=${MOAT_BIN:-}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/moat-bench.XXXXXX")
+bench_traps "$work"
 redis_pid=""
 moat_pid=""
-bench_pid=""
-
-cleanup() {
-    local pid
-    for pid in $bench_pid $moat_pid $redis_pid; do
-        # CONT first in case something left the process stopped.
-        kill -CONT "$pid" 2>/dev/null || true
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in $bench_pid $moat_pid $redis_pid; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-log() { printf '==> %s\n' "$*" >&2; }
-
-die() {
-    echo "proxy.sh: $*" >&2
-    exit 1
-}
-
-# Picks a port below Linux's default ephemeral range (32768+), so it cannot
-# collide with the benchmark's own client sockets, and that nobody answers on.
-pick_port() {
-    local port
-    for _ in $(seq 100); do
-        port=$((10000 + RANDOM % 20000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free loopback port found"
-}
-
-# Waits until `redis-cli -p PORT ping` answers PONG while PID is alive.
-wait_pong() {
-    local port=$1 pid=$2
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" = "PONG" ]; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    return 1
-}
-
-# utime + stime of PID (all threads), in clock ticks.
-cpu_ticks() {
-    # Strip up to the last ')' since the command name may contain spaces;
-    # utime and stime are then fields 12 and 13.
-    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
-}
-
-start_redis() {
-    local attempt
-    for attempt in 1 2 3 4 5; do
-        redis_port=$(pick_port)
-        cat >"$work/redis.conf" <<EOF
-port $redis_port
-bind 127.0.0.1
-daemonize no
-save ""
-appendonly no
-dir "$work"
-logfile "$work/redis.log"
-EOF
-        redis-server "$work/redis.conf" >/dev/null 2>&1 &
-        redis_pid=$!
-        if wait_pong "$redis_port" "$redis_pid"; then
-            return 0
-        fi
-        kill -KILL "$redis_pid" 2>/dev/null || true
-        wait "$redis_pid" 2>/dev/null || true
-        redis_pid=""
-        log "redis-server attempt $attempt on port $redis_port failed; retrying"
-    done
-    tail -n 20 "$work/redis.log" >&2 2>/dev/null || true
-    die "redis-server did not start"
-}
-
-start_moat() {
-    local attempt
-    for attempt in 1 2 3 4 5; do
-        moat_port=$(pick_port)
-        "$MOAT_BIN" proxy --admin 127.0.0.1:0 --listen "127.0.0.1:$moat_port" --backend "127.0.0.1:$redis_port" \
-            >"$work/moat.log" 2>&1 &
-        moat_pid=$!
-        if wait_pong "$moat_port" "$moat_pid"; then
-            return 0
-        fi
-        kill -KILL "$moat_pid" 2>/dev/null || true
-        wait "$moat_pid" 2>/dev/null || true
-        moat_pid=""
-        log "moat attempt $attempt on port $moat_port failed; retrying"
-    done
-    tail -n 20 "$work/moat.log" >&2 || true
-    die "moat did not start (or does not relay PING to redis)"
-}
 
 # run_one ROUND TARGET PIPELINE TEST: one redis-benchmark run, appended to the CSV.
 run_one() {
@@ -153,12 +45,10 @@ run_one() {
     # at once instead of after a run that can take a minute.
     redis-benchmark -h 127.0.0.1 -p "$port" -t "$test" -n "$N" -c "$C" \
         -P "$pipeline" --csv -q >"$work/bench.out" 2>&1 &
-    bench_pid=$!
-    if ! wait "$bench_pid"; then
+    if ! wait "$!"; then
         cat "$work/bench.out" >&2
         die "redis-benchmark failed against $target (port $port)"
     fi
-    bench_pid=""
     out=$(cat "$work/bench.out")
     redis_after=$(cpu_ticks "$redis_pid")
     if [ "$target" = moat ]; then moat_after=$(cpu_ticks "$moat_pid"); fi
@@ -189,40 +79,27 @@ run_one() {
         "$(echo "$test" | tr a-z A-Z)" "$pipeline" "${line%%,*}" >&2
 }
 
-# median FORMAT: the median of the numbers on stdin, or "-" if there are none.
-median() {
-    sort -g | awk -v fmt="$1" '{ v[NR] = $1 }
-        END {
-            if (NR == 0) { print "-"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            printf fmt "\n", m
-        }'
-}
-
 # column FIELD TARGET TEST PIPELINE: the values of one CSV column for one cell.
 column() {
     awk -F, -v col="$1" -v target="$2" -v test="$3" -v p="$4" \
         'NR > 1 && $2 == target && $3 == test && $4 == p && $col != "" { print $col }' "$csv"
 }
 
-if [ "$DIRECT_ONLY" != 1 ] && [ -z "$MOAT_BIN" ]; then
-    log "cargo build --release -p moat"
-    cargo build --release -p moat
-    MOAT_BIN=target/release/moat
-fi
-if [ "$DIRECT_ONLY" != 1 ] && [ ! -x "$MOAT_BIN" ]; then
-    die "$MOAT_BIN is not an executable"
+if [ "$DIRECT_ONLY" != 1 ]; then
+    build_moat
 fi
 
 mkdir -p bench/results
 csv="bench/results/proxy-$(date +%Y%m%d-%H%M%S).csv"
 echo "round,target,test,pipeline,requests,clients,rps,avg_latency_ms,p50_latency_ms,p99_latency_ms,redis_cpu_s,moat_cpu_s,redis_cpu_us_per_req,moat_cpu_us_per_req" >"$csv"
 
-start_redis
+start_redis "$work"
+redis_pid=$REDIS_PID redis_port=$REDIS_PORT
 log "redis-server $(redis-server --version | awk '{ print $3 }') pid $redis_pid on 127.0.0.1:$redis_port"
 targets="direct"
 if [ "$DIRECT_ONLY" != 1 ]; then
-    start_moat
+    start_moat "$work/moat.log" "$redis_port"
+    moat_pid=$MOAT_PID moat_port=$MOAT_PORT
     log "moat pid $moat_pid on 127.0.0.1:$moat_port -> 127.0.0.1:$redis_port"
     targets="direct moat"
 fi

@@ -19,6 +19,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-5}
 N=${N:-200000}
@@ -28,13 +29,7 @@ SCRAPES=${SCRAPES:-500}
 INTERVAL=${INTERVAL:-1}
 MOAT_BIN=${MOAT_BIN:-}
 
-for tool in redis-server redis-cli redis-benchmark curl getconf awk sort; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "scrape.sh: $tool not found (redis tools: bash scripts/install-redis.sh; curl: apt-get install curl)" >&2
-        exit 1
-    }
-done
-CLK_TCK=$(getconf CLK_TCK)
+need redis-server redis-cli redis-benchmark curl getconf awk sort
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/moat-scrape.XXXXXX")
 redis_pid="" moat_pid="" scraper_pid="" bench_pid=""
@@ -52,53 +47,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { echo "scrape.sh: $*" >&2; exit 1; }
-
-pick_port() {
-    local port
-    for _ in $(seq 100); do
-        port=$((10000 + RANDOM % 20000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free loopback port found"
-}
-
-wait_pong() {
-    local port=$1 pid=$2
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" = PONG ] && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-
-median() {
-    sort -g | awk -v fmt="$1" '{ v[NR] = $1 }
-        END {
-            if (NR == 0) { print "-"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            printf fmt "\n", m
-        }'
-}
-
-if [ -z "$MOAT_BIN" ]; then
-    log "cargo build --release -p moat"
-    cargo build --release -p moat
-    MOAT_BIN=target/release/moat
-fi
-
-redis_port=$(pick_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$work" --logfile "$work/redis.log" >/dev/null 2>&1 &
-redis_pid=$!
-wait_pong "$redis_port" "$redis_pid" || die "redis-server did not start"
+build_moat
+start_redis "$work"
+redis_pid=$REDIS_PID redis_port=$REDIS_PORT
 
 moat_port=$(pick_port)
 admin_port=$(pick_port)

@@ -10,6 +10,7 @@
 #   bash bench/watch-detect.sh      # FLOOD_SECS=20 HOARD=9500 HOARD_SECS=40 SETTLE=100 OUT=dir
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. bench/lib.sh
 FLOOD_SECS=${FLOOD_SECS:-20}
 HOARD=${HOARD:-9500}
 HOARD_SECS=${HOARD_SECS:-40}
@@ -31,10 +32,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
-PORT=$(free_port)
+PORT=$(pick_port)
 redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" \
     --protected-mode no --logfile "$OUT/redis.log" --daemonize no &
 pids+=("$!")
