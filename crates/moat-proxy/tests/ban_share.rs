@@ -211,3 +211,99 @@ fn forged_messages_ban_nobody_and_are_counted() {
     assert!(b.guard().bans(Instant::now()).is_empty());
     assert_eq!(b.control().snapshot().counter("ban_share_applied"), 0);
 }
+
+/// A message signed with the shared secret, as a peer moat would send it.
+fn signed(instance: &str, sent_ms: u128, net: &str, until_ms: u128) -> String {
+    use hmac::{Hmac, Mac};
+    let body = format!("moat-ban1 {instance} {sent_ms} {net} {until_ms} strikes");
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{body} {sig}")
+}
+
+#[test]
+fn genuine_messages_are_bounded_replays_refused_and_own_ignored() {
+    let redis = RedisServer::start().unwrap();
+    let b = common::start_moat(redis.addr(), |c| {
+        share(c, "moat-b");
+        c.ban_share.max_per_sec = 5;
+        c.ban_share.max_held = 8;
+    });
+    until_subscribed(&redis, 1);
+    let client = redis::Client::open(format!("redis://{}", redis.addr())).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let publish = |con: &mut redis::Connection, msg: &str| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("moat:bans")
+            .arg(msg)
+            .query(con)
+            .unwrap();
+    };
+    // A replay: genuine, but sent an hour ago.
+    publish(
+        &mut con,
+        &signed(
+            "moat-a",
+            now_ms - 3_600_000,
+            "127.0.50.0/24",
+            now_ms + 600_000,
+        ),
+    );
+    // Its own message: ignored.
+    publish(
+        &mut con,
+        &signed("moat-b", now_ms, "127.0.51.0/24", now_ms + 600_000),
+    );
+    // A flood of genuine bans, far over max_per_sec in one second.
+    for i in 0..40 {
+        publish(
+            &mut con,
+            &signed(
+                "moat-a",
+                now_ms,
+                &format!("10.{i}.0.0/16"),
+                now_ms + 600_000,
+            ),
+        );
+    }
+    let rejected = |reason: &str| {
+        b.control()
+            .snapshot()
+            .ban_share_rejected
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    };
+    let start = Instant::now();
+    loop {
+        let s = b.control().snapshot();
+        let seen = s.counter("ban_share_applied")
+            + rejected("rate_limited")
+            + rejected("full")
+            + rejected("stale");
+        if seen >= 41 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{:?}", s.ban_share_rejected);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let applied = b.control().snapshot().counter("ban_share_applied");
+    assert!(
+        (5..=8).contains(&applied),
+        "applied {applied}: the per-second and held caps bound it"
+    );
+    assert_eq!(rejected("stale"), 1);
+    assert!(b.guard().bans(Instant::now()).len() as u64 == applied);
+    assert!(!refuses([127, 0, 50, 1], b.local_addr()));
+    assert!(!refuses([127, 0, 51, 1], b.local_addr()));
+}
