@@ -176,6 +176,20 @@ mod tests {
     }
 
     #[test]
+    fn the_toml_section_is_read_and_checked() {
+        let ok = crate::Config::from_toml(
+            "[ban_share]\nenabled = true\nsecret = \"sixteen chars ok\"\nmax_age = \"5s\"\n",
+        );
+        assert!(ok.is_ok_and(|c| c.ban_share.max_age == Duration::from_secs(5)));
+        let err = crate::Config::from_toml("[ban_share]\nenabled = true\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ban_share.secret"), "{err}");
+        assert!(crate::Config::from_toml("[ban_share]\nsecrets = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn ranges_are_checked() {
         for c in [
             BanShareConfig {
