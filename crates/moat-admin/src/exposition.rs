@@ -66,9 +66,20 @@ const BREAKER_TO: [&str; 3] = ["open", "half_open", "closed"];
 const OUTCOMES: [&str; 2] = ["applied", "rejected"];
 const ADMIN_REFUSED: [&str; 2] = ["token", "banned"];
 
+/// Why a ban message from a peer moat was dropped (`[ban_share]`).
+const BAN_SHARE_REJECTED: [&str; 7] = [
+    "oversized",
+    "malformed",
+    "signature",
+    "stale",
+    "rate_limited",
+    "full",
+    "refused",
+];
+
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 12] = [
+const COUNTERS: [(&str, &str, &str); 15] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -128,6 +139,21 @@ const COUNTERS: [(&str, &str, &str); 12] = [
         "moat_kernel_filter_rebuilds",
         "kernel_filter_rebuilds",
         "Socket filters built and attached to the listeners.",
+    ),
+    (
+        "moat_ban_share_published",
+        "ban_share_published",
+        "Bans this moat published to its peers through Redis.",
+    ),
+    (
+        "moat_ban_share_applied",
+        "ban_share_applied",
+        "Bans applied from peer moats.",
+    ),
+    (
+        "moat_ban_share_errors",
+        "ban_share_errors",
+        "Lost or failed connections of the ban-share thread to Redis.",
     ),
 ];
 
@@ -352,6 +378,15 @@ impl Collector for SnapshotCollector {
             "reason",
             &ADMIN_REFUSED,
             &s.admin_requests_refused,
+        )?;
+        family(
+            &mut enc,
+            Kind::Counter,
+            "moat_ban_share_rejected",
+            "Ban messages from peers dropped.",
+            "reason",
+            &BAN_SHARE_REJECTED,
+            &s.ban_share_rejected,
         )
     }
 }

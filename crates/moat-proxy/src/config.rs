@@ -28,6 +28,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Kernel-level drop of banned and denied sources (BPF socket filter, nftables).
     pub kernel: moat_kernel::KernelConfig,
+    /// Bans shared with other moats through the backend Redis (off by default).
+    pub ban_share: crate::BanShareConfig,
     /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`), in table mode only.
     pub users: Vec<UserConfig>,
 }
@@ -586,6 +588,7 @@ impl Config {
             return Err(invalid("limits.max_inline_len", "must be at least 64"));
         }
         self.admin.validate()?;
+        self.ban_share.validate()?;
         moat_kernel::nft::validate_table_name(&self.kernel.nftables_table)
             .map_err(|e| invalid("kernel.nftables_table", e.to_string()))?;
         if self.auth.mode == Some(AuthMode::Passthrough) {

@@ -289,7 +289,28 @@ impl Control {
                     "kernel_filter_rebuilds",
                     m.kernel_filter_rebuilds.load(Ordering::Relaxed),
                 ),
+                (
+                    "ban_share_published",
+                    m.ban_share_published.load(Ordering::Relaxed),
+                ),
+                (
+                    "ban_share_applied",
+                    m.ban_share_applied.load(Ordering::Relaxed),
+                ),
+                (
+                    "ban_share_errors",
+                    m.ban_share_errors.load(Ordering::Relaxed),
+                ),
             ],
+            ban_share_rejected: crate::ban_share::Rejected::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        r.label(),
+                        m.ban_share_rejected[*r as usize].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
             gauges: vec![
                 ("clients_max", u64::from(config.guard.max_clients)),
                 ("pinned_leases", sum(&|w| w.pinned_leases.get())),

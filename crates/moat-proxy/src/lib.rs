@@ -8,6 +8,7 @@
 
 mod auth;
 mod backend;
+mod ban_share;
 mod budget;
 mod clients;
 mod command;
@@ -33,6 +34,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+pub use ban_share::BanShareConfig;
 pub use config::{Config, ConfigError};
 pub use control::Control;
 pub use metrics::Metrics;
@@ -70,6 +72,8 @@ pub struct RunningProxy {
     control: Control,
     /// Moat's nftables table and its sync thread (`[kernel] nftables`).
     nft: Option<nft_sync::NftSync>,
+    /// Bans shared with other moats through Redis (`[ban_share]`).
+    ban_share: Option<ban_share::BanShare>,
 }
 
 impl RunningProxy {
@@ -127,6 +131,9 @@ impl RunningProxy {
         let _ = self.shutdown.send(true);
         for worker in self.workers.drain(..) {
             let _ = worker.join();
+        }
+        if let Some(mut share) = self.ban_share.take() {
+            share.stop();
         }
         // Moat's nftables table goes with it.
         if let Some(mut nft) = self.nft.take() {
@@ -255,6 +262,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         handles.push(handle);
     }
     let nft = nft_sync::NftSync::start(&config, addr.port(), guard.clone(), metrics.clone());
+    let ban_share = ban_share::BanShare::start(&config, guard.clone(), metrics.clone());
     let filter = kernel_filter::spawn(kernel_filter::Parts {
         listeners: filtered,
         guard: guard.clone(),
@@ -282,5 +290,6 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         metrics,
         control,
         nft,
+        ban_share,
     })
 }

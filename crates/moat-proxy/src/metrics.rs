@@ -26,6 +26,14 @@ pub struct Metrics {
     pub(crate) kernel_filter_left_out: AtomicU64,
     /// Socket filters built and attached.
     pub(crate) kernel_filter_rebuilds: AtomicU64,
+    /// Bans this moat published to its peers (`[ban_share]`).
+    pub(crate) ban_share_published: AtomicU64,
+    /// Bans applied from peers.
+    pub(crate) ban_share_applied: AtomicU64,
+    /// Peer messages dropped, by [`crate::ban_share::Rejected`] (its index).
+    pub(crate) ban_share_rejected: [AtomicU64; 7],
+    /// Lost or failed connections of the ban-share thread to Redis.
+    pub(crate) ban_share_errors: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -47,6 +55,10 @@ impl Metrics {
             kernel_filter_rules: AtomicU64::new(0),
             kernel_filter_left_out: AtomicU64::new(0),
             kernel_filter_rebuilds: AtomicU64::new(0),
+            ban_share_published: AtomicU64::new(0),
+            ban_share_applied: AtomicU64::new(0),
+            ban_share_rejected: Default::default(),
+            ban_share_errors: AtomicU64::new(0),
         }
     }
 

@@ -52,7 +52,8 @@ pub struct Snapshot {
     /// Plain counters by metric name (without `moat_` and `_total`): `backend_reconnects`,
     /// `backend_connect_failures`, `backend_connections_lost`, `backend_timeouts`,
     /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
-    /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`.
+    /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`, `ban_share_published`,
+    /// `ban_share_applied`, `ban_share_errors`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
     /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `memory_budget_bytes`,
@@ -86,6 +87,9 @@ pub struct Snapshot {
     /// Admin API requests refused, by reason: token, banned
     /// (`moat_admin_requests_refused_total{reason}`).
     pub admin_requests_refused: Vec<(&'static str, u64)>,
+    /// Ban messages from peers dropped, by reason: oversized, malformed, signature, stale,
+    /// rate_limited, full, refused (`moat_ban_share_rejected_total{reason}`).
+    pub ban_share_rejected: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
