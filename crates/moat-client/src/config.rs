@@ -132,7 +132,7 @@ pub struct Config {
     /// Retry settings.
     pub retry: RetryConfig,
     /// Breaker settings (moat-resilience's, the same code moat's proxy runs). Default: the
-    /// proxy's (5 consecutive failures or half of 20 in 10 s; open 5 s; 3 probes), but open
+    /// proxy's (5 consecutive failures or half of 20 in 10 s; open 2 s; 3 probes), but open
     /// for 1 s: while open, the app is served stale values or errors at once, and a probe
     /// costs Redis one command.
     pub breaker: BreakerSettings,

@@ -267,14 +267,16 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
+    /// The shared breaker's defaults (one place for them: moat-resilience).
     fn default() -> Self {
+        let d = moat_resilience::BreakerSettings::default();
         Self {
-            consecutive_failures: 5,
-            failure_ratio: 0.5,
-            min_requests: 20,
-            window: Duration::from_secs(10),
-            open_for: Duration::from_secs(2),
-            probes: 3,
+            consecutive_failures: d.consecutive_failures,
+            failure_ratio: d.failure_ratio,
+            min_requests: d.min_requests,
+            window: d.window,
+            open_for: d.open_for,
+            probes: d.probes,
         }
     }
 }

@@ -28,15 +28,15 @@ pub struct BreakerSettings {
 }
 
 impl Default for BreakerSettings {
-    /// Moat's proxy defaults: 5 consecutive failures, or half of at least 20 requests in
-    /// 10 s; open 5 s; 3 probes.
+    /// Moat's proxy defaults (`[backend.breaker]`): 5 consecutive failures, or half of at
+    /// least 20 requests in 10 s; open 2 s; 3 probes.
     fn default() -> Self {
         Self {
             consecutive_failures: 5,
             failure_ratio: 0.5,
             min_requests: 20,
             window: Duration::from_secs(10),
-            open_for: Duration::from_secs(5),
+            open_for: Duration::from_secs(2),
             probes: 3,
         }
     }
