@@ -42,6 +42,38 @@ pub enum AlertId {
 }
 
 impl AlertId {
+    /// Every alert, in a stable order, for sinks that report each one whether active or not.
+    pub const ALL: [AlertId; 11] = [
+        Self::RedisUnreachable,
+        Self::ClientsNearMax,
+        Self::RejectedConnections,
+        Self::ListenOverflows,
+        Self::SynQueueDrops,
+        Self::FdsNearLimit,
+        Self::ConnectionRateSpike,
+        Self::SourceHoarding,
+        Self::MoatUnreachable,
+        Self::MoatRefusing,
+        Self::MoatClientsNearMax,
+    ];
+
+    /// Fails to compile when an alert is added without being listed in [`AlertId::ALL`].
+    const fn _every_alert_listed(self) {
+        match self {
+            Self::RedisUnreachable
+            | Self::ClientsNearMax
+            | Self::RejectedConnections
+            | Self::ListenOverflows
+            | Self::SynQueueDrops
+            | Self::FdsNearLimit
+            | Self::ConnectionRateSpike
+            | Self::SourceHoarding
+            | Self::MoatUnreachable
+            | Self::MoatRefusing
+            | Self::MoatClientsNearMax => {}
+        }
+    }
+
     /// The id as sinks print it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -49,39 +49,6 @@ pub struct Snapshot {
     pub webhook: Option<WebhookStats>,
 }
 
-/// Every alert id, so each is exported 1 or 0 (a series that vanishes is harder to alert
-/// on than one that reads 0).
-pub const ALERTS: [AlertId; 11] = [
-    AlertId::RedisUnreachable,
-    AlertId::ClientsNearMax,
-    AlertId::RejectedConnections,
-    AlertId::ListenOverflows,
-    AlertId::SynQueueDrops,
-    AlertId::FdsNearLimit,
-    AlertId::ConnectionRateSpike,
-    AlertId::SourceHoarding,
-    AlertId::MoatUnreachable,
-    AlertId::MoatRefusing,
-    AlertId::MoatClientsNearMax,
-];
-
-/// Fails to compile when an alert is added without being listed in [`ALERTS`].
-const fn _every_alert_listed(id: AlertId) {
-    match id {
-        AlertId::RedisUnreachable
-        | AlertId::ClientsNearMax
-        | AlertId::RejectedConnections
-        | AlertId::ListenOverflows
-        | AlertId::SynQueueDrops
-        | AlertId::FdsNearLimit
-        | AlertId::ConnectionRateSpike
-        | AlertId::SourceHoarding
-        | AlertId::MoatUnreachable
-        | AlertId::MoatRefusing
-        | AlertId::MoatClientsNearMax => {}
-    }
-}
-
 /// A metric family's type.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -277,7 +244,9 @@ pub fn render(snap: &Snapshot) -> String {
     if let Some(c) = &snap.clients {
         clients(&mut p, c);
     }
-    let alerts: Vec<_> = ALERTS
+    // Every alert, so each is exported 1 or 0 (a series that vanishes is harder to alert on
+    // than one that reads 0).
+    let alerts: Vec<_> = AlertId::ALL
         .iter()
         .flat_map(|id| {
             let active = snap.active.iter().find(|(a, _)| a == id).map(|(_, s)| *s);
