@@ -158,7 +158,7 @@ const COUNTERS: [(&str, &str, &str); 15] = [
 ];
 
 /// Plain gauges: name, snapshot key, help.
-const GAUGES: [(&str, &str, &str); 9] = [
+const GAUGES: [(&str, &str, &str); 10] = [
     ("moat_clients_max", "clients_max", "guard.max_clients."),
     (
         "moat_pinned_leases",
@@ -175,6 +175,11 @@ const GAUGES: [(&str, &str, &str); 9] = [
         "moat_request_buffer_bytes",
         "request_buffer_bytes",
         "Requests buffered in moat (read, not yet sent), in bytes.",
+    ),
+    (
+        "moat_clients_dormant",
+        "clients_dormant",
+        "Idle clients held without a task (refreshed every second).",
     ),
     (
         "moat_memory_budget_bytes",

@@ -320,6 +320,7 @@ impl Control {
                 ),
                 ("client_output_bytes", sum(&|w| w.output_bytes.get())),
                 ("request_buffer_bytes", sum(&|w| w.request_bytes.get())),
+                ("clients_dormant", sum(&|w| w.dormant_clients.get())),
                 ("memory_budget_bytes", config.limits.memory_budget as u64),
                 (
                     "kernel_nft_elements",

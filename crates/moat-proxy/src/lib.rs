@@ -14,6 +14,7 @@ mod clients;
 mod command;
 pub mod config;
 pub mod control;
+mod dormant;
 #[cfg(feature = "harness")]
 pub mod harness;
 mod kernel_filter;

@@ -51,6 +51,8 @@ pub(crate) struct ClientLink {
     kind: Cell<Kind>,
     /// The worker asked the session to close (shedding).
     evicted: Cell<bool>,
+    /// Where the session stands for the dormancy sweep.
+    rest: Cell<crate::dormant::Rest>,
     /// The session task, while it waits. A plain waker slot rather than a `Notify`: it
     /// keeps each idle session's future small and needs no lock.
     waker: RefCell<Option<Waker>>,
@@ -186,6 +188,33 @@ impl ClientLink {
     /// Bytes waiting to be written to the client.
     pub(crate) fn out_len(&self) -> usize {
         self.out.borrow().len()
+    }
+
+    /// True if something woke the session since it last looked (the flag stays set).
+    pub(crate) fn woken(&self) -> bool {
+        self.woken.get()
+    }
+
+    /// Puts `waker` in the slot [`ClientLink::wake`] wakes (a dormant client's watcher).
+    pub(crate) fn set_waker(&self, waker: Waker) {
+        *self.waker.borrow_mut() = Some(waker);
+    }
+
+    /// Where the session stands for the dormancy sweep.
+    pub(crate) fn rest(&self) -> crate::dormant::Rest {
+        self.rest.get()
+    }
+
+    /// Records where the session stands for the dormancy sweep.
+    pub(crate) fn set_rest(&self, rest: crate::dormant::Rest) {
+        self.rest.set(rest);
+    }
+
+    /// Gives back the output buffer's memory (a session going dormant has nothing unread).
+    pub(crate) fn release_output(&self) {
+        if self.out.borrow().is_empty() {
+            *self.out.borrow_mut() = BytesMut::new();
+        }
     }
 
     /// Marks the session gone; replies still in flight are discarded on arrival.

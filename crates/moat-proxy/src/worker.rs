@@ -59,6 +59,8 @@ pub(crate) struct WorkerCtx {
     /// Connections shedding may close (silent, keep-alive-only), touched on admission, on
     /// a class change and at a session's end, never per request.
     pub(crate) hoard: std::cell::RefCell<crate::shed::Hoard>,
+    /// Idle clients held without a task (see [`crate::dormant`]).
+    pub(crate) dormant: crate::dormant::Dormant,
 }
 
 /// A worker's share of the pools: backend connections, dedicated ones, and the lease caps
@@ -231,8 +233,10 @@ impl WorkerCtx {
             stats,
             clients: crate::clients::WorkerClients::new(index, shares.clients),
             hoard: std::cell::RefCell::default(),
+            dormant: crate::dormant::Dormant::new(),
         });
         crate::clients::WorkerClients::start(&ctx, shares.queries);
+        crate::dormant::Dormant::start(&ctx);
         tokio::task::spawn_local(refresh_gauges(Rc::downgrade(&ctx)));
         tokio::task::spawn_local(sweep_output_budget(Rc::downgrade(&ctx)));
         if index == 0 && ctx.authority.redis().is_some() {
@@ -263,6 +267,7 @@ async fn refresh_gauges(ctx: std::rc::Weak<WorkerCtx>) {
             let (output, requests) = ctx.budget.held();
             stats.output_bytes.set(output as u64);
             stats.request_bytes.set(requests as u64);
+            stats.dormant_clients.set(ctx.dormant.len() as u64);
         }
         tokio::time::sleep(GAUGE_REFRESH).await;
     }

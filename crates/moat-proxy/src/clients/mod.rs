@@ -290,6 +290,22 @@ impl WorkerClients {
         live
     }
 
+    /// One look of the dormancy sweep: a session quiet at two looks in a row, and not
+    /// active in between, is asked to go dormant at its next wait (it is woken to).
+    pub(crate) fn sweep_quiet(&self) {
+        use crate::dormant::Rest;
+        for link in self.sessions.borrow().values().filter_map(Weak::upgrade) {
+            match link.rest() {
+                Rest::Quiet => link.set_rest(Rest::QuietSeen),
+                Rest::QuietSeen => {
+                    link.set_rest(Rest::Asked);
+                    link.wake();
+                }
+                Rest::Busy | Rest::Asked | Rest::Dormant => {}
+            }
+        }
+    }
+
     /// Wakes every session so it looks at its state again (a drain started); the count.
     pub(crate) fn wake_all(&self) -> usize {
         let live = self.live();

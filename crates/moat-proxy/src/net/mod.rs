@@ -122,6 +122,21 @@ impl Stream {
         }
     }
 
+    /// True for a stream that can wait as a dormant client (a plain TCP socket).
+    pub(crate) fn may_go_dormant(&self) -> bool {
+        matches!(self, Stream::Tcp(_))
+    }
+
+    /// The socket out of tokio's hands (a session going dormant). On failure the stream is
+    /// gone (tokio closes a socket it could not deregister); only TCP streams leave.
+    pub(crate) fn into_std(self) -> io::Result<std::net::TcpStream> {
+        match self {
+            Stream::Tcp(s) => s.into_std(),
+            #[cfg(feature = "harness")]
+            Stream::Memory(_) => Err(io::Error::other("an in-memory stream is not a socket")),
+        }
+    }
+
     /// The local address of a TCP stream (what the client connected to).
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match self {

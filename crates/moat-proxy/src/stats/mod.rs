@@ -56,9 +56,10 @@ pub struct Snapshot {
     /// `ban_share_applied`, `ban_share_errors`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
-    /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `memory_budget_bytes`,
-    /// `kernel_filter_rules`, `kernel_filter_left_out`.
-    /// The pinned leases and the two byte counts are refreshed by each worker every second.
+    /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `clients_dormant`,
+    /// `memory_budget_bytes`, `kernel_filter_rules`, `kernel_filter_left_out`.
+    /// The pinned leases, the two byte counts and the dormant clients are refreshed by each
+    /// worker every second.
     pub gauges: Vec<(&'static str, u64)>,
     /// Commands by how moat ran them: forwarded, local, pinned (`moat_commands_total{kind}`).
     pub commands: Vec<(&'static str, u64)>,

@@ -253,6 +253,8 @@ pub(crate) struct WorkerStats {
     /// Unread reply bytes and buffered request bytes, refreshed every second.
     pub(crate) output_bytes: Gauge,
     pub(crate) request_bytes: Gauge,
+    /// Idle clients held without a task (dormant).
+    pub(crate) dormant_clients: Gauge,
 }
 
 impl WorkerStats {
