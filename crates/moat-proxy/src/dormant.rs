@@ -164,10 +164,11 @@ impl Dormant {
         link.set_rest(Rest::Dormant);
         link.set_waker(Waker::from(self.wake.clone()));
         if let Some(at) = client.wake_at {
+            // The watcher sees it at its next sweep at the latest (deadlines of dormant
+            // clients are kept to within `SWEEP_EVERY`); waking it here would cost a pass
+            // over the set for every client going dormant.
             let due = self.next_due.get().map_or(at, |d| d.min(at));
             self.next_due.set(Some(due));
-            // The watcher's sleep may be later than this.
-            self.wake.0.notify_one();
         }
         entry.insert(client);
         Ok(())
