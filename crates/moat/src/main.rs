@@ -96,6 +96,14 @@ enum LogFormat {
     Json,
 }
 
+/// The allocator. glibc's keeps every page that still holds one live allocation, and an
+/// attack is exactly a wave of allocations of one kind (session tasks, buffers) interleaved
+/// with long-lived ones (a dormant client's record): once the wave is gone, glibc still
+/// holds its pages. mimalloc keeps each size class on pages of its own and gives emptied
+/// pages back, so the memory a hoard or a pipeline took is returned when they end.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

@@ -76,6 +76,8 @@ pub(crate) struct Upkeep {
 const BUF_SIZE: usize = 16 << 10;
 /// Buffers larger than this are released once empty, so one burst does not pin memory.
 const KEEP_BUF: usize = 256 << 10;
+/// Entries of the queue of requests awaiting replies kept once it drains (40 bytes each).
+const KEEP_PENDING: usize = 4096;
 
 /// A shared connection, used by sessions of one worker.
 #[derive(Debug)]
@@ -568,7 +570,13 @@ impl BackendConn {
         let (next, idle) = {
             let mut pending = self.pending.borrow_mut();
             let next = pending.pop_front();
-            (next, pending.is_empty())
+            let idle = pending.is_empty();
+            // A burst of pipelines (thousands of clients × 100 requests) grows the queue to
+            // hundreds of thousands of entries; it gives that memory back once drained.
+            if idle && pending.capacity() > KEEP_PENDING {
+                *pending = VecDeque::new();
+            }
+            (next, idle)
         };
         self.checked.set(self.checked.get().saturating_sub(1));
         if idle {
