@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Raw, shown, start_moat};
 use moat_proxy::RunningProxy;
-use moat_testkit::cluster::{Cluster, key_in_slot, key_slot};
+use moat_testkit::cluster::{Announce, Cluster, key_in_slot, key_slot};
 use redis::Commands;
 use redis::cluster::{ClusterClient, ClusterConnection, cluster_pipe};
 
@@ -313,10 +313,104 @@ fn a_slot_migrates_while_a_cluster_client_reads_and_writes_it() {
         .expect("client thread")
         .expect("no wrong answer and no error during the migration");
     assert!(rounds >= 3, "{rounds}");
+    // The client was sent ASK during the migration and moat passed its ASKING on.
+    let stats = stack.cluster.nodes()[to]
+        .server
+        .info()
+        .expect("INFO on the new owner");
+    let asking = stats.get("cmdstat_asking").map_or("", String::as_str);
+    assert!(
+        asking.starts_with("calls="),
+        "no ASKING reached the importing node"
+    );
     // Every count where it should be, on the new owner.
     let owner = &stack.cluster.nodes()[to].server;
     for (k, count) in keys.iter().zip(counts) {
         let got = owner.command(&["GET", k]).expect("GET on the new owner");
         assert_eq!(got, common::bulk(count.to_string().as_bytes()), "{k}");
     }
+}
+
+/// Replicas sync from the address their primary announces, which with
+/// `cluster-announce-port` would be its moat (and moat refuses SYNC). So a cluster with
+/// replicas announces a hostname instead: nodes and replicas talk on 127.0.0.1 and the real
+/// ports, clients are sent to 127.0.0.2 and the same ports, where the moats listen.
+#[test]
+fn readonly_reads_from_a_replica_for_its_own_client_only() {
+    let host = Announce::Host("127.0.0.2".into());
+    let mut cluster =
+        Cluster::start_announcing(&[host.clone(), host.clone(), host.clone()]).expect("cluster");
+    let key = "replicated";
+    let slot = key_slot(key.as_bytes());
+    let primary = cluster.owner(slot).expect("owner");
+    let replica = cluster.add_replica(primary, &host).expect("replica syncs");
+    // One shared backend connection per moat: the reader and the other client share it.
+    let moats: Vec<RunningProxy> = cluster
+        .nodes()
+        .iter()
+        .map(|node| {
+            start_moat(node.server.addr(), |c| {
+                c.proxy.listen = SocketAddr::from(([127, 0, 0, 2], node.server.port()));
+                c.backend.shared_connections = 1;
+            })
+        })
+        .collect();
+    let stack = Stack { moats, cluster };
+    let replica_moat = &stack.moats[replica];
+    let mut writer = Raw::connect(stack.moat(primary));
+    assert_eq!(writer.cmd(&[b"SET", key.as_bytes(), b"v"]), b"+OK\r\n");
+    assert_eq!(writer.cmd(&[b"WAIT", b"1", b"5000"]), b":1\r\n");
+
+    let mut reader = Raw::connect(replica_moat.local_addr());
+    let mut other = Raw::connect(replica_moat.local_addr());
+    let moved = format!("-MOVED {slot} 127.0.0.2:{}\r\n", stack.moat(primary).port());
+    let get = common::command(&[b"GET", key.as_bytes()]);
+    assert_eq!(other.cmd(&[b"GET", key.as_bytes()]), moved.as_bytes());
+    assert_eq!(reader.cmd(&[b"READONLY"]), b"+OK\r\n");
+    // Interleaved on the one backend connection: the mode is the reader's alone.
+    for _ in 0..20 {
+        reader.send(&get);
+        other.send(&get);
+        reader.send(&get);
+        assert_eq!(other.reply(), moved.as_bytes());
+        assert_eq!(reader.reply(), b"$1\r\nv\r\n");
+        assert_eq!(reader.reply(), b"$1\r\nv\r\n");
+    }
+    // Writes still go to the primary.
+    assert_eq!(
+        reader.cmd(&[b"SET", key.as_bytes(), b"w"]),
+        moved.as_bytes()
+    );
+    // A transaction on a dedicated connection keeps the mode.
+    assert_eq!(reader.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(reader.cmd(&[b"GET", key.as_bytes()]), b"+QUEUED\r\n");
+    assert_eq!(reader.cmd(&[b"EXEC"]), b"*1\r\n$1\r\nv\r\n");
+    assert_eq!(reader.cmd(&[b"GET", key.as_bytes()]), b"$1\r\nv\r\n");
+    // READWRITE and RESET end it.
+    assert_eq!(reader.cmd(&[b"READWRITE"]), b"+OK\r\n");
+    assert_eq!(reader.cmd(&[b"GET", key.as_bytes()]), moved.as_bytes());
+    assert_eq!(reader.cmd(&[b"READONLY"]), b"+OK\r\n");
+    assert_eq!(reader.cmd(&[b"RESET"]), b"+RESET\r\n");
+    assert_eq!(reader.cmd(&[b"GET", key.as_bytes()]), moved.as_bytes());
+    assert_eq!(other.cmd(&[b"GET", key.as_bytes()]), moved.as_bytes());
+}
+
+#[test]
+fn cluster_modes_on_a_server_without_cluster_are_redis_errors() {
+    let stack = common::Stack::start();
+    let mut raw = Raw::connect(stack.addr());
+    let disabled = b"-ERR This instance has cluster support disabled\r\n";
+    for cmd in [&b"ASKING"[..], b"READONLY", b"READWRITE"] {
+        assert_eq!(raw.cmd(&[cmd]), disabled, "{}", shown(cmd));
+        assert_eq!(
+            stack
+                .redis
+                .command(&[&String::from_utf8_lossy(cmd)])
+                .expect("redis"),
+            disabled
+        );
+    }
+    // Nothing was left behind: the next command runs as usual.
+    assert_eq!(raw.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+    assert_eq!(raw.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
 }

@@ -31,7 +31,8 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ClusterNode {
     /// The server (its real client port is [`RedisServer::port`]).
     pub server: RedisServer,
-    /// The port the node announces to clients (where its moat listens).
+    /// The port the node announces to clients (where its moat listens): the announced
+    /// port, or with [`Announce::Host`] the node's own.
     pub announce_port: u16,
     /// The node's cluster bus port (real and announced).
     pub bus_port: u16,
@@ -91,29 +92,62 @@ impl Cluster {
     /// that port to clients, splits the slots evenly between them in order, joins them and
     /// waits until every node reports `cluster_state:ok` and knows every other.
     pub fn start(announce_ports: &[u16]) -> Result<Cluster, TestkitError> {
-        let mut nodes = Vec::with_capacity(announce_ports.len());
-        for &announce_port in announce_ports {
-            let bus_port = free_port();
-            let server = RedisServer::builder()
-                .config("cluster-enabled yes")
-                .config("cluster-config-file nodes.conf")
-                .config("cluster-node-timeout 5000")
-                .config(format!("cluster-port {bus_port}"))
-                .config("cluster-announce-ip 127.0.0.1")
-                .config(format!("cluster-announce-port {announce_port}"))
-                .config(format!("cluster-announce-bus-port {bus_port}"))
-                .start()?;
-            let id = resp::bulk_string(&server.command(&["CLUSTER", "MYID"])?, "CLUSTER MYID")?;
-            nodes.push(ClusterNode {
-                server,
-                announce_port,
-                bus_port,
-                id,
-            });
+        let announced: Vec<Announce> = announce_ports.iter().map(|&p| Announce::Port(p)).collect();
+        Self::start_announcing(&announced)
+    }
+
+    /// Like [`Cluster::start`], with each node announced as `announced` says.
+    pub fn start_announcing(announced: &[Announce]) -> Result<Cluster, TestkitError> {
+        let mut nodes = Vec::with_capacity(announced.len());
+        for a in announced {
+            nodes.push(start_node(a)?);
         }
         let cluster = Cluster { nodes };
         cluster.form()?;
         Ok(cluster)
+    }
+
+    /// Adds a replica of node `primary`, announcing `announce_port`, and waits until it
+    /// has synchronised and every node knows it; returns its index in [`Cluster::nodes`].
+    pub fn add_replica(
+        &mut self,
+        primary: usize,
+        announce: &Announce,
+    ) -> Result<usize, TestkitError> {
+        let node = start_node(announce)?;
+        let first = self.node(0)?;
+        let (port, bus) = (node.server.port().to_string(), node.bus_port.to_string());
+        ok(
+            &first.server,
+            &["CLUSTER", "MEET", "127.0.0.1", &port, &bus],
+        )?;
+        let primary_id = self.node(primary)?.id.clone();
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        // The replica must know the primary (through the MEET's gossip) before it can
+        // follow it.
+        while ok(&node.server, &["CLUSTER", "REPLICATE", &primary_id]).is_err() {
+            if Instant::now() >= deadline {
+                return Err(TestkitError::Protocol(
+                    "replica never met its primary".into(),
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.nodes.push(node);
+        let index = self.nodes.len() - 1;
+        loop {
+            let info = resp::bulk_string(
+                &self.nodes[index].server.command(&["INFO", "replication"])?,
+                "INFO",
+            )?;
+            if info.contains("master_link_status:up") && self.wait_ok().is_ok() {
+                return Ok(index);
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::Protocol("replica never synchronised".into()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn form(&self) -> Result<(), TestkitError> {
@@ -280,6 +314,50 @@ impl Cluster {
             .get(i)
             .ok_or_else(|| TestkitError::Protocol(format!("no cluster node {i}")))
     }
+}
+
+/// What a node tells clients about where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announce {
+    /// `cluster-announce-port`: clients are sent to `127.0.0.1:<port>`. Redis uses the
+    /// announced port for replication too, so a replica of such a node syncs through
+    /// whatever listens there (a moat refuses SYNC): for primaries-only clusters.
+    Port(u16),
+    /// `cluster-announce-hostname` with `cluster-preferred-endpoint-type hostname`: clients
+    /// are sent to `<host>:<the node's own port>`, while the nodes and replicas keep using
+    /// `127.0.0.1` and the real ports. A moat then listens on `<host>` with the node's port.
+    Host(String),
+}
+
+/// Starts one cluster-enabled server announcing itself as `announce` says to clients and
+/// its real bus port to the other nodes.
+fn start_node(announce: &Announce) -> Result<ClusterNode, TestkitError> {
+    let bus_port = free_port();
+    let mut builder = RedisServer::builder()
+        .config("cluster-enabled yes")
+        .config("cluster-config-file nodes.conf")
+        .config("cluster-node-timeout 5000")
+        .config(format!("cluster-port {bus_port}"))
+        .config("cluster-announce-ip 127.0.0.1")
+        .config(format!("cluster-announce-bus-port {bus_port}"));
+    builder = match announce {
+        Announce::Port(port) => builder.config(format!("cluster-announce-port {port}")),
+        Announce::Host(host) => builder
+            .config(format!("cluster-announce-hostname {host}"))
+            .config("cluster-preferred-endpoint-type hostname"),
+    };
+    let server = builder.start()?;
+    let id = resp::bulk_string(&server.command(&["CLUSTER", "MYID"])?, "CLUSTER MYID")?;
+    let announce_port = match announce {
+        Announce::Port(port) => *port,
+        Announce::Host(_) => server.port(),
+    };
+    Ok(ClusterNode {
+        server,
+        announce_port,
+        bus_port,
+        id,
+    })
 }
 
 /// Runs a command that must answer `+OK`.
