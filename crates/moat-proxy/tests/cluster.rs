@@ -49,6 +49,25 @@ impl Stack {
         Stack { moats, cluster }
     }
 
+    /// The same with nodes announcing a hostname (127.0.0.2, moats on the nodes' own port
+    /// numbers there): the shape that also works with replicas.
+    fn start_hosts(shared: usize) -> Stack {
+        let host = Announce::Host("127.0.0.2".into());
+        let cluster =
+            Cluster::start_announcing(&[host.clone(), host.clone(), host]).expect("cluster forms");
+        let moats = cluster
+            .nodes()
+            .iter()
+            .map(|node| {
+                start_moat(node.server.addr(), |c| {
+                    c.proxy.listen = SocketAddr::from(([127, 0, 0, 2], node.server.port()));
+                    c.backend.shared_connections = shared;
+                })
+            })
+            .collect();
+        Stack { moats, cluster }
+    }
+
     fn moat(&self, node: usize) -> SocketAddr {
         self.moats[node].local_addr()
     }
@@ -243,7 +262,7 @@ fn a_cluster_client_through_the_moats_pipelines_hash_tags_and_follows_moved() {
 
 #[test]
 fn a_slot_migrates_while_a_cluster_client_reads_and_writes_it() {
-    let stack = Stack::start(2);
+    let stack = Stack::start_hosts(2);
     let slot = key_slot(b"migrating");
     let keys: Vec<String> = (0..20)
         .map(|i| key_in_slot(&format!("m{i}:"), slot))
@@ -355,6 +374,7 @@ fn readonly_reads_from_a_replica_for_its_own_client_only() {
             })
         })
         .collect();
+    // Kept apart from `Stack::start_hosts`: the replica joins before the moats start.
     let stack = Stack { moats, cluster };
     let replica_moat = &stack.moats[replica];
     let mut writer = Raw::connect(stack.moat(primary));
@@ -393,6 +413,42 @@ fn readonly_reads_from_a_replica_for_its_own_client_only() {
     assert_eq!(reader.cmd(&[b"RESET"]), b"+RESET\r\n");
     assert_eq!(reader.cmd(&[b"GET", key.as_bytes()]), moved.as_bytes());
     assert_eq!(other.cmd(&[b"GET", key.as_bytes()]), moved.as_bytes());
+
+    // Failover: the replica takes over and announces itself, that is its own moat; the
+    // old primary's moat now sends clients there.
+    let replica_node = &stack.cluster.nodes()[replica].server;
+    let failover = replica_node
+        .command(&["CLUSTER", "FAILOVER"])
+        .expect("FAILOVER");
+    assert_eq!(failover, b"+OK\r\n");
+    let started = Instant::now();
+    while stack.cluster.owner(slot).expect("owner") != replica {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "failover never completed"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let moved_to_replica = format!(
+        "-MOVED {slot} 127.0.0.2:{}\r\n",
+        replica_moat.local_addr().port()
+    );
+    let started = Instant::now();
+    loop {
+        let reply = Raw::connect(stack.moat(primary)).cmd(&[b"GET", key.as_bytes()]);
+        if reply == moved_to_replica.as_bytes() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            shown(&reply)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Its moat serves writes now, to clients in READWRITE mode as well.
+    assert_eq!(other.cmd(&[b"SET", key.as_bytes(), b"w"]), b"+OK\r\n");
+    assert_eq!(other.cmd(&[b"GET", key.as_bytes()]), b"$1\r\nw\r\n");
 }
 
 #[test]
