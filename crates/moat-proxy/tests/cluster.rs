@@ -470,3 +470,75 @@ fn cluster_modes_on_a_server_without_cluster_are_redis_errors() {
     assert_eq!(raw.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
     assert_eq!(raw.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
 }
+
+/// A primary dies: its moat tells clients `CLUSTERDOWN` and disconnects them (a plain
+/// `-ERR` on an open connection would not make cluster clients look again), and once the
+/// replica is promoted, the maps every live moat serves send the slot to the replica's
+/// moat, which serves the acknowledged data.
+#[test]
+fn when_a_primary_dies_its_moat_disconnects_clients_and_the_replica_takes_over() {
+    let host = Announce::Host("127.0.0.2".into());
+    let mut cluster =
+        Cluster::start_announcing(&[host.clone(), host.clone(), host.clone()]).expect("cluster");
+    let key = "survivor";
+    let slot = key_slot(key.as_bytes());
+    let primary = cluster.owner(slot).expect("owner");
+    let replica = cluster.add_replica(primary, &host).expect("replica syncs");
+    let moats: Vec<RunningProxy> = cluster
+        .nodes()
+        .iter()
+        .map(|node| {
+            start_moat(node.server.addr(), |c| {
+                c.proxy.listen = SocketAddr::from(([127, 0, 0, 2], node.server.port()));
+            })
+        })
+        .collect();
+    let mut raw = Raw::connect(moats[primary].local_addr());
+    assert_eq!(raw.cmd(&[b"SET", key.as_bytes(), b"kept"]), b"+OK\r\n");
+    assert_eq!(raw.cmd(&[b"WAIT", b"1", b"5000"]), b":1\r\n");
+
+    cluster.node_mut(primary).expect("primary").server.kill9();
+    let killed = Instant::now();
+    let reply = raw.cmd(&[b"GET", key.as_bytes()]);
+    assert!(reply.starts_with(b"-"), "{}", shown(&reply));
+    // Once the breaker or the reconnect loop answers for the dead node: CLUSTERDOWN, then
+    // the connection closes.
+    let started = Instant::now();
+    loop {
+        let mut fresh = Raw::connect(moats[primary].local_addr());
+        let reply = fresh.cmd(&[b"GET", key.as_bytes()]);
+        if reply.starts_with(b"-CLUSTERDOWN moat: backend unavailable") {
+            assert!(fresh.is_closed(), "moat keeps a client of a dead node");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            shown(&reply)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The cluster promotes the replica; a live moat's map names the replica's moat.
+    let live = (primary + 1) % 3;
+    let replica_port = format!(":{}\r\n", moats[replica].local_addr().port());
+    let started = Instant::now();
+    loop {
+        let slots = Raw::connect(moats[live].local_addr()).cmd(&[b"CLUSTER", b"SLOTS"]);
+        let promoted = Raw::connect(moats[replica].local_addr()).cmd(&[b"GET", key.as_bytes()]);
+        if promoted == b"$4\r\nkept\r\n" && String::from_utf8_lossy(&slots).contains(&replica_port)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no failover: {}",
+            shown(&promoted)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "failover: the replica's moat served the slot {:?} after the primary was killed",
+        killed.elapsed()
+    );
+    drop(moats);
+}

@@ -209,6 +209,11 @@ impl Cluster {
         &self.nodes
     }
 
+    /// One node, to stop or kill it ([`RedisServer::kill9`]).
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut ClusterNode> {
+        self.nodes.get_mut(i)
+    }
+
     /// The index of the node that owns `slot`, as the first node sees it.
     pub fn owner(&self, slot: u16) -> Result<usize, TestkitError> {
         let first = self.nodes.first().ok_or(TestkitError::NotRunning)?;

@@ -14,13 +14,32 @@
 //!   clients to dedicated connections would also be correct, but would spend a lease per
 //!   replica-reading client for as long as it lives, and the pinned pool is small on purpose.
 //!
+//! When the node is down, cluster clients are disconnected with `CLUSTERDOWN` (see
+//! [`node_down`]) so they look for the node's replacement.
+//!
 //! A server not in cluster mode refuses all three; the session answers with Redis's own
 //! error instead of sending them, so a shared connection never sees one refused.
 
 use super::{Core, Step};
-use crate::backend::BackendFacts;
+use crate::backend::{BackendFacts, PickError};
 use crate::command::Local;
 use moat_protocol::encode;
+
+/// When moat's node cannot be reached, in cluster mode: the line for the client, which is
+/// then disconnected. Cluster clients refresh their slot map on a lost connection or a
+/// `CLUSTERDOWN` (not on an ordinary error), and so find the replica promoted in the node's
+/// place, behind its own moat; answered with a plain `-ERR` on an open connection, they would
+/// keep sending that slot's requests here.
+pub(super) fn node_down(facts: &BackendFacts, e: PickError) -> Option<String> {
+    match e {
+        PickError::Unavailable | PickError::CircuitOpen(_) if facts.cluster => {
+            let line = e.line();
+            let why = line.strip_prefix("ERR ").unwrap_or(&line);
+            Some(format!("CLUSTERDOWN {why}"))
+        }
+        _ => None,
+    }
+}
 
 /// What Redis answers ASKING, READONLY and READWRITE with when cluster mode is off.
 const NOT_CLUSTER: &str = "ERR This instance has cluster support disabled";

@@ -1192,6 +1192,10 @@ impl Core {
                     return Step::Close;
                 }
                 Err(e) => {
+                    if let Some(line) = cluster::node_down(&self.worker.backend.facts(), e) {
+                        encode::error(&mut self.link.out(), line);
+                        return Step::Close;
+                    }
                     encode::error(&mut self.link.out(), e.line());
                     return Step::Done;
                 }
