@@ -16,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod resp;
 
 use std::collections::HashMap;

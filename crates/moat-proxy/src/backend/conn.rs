@@ -35,9 +35,15 @@ enum Pending {
     /// A client's request, its size in bytes, and when it was queued (its request timeout
     /// runs from then).
     Client(Rc<ClientLink>, usize, Instant),
-    /// A `SELECT` or `HELLO` moat inserted to move the connection to the database or
-    /// protocol of the next request.
+    /// A `SELECT`, `HELLO`, `READONLY` or `READWRITE` moat inserted to move the connection
+    /// to the database, protocol or cluster mode of the next request.
     Internal,
+    /// The `ASKING` moat sent right in front of a client's request (see
+    /// `session::cluster`): `+OK` is dropped; an error becomes that request's reply.
+    Asking,
+    /// A client's request whose `ASKING` was refused: the client gets the refusal (the
+    /// last field) as its reply, and Redis's own reply to the request is dropped.
+    Refused(Rc<ClientLink>, usize, Instant, Box<[u8]>),
     /// A health-check `PING`.
     Ping,
     /// A client's request already answered with the timeout error: Redis's reply, when it
@@ -92,6 +98,8 @@ pub(crate) struct BackendConn {
     db: Cell<u32>,
     /// Likewise for the protocol (RESP3 after `HELLO 3`).
     resp3: Cell<bool>,
+    /// Likewise for Redis Cluster's READONLY mode.
+    readonly: Cell<bool>,
     wake_writer: Notify,
     /// Set while a wake-up of the writer is pending, so a burst of requests from many
     /// sessions costs one wake-up.
@@ -145,6 +153,7 @@ impl BackendConn {
             pending: RefCell::new(VecDeque::new()),
             db: Cell::new(0),
             resp3: Cell::new(false),
+            readonly: Cell::new(false),
             wake_writer: Notify::new(),
             writer_woken: Cell::new(false),
             progress: Cell::new(Instant::now()),
@@ -192,9 +201,10 @@ impl BackendConn {
         self.draining.set(false);
         self.rebinding.set(true);
         self.state.set(ConnState::Connecting);
-        // A fresh connection starts in database 0 and RESP2.
+        // A fresh connection starts in database 0 and RESP2, not READONLY.
         self.db.set(0);
         self.resp3.set(false);
+        self.readonly.set(false);
         self.rebind.notify_one();
     }
 
@@ -246,19 +256,23 @@ impl BackendConn {
             && now.saturating_duration_since(self.progress.get()) >= STUCK_AFTER
     }
 
-    /// The database and protocol requests queued now will run in.
-    pub(crate) fn group(&self) -> (u32, bool) {
-        (self.db.get(), self.resp3.get())
+    /// The database, protocol and READONLY mode requests queued now will run in.
+    pub(crate) fn group(&self) -> (u32, bool, bool) {
+        (self.db.get(), self.resp3.get(), self.readonly.get())
     }
 
-    /// Queues a client's request to run in database `db` with protocol RESP3 or not; its
-    /// reply will be delivered to `link` after the replies to everything queued before it.
+    /// Queues a client's request to run in database `db` with protocol RESP3 or not, in
+    /// Redis Cluster's READONLY mode or not, and right behind an `ASKING` when `asking`
+    /// (in the same write: no other request can come between them). Its reply will be
+    /// delivered to `link` after the replies to everything queued before it.
     pub(crate) fn enqueue(
         &self,
         link: &Rc<ClientLink>,
         request: &Request<'_>,
         db: u32,
         resp3: bool,
+        readonly: bool,
+        asking: bool,
     ) {
         let mut wbuf = self.wbuf.borrow_mut();
         let mut pending = self.pending.borrow_mut();
@@ -279,6 +293,17 @@ impl BackendConn {
             pending.push_back(Pending::Internal);
             self.resp3.set(resp3);
         }
+        if self.readonly.get() != readonly {
+            let mode: &[u8] = if readonly { b"READONLY" } else { b"READWRITE" };
+            encode::command(&mut wbuf, &[mode]);
+            pending.push_back(Pending::Internal);
+            self.readonly.set(readonly);
+        }
+        if asking {
+            // Last before the request: any command in between would consume the flag.
+            encode::command(&mut wbuf, &[&b"ASKING"[..]]);
+            pending.push_back(Pending::Asking);
+        }
         let before = wbuf.len();
         request.write_resp(&mut wbuf);
         let bytes = wbuf.len() - before;
@@ -297,10 +322,11 @@ impl BackendConn {
         *self.wbuf.borrow_mut() = BytesMut::new();
         self.db.set(0);
         self.resp3.set(false);
+        self.readonly.set(false);
         self.checked.set(0);
         self.ping_sent.set(None);
         for p in owed {
-            if let Pending::Client(link, bytes, _) = p {
+            if let Pending::Client(link, bytes, _) | Pending::Refused(link, bytes, _, _) = p {
                 link.deliver_error(line, bytes);
             }
         }
@@ -438,14 +464,15 @@ impl BackendConn {
         let mut i = self.checked.get();
         let mut next = None;
         while let Some(entry) = pending.get_mut(i) {
-            if let Pending::Client(_, _, queued) = entry {
+            if let Pending::Client(_, _, queued) | Pending::Refused(_, _, queued, _) = entry {
                 let due = *queued + timeout;
                 if due > now {
                     // Queued in order: every later request is due later still.
                     next = Some(due);
                     break;
                 }
-                if let Pending::Client(link, bytes, _) = std::mem::replace(entry, Pending::TimedOut)
+                if let Pending::Client(link, bytes, _) | Pending::Refused(link, bytes, _, _) =
+                    std::mem::replace(entry, Pending::TimedOut)
                 {
                     link.deliver_error(TIMED_OUT, bytes);
                     expired += 1;
@@ -570,6 +597,17 @@ impl BackendConn {
         let (next, idle) = {
             let mut pending = self.pending.borrow_mut();
             let next = pending.pop_front();
+            if matches!(next, Some(Pending::Asking)) && kind == FrameKind::Error {
+                // ASKING refused: that is the answer to the request sent behind it (which
+                // ran without the flag, so its own reply is not what the client asked for).
+                if let Some(entry) = pending.front_mut()
+                    && let Pending::Client(..) = entry
+                    && let Pending::Client(link, bytes, queued) =
+                        std::mem::replace(entry, Pending::TimedOut)
+                {
+                    *entry = Pending::Refused(link, bytes, queued, reply.into());
+                }
+            }
             let idle = pending.is_empty();
             // A burst of pipelines (thousands of clients × 100 requests) grows the queue to
             // hundreds of thousands of entries; it gives that memory back once drained.
@@ -590,6 +628,15 @@ impl BackendConn {
                 link.deliver(reply, bytes);
                 Ok(())
             }
+            Some(Pending::Refused(link, bytes, queued, refusal)) => {
+                stats
+                    .backend_latency
+                    .observe(now.saturating_duration_since(queued));
+                link.deliver(&refusal, bytes);
+                Ok(())
+            }
+            // Moat's own ASKING: `+OK` is no one's (an error was handed on above).
+            Some(Pending::Asking) => Ok(()),
             // Answered with the timeout error already; a reply that is an error is dropped
             // too: a late `-BUSY` or failure is no one's now.
             Some(Pending::TimedOut) => Ok(()),
@@ -650,7 +697,7 @@ mod tests {
         let bytes = ping();
         let mut parser = RequestParser::new(Limits::default());
         let request = parser.parse(&bytes).unwrap().unwrap();
-        conn.enqueue(link, &request, 0, false);
+        conn.enqueue(link, &request, 0, false, false, false);
     }
 
     #[test]
@@ -683,6 +730,80 @@ mod tests {
         assert_eq!(&a.out()[..], format!("-{TIMED_OUT}\r\n").as_bytes());
         assert_eq!(&b.out()[..], b"+PONG\r\n");
         assert_eq!(conn.pending_len(), 0);
+    }
+
+    /// Queues `args` for `link`, behind an ASKING of moat's when `asking`.
+    fn enqueue_args(conn: &BackendConn, link: &Rc<ClientLink>, args: &[&[u8]], asking: bool) {
+        let mut bytes = BytesMut::new();
+        encode::command(&mut bytes, args);
+        let mut parser = RequestParser::new(Limits::default());
+        let request = parser.parse(&bytes).unwrap().unwrap();
+        conn.enqueue(link, &request, 0, false, false, asking);
+    }
+
+    #[test]
+    fn asking_goes_out_right_before_its_request_and_its_ok_reaches_no_one() {
+        let stats = stats();
+        let conn = BackendConn::new(0, None, Rc::default());
+        let (a, b) = (
+            Rc::new(ClientLink::default()),
+            Rc::new(ClientLink::default()),
+        );
+        enqueue_args(&conn, &b, &[b"GET", b"k"], false);
+        enqueue_args(&conn, &a, &[b"GET", b"k"], true);
+        enqueue_args(&conn, &b, &[b"GET", b"k"], false);
+        let wire = conn.wbuf.borrow().clone();
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let asking = b"*1\r\n$6\r\nASKING\r\n";
+        let want: Vec<u8> = [&get[..], asking, get, get].concat();
+        assert_eq!(&wire[..], &want[..], "ASKING immediately before A's GET");
+        assert_eq!(conn.pending_len(), 4);
+        for reply in [
+            &b"-MOVED 1 x:1\r\n"[..],
+            b"+OK\r\n",
+            b"$1\r\nv\r\n",
+            b"-MOVED 1 x:1\r\n",
+        ] {
+            let kind = if reply[0] == b'-' {
+                FrameKind::Error
+            } else {
+                FrameKind::Simple
+            };
+            conn.route(reply, kind, Instant::now(), &stats).unwrap();
+        }
+        assert_eq!(&a.out()[..], b"$1\r\nv\r\n");
+        assert_eq!(&b.out()[..], b"-MOVED 1 x:1\r\n-MOVED 1 x:1\r\n");
+        assert_eq!((a.inflight(), b.inflight(), conn.pending_len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_refused_asking_is_the_reply_to_its_request() {
+        let stats = stats();
+        let conn = BackendConn::new(0, None, Rc::default());
+        let a = Rc::new(ClientLink::default());
+        enqueue_args(&conn, &a, &[b"GET", b"k"], true);
+        enqueue_args(&conn, &a, &[b"GET", b"k"], false);
+        let noperm = b"-NOPERM no ASKING for you\r\n";
+        conn.route(noperm, FrameKind::Error, Instant::now(), &stats)
+            .unwrap();
+        conn.route(
+            b"-MOVED 1 x:1\r\n",
+            FrameKind::Error,
+            Instant::now(),
+            &stats,
+        )
+        .unwrap();
+        conn.route(b"$1\r\nv\r\n", FrameKind::Bulk, Instant::now(), &stats)
+            .unwrap();
+        assert_eq!(&a.out()[..], &[&noperm[..], b"$1\r\nv\r\n"].concat()[..]);
+        assert_eq!(a.inflight(), 0);
+        // A refused request still times out and fails like any other.
+        enqueue_args(&conn, &a, &[b"GET", b"k"], true);
+        conn.route(noperm, FrameKind::Error, Instant::now(), &stats)
+            .unwrap();
+        conn.fail_all("ERR moat: gone");
+        assert_eq!(a.inflight(), 0);
+        assert!(a.out().ends_with(b"-ERR moat: gone\r\n"));
     }
 
     #[test]

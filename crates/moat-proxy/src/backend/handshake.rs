@@ -222,6 +222,7 @@ async fn learn_facts(
             if let Some(v) = info_field(&info, "redis_version") {
                 facts.version = v;
             }
+            facts.cluster = info_field(&info, "redis_mode").as_deref() == Some("cluster");
         }
         Value::Error(e) => {
             // -BUSY, or -NOAUTH/-NOPERM for this connection's user.
@@ -277,6 +278,7 @@ impl BackendFacts {
             version: "7.0.0".into(),
             role: "master".into(),
             databases: databases.unwrap_or(16),
+            cluster: false,
             table: CommandTable::builtin(),
         }
     }

@@ -132,6 +132,9 @@ pub(crate) struct BackendFacts {
     pub(crate) version: String,
     pub(crate) role: String,
     pub(crate) databases: u32,
+    /// The server runs in Redis Cluster mode (`redis_mode:cluster`): database 0 only, and
+    /// ASKING/READONLY/READWRITE mean something.
+    pub(crate) cluster: bool,
     pub(crate) table: CommandTable,
 }
 
@@ -262,7 +265,8 @@ impl Backend {
     }
 
     /// Chooses the connection for a request of a client signed in as `who` (none in table
-    /// mode), in database `db` and protocol `resp3`, from a client with nothing in flight (a
+    /// mode), in database `db`, protocol `resp3` and READONLY mode `readonly`, from a client
+    /// with nothing in flight (a
     /// client with requests in flight stays on their connection).
     ///
     /// Connections are grouped by (user, db, protocol): one already in the group is
@@ -277,6 +281,7 @@ impl Backend {
         who: Option<&Arc<Principal>>,
         db: u32,
         resp3: bool,
+        readonly: bool,
     ) -> Result<Rc<BackendConn>, PickError> {
         if who
             .and_then(|p| p.credential())
@@ -289,7 +294,7 @@ impl Backend {
             self.stats.requests_refused.incr();
             return Err(PickError::CircuitOpen(retry_in));
         }
-        let group = (db, resp3);
+        let group = (db, resp3, readonly);
         let conns = self.conns.borrow();
         let up = || {
             conns

@@ -49,13 +49,15 @@ pub(super) const ROUTES: &[(&str, i32, Route)] = &[
     ("bzmpop", -5, Route::Dedicated),
     ("xread", -4, Route::DedicatedIfBlock),
     ("xreadgroup", -7, Route::DedicatedIfBlock),
-    // Replication streams and cluster connection modes would hijack a shared connection.
+    // Replication streams would hijack a shared connection.
     ("sync", 1, Route::Refused),
     ("psync", -3, Route::Refused),
     ("replconf", -1, Route::Refused),
-    ("readonly", 1, Route::Refused),
-    ("readwrite", 1, Route::Refused),
-    ("asking", 1, Route::Refused),
+    // Redis Cluster's connection modes, emulated per session: moat sends them on the
+    // backend connection right before the requests they apply to (see `session::cluster`).
+    ("readonly", 1, Route::Local(Local::ReadOnly)),
+    ("readwrite", 1, Route::Local(Local::ReadWrite)),
+    ("asking", 1, Route::Local(Local::Asking)),
 ];
 
 /// Commands in [`ROUTES`] that have subcommands.

@@ -45,6 +45,12 @@ pub(crate) enum Local {
     Exec,
     Discard,
     Unwatch,
+    /// Redis Cluster's ASKING: a flag for the session's next command only.
+    Asking,
+    /// Redis Cluster's READONLY: reads may be served by a replica node.
+    ReadOnly,
+    /// Ends READONLY.
+    ReadWrite,
     /// `POST` / `Host:`: an HTTP request sent to the RESP port (a cross-protocol attack);
     /// Redis closes such a connection without a word, and so does moat.
     CrossProtocol,

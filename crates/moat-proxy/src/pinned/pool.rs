@@ -62,6 +62,8 @@ pub(crate) struct PinnedConn {
     /// Database and protocol the connection is in (moat adjusts them per lease).
     pub(crate) db: u32,
     pub(crate) resp3: bool,
+    /// Redis Cluster's READONLY mode is on (RESET ends it).
+    pub(crate) readonly: bool,
     /// The Redis user it is logged in as (passthrough mode); none: moat's own login.
     principal: Option<Arc<Principal>>,
     /// The connection's client id on Redis (CLIENT UNBLOCK aims at it); it survives RESET.
@@ -280,6 +282,7 @@ impl PinnedPool {
                 stream,
                 db: 0,
                 resp3: false,
+                readonly: false,
                 principal: who.cloned(),
                 redis_id,
                 _slot: slot,
@@ -338,6 +341,7 @@ impl PinnedPool {
                 Ok(Ok(())) => {
                     conn.db = 0;
                     conn.resp3 = false;
+                    conn.readonly = false;
                     pool.idle.borrow_mut().push(conn);
                     pool.trim();
                     pool.available.notify_waiters();

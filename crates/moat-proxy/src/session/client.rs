@@ -369,11 +369,10 @@ impl Core {
             encode::integer(&mut self.link.out(), 0);
             return Step::Done;
         };
-        let (db, resp3) = (self.state.db, self.state.resp3);
         match self.pin.as_deref_mut() {
             // The session's own dedicated connection keeps its replies in order.
             Some(pin) => {
-                pin.forward(&unblock, db, resp3, PinTag::Reply(Tag::Other));
+                pin.forward(&unblock, &self.state, PinTag::Reply(Tag::Other));
                 Step::Done
             }
             None => self.forward(&unblock),
@@ -431,7 +430,6 @@ impl Core {
             self.fail("ERR The client ID you want redirect to does not exist");
             return Step::Done;
         };
-        let (db, resp3) = (self.state.db, self.state.resp3);
         let Some(pin) = self.pin.as_deref_mut() else {
             encode::simple(&mut self.link.out(), "OK");
             return Step::Done;
@@ -461,7 +459,7 @@ impl Core {
         if tag == PinTag::Reply(Tag::TrackingOn) {
             pin.redirect = u64::try_from(id).ok();
         }
-        pin.forward(&rewritten, db, resp3, tag);
+        pin.forward(&rewritten, &self.state, tag);
         Step::Done
     }
 

@@ -38,6 +38,11 @@ impl Core {
             }
             Local::Select => match parse_i64(arg(1)) {
                 None => self.error("ERR value is not an integer or out of range"),
+                // Redis Cluster has database 0 only; moat would otherwise say OK and
+                // then have its own SELECT refused on a shared connection.
+                Some(db) if facts.cluster && db != 0 => {
+                    self.error("ERR SELECT is not allowed in cluster mode")
+                }
                 Some(db) if db < 0 || db >= i64::from(facts.databases) => {
                     self.error("ERR DB index is out of range")
                 }
@@ -72,6 +77,7 @@ impl Core {
                     return self.forward(req);
                 }
             }
+            Local::Asking | Local::ReadOnly | Local::ReadWrite => self.cluster_mode(cmd, facts),
             Local::Exec => self.error("ERR EXEC without MULTI"),
             Local::Discard => self.error("ERR DISCARD without MULTI"),
             Local::Unwatch => encode::simple(&mut self.link.out(), "OK"),
@@ -87,7 +93,7 @@ impl Core {
         Step::Done
     }
 
-    fn error(&mut self, line: &str) {
+    pub(super) fn error(&mut self, line: &str) {
         encode::error(&mut self.link.out(), line);
     }
 
@@ -183,6 +189,9 @@ impl Core {
     pub(super) fn reset(&mut self) {
         self.state.db = 0;
         self.state.resp3 = false;
+        // RESET ends Redis Cluster's connection modes too.
+        self.state.readonly = false;
+        self.state.asking = false;
         self.state.names = None;
         self.state.user = self.worker.authority.initial_principal();
         self.limits_changed = true;

@@ -7,6 +7,7 @@
 
 mod classify;
 mod client;
+mod cluster;
 mod dormancy;
 mod local;
 mod login;
@@ -153,6 +154,10 @@ pub(crate) struct ClientState {
     pub(crate) db: u32,
     /// The session speaks RESP3 (after HELLO 3).
     pub(crate) resp3: bool,
+    /// Redis Cluster's READONLY is on (reads may be served by a replica): see `cluster.rs`.
+    pub(crate) readonly: bool,
+    /// The client sent ASKING: its next command goes out right behind an ASKING of moat's.
+    pub(crate) asking: bool,
     /// The authenticated user (`None` until AUTH when authentication is required).
     pub(crate) user: Option<std::sync::Arc<Principal>>,
     /// Names the client gave itself; boxed because most clients never set one, and every
@@ -273,6 +278,8 @@ pub(crate) fn serve(
         created: Instant::now(),
         db: 0,
         resp3: false,
+        readonly: false,
+        asking: false,
         user: worker.authority.initial_principal(),
         names: None,
     };
@@ -1095,7 +1102,12 @@ impl Core {
             Action::Dedicated => CommandKind::Pinned,
             Action::Local(_) | Action::Error(_) => CommandKind::Local,
         };
+        let local = match action {
+            Action::Local(l) => Some(l),
+            _ => None,
+        };
         let step = self.dispatch(request, action, &facts);
+        self.asking_used(local, step);
         if step != Step::Blocked {
             self.worker.stats.command(kind);
             self.note_kind(if kind == CommandKind::Local {
@@ -1227,6 +1239,7 @@ impl Core {
                 self.state.backend_login(),
                 self.state.db,
                 self.state.resp3,
+                self.state.readonly,
             ) {
                 Ok(conn) => conn,
                 Err(PickError::Busy) => {
@@ -1243,6 +1256,10 @@ impl Core {
                     return Step::Close;
                 }
                 Err(e) => {
+                    if let Some(line) = cluster::node_down(&self.worker.backend.facts(), e) {
+                        encode::error(&mut self.link.out(), line);
+                        return Step::Close;
+                    }
                     encode::error(&mut self.link.out(), e.line());
                     return Step::Done;
                 }
@@ -1262,7 +1279,14 @@ impl Core {
             );
             return Step::Done;
         }
-        conn.enqueue(&self.link, request, self.state.db, self.state.resp3);
+        conn.enqueue(
+            &self.link,
+            request,
+            self.state.db,
+            self.state.resp3,
+            self.state.readonly,
+            self.state.asking,
+        );
         self.sticky = Some(conn);
         if self.worker.authority.redis().is_some() {
             self.note_user_change(request);

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use moat_protocol::{ReplyFramer, Request, encode};
 
-use super::{Core, Step};
+use super::{ClientState, Core, Step};
 use crate::command::lowercase;
 use crate::link::ClientLink;
 use crate::pinned::{Disposition, LeaseTicket, PinState, PinnedConn, SubKind, Tag};
@@ -213,9 +213,11 @@ impl Pin {
         self.relogged = true;
     }
 
-    /// Queues a client request, first moving the connection to the session's database and
-    /// protocol when they differ.
-    pub(super) fn forward(&mut self, request: &Request<'_>, db: u32, resp3: bool, tag: PinTag) {
+    /// Queues a client request, first moving the connection to the session's database,
+    /// protocol and READONLY mode when they differ, and sending the session's ASKING right
+    /// in front of it (see `session::cluster`).
+    pub(super) fn forward(&mut self, request: &Request<'_>, st: &ClientState, tag: PinTag) {
+        let (db, resp3) = (st.db, st.resp3);
         if self.conn.db != db {
             let index = db.to_string();
             encode::command(&mut self.wbuf, &[&b"SELECT"[..], index.as_bytes()]);
@@ -227,6 +229,23 @@ impl Pin {
             encode::command(&mut self.wbuf, &[&b"HELLO"[..], proto]);
             self.state.expect_hello(resp3);
             self.conn.resp3 = resp3;
+        }
+        if self.conn.readonly != st.readonly {
+            let mode: &[u8] = if st.readonly {
+                b"READONLY"
+            } else {
+                b"READWRITE"
+            };
+            encode::command(&mut self.wbuf, &[mode]);
+            self.state.expect_swallow();
+            self.conn.readonly = st.readonly;
+        }
+        if st.asking {
+            // Swallowed: the client had its `+OK` from the session. Refused (an ACL without
+            // ASKING), it ends the lease with a clear error rather than run the request
+            // without the flag.
+            encode::command(&mut self.wbuf, &[&b"ASKING"[..]]);
+            self.state.expect_swallow();
         }
         match tag {
             PinTag::Reply(Tag::Exec) if self.state.multi_dirty() => {
@@ -354,7 +373,8 @@ impl Pin {
         let pool = &core.worker.pinned;
         if self.state.outstanding() == 0 && self.wbuf.is_empty() && self.rbuf.is_empty() {
             let reset = core.worker.backend.facts().supports_reset();
-            if reset || (!self.state.holds_state() && !self.relogged) {
+            // Without RESET, nothing would end a READONLY mode before the next lease.
+            if reset || (!self.state.holds_state() && !self.relogged && !self.conn.readonly) {
                 pool.give_back(self.conn, reset);
             }
         }
@@ -402,7 +422,7 @@ impl Core {
                 if tag == PinTag::Reply(Tag::Monitor) && pin.monitoring.is_none() {
                     pin.monitoring = Some(MonitorGauge::new(&self.worker.metrics));
                 }
-                pin.forward(request, self.state.db, self.state.resp3, tag);
+                pin.forward(request, &self.state, tag);
                 Step::Done
             }
             Action::Error(line) => {
@@ -426,19 +446,14 @@ impl Core {
             Action::Local(
                 Local::Ping | Local::Echo | Local::Exec | Local::Discard | Local::Unwatch,
             ) => {
-                pin.forward(request, self.state.db, self.state.resp3, tag_of(request));
+                pin.forward(request, &self.state, tag_of(request));
                 Step::Done
             }
             Action::Local(Local::Reset) => {
                 // RESET runs on the dedicated connection and the client gets Redis's own
                 // `+RESET` once it did: after that reply no message of an old subscription
                 // may arrive. The session's own state is reset now, for what follows.
-                pin.forward(
-                    request,
-                    self.state.db,
-                    self.state.resp3,
-                    PinTag::Reply(Tag::Reset),
-                );
+                pin.forward(request, &self.state, PinTag::Reply(Tag::Reset));
                 self.reset();
                 Step::Done
             }
@@ -457,7 +472,7 @@ impl Core {
                 if let Some(at) = Core::redirect_at(request) {
                     return self.client_tracking_redirect(request, at);
                 }
-                pin.forward(request, self.state.db, self.state.resp3, tag_of(request));
+                pin.forward(request, &self.state, tag_of(request));
                 Step::Done
             }
             Action::Local(cmd) => {
@@ -473,12 +488,7 @@ impl Core {
                         return Step::Blocked;
                     }
                     // Redis answers with its own "only (P|S)SUBSCRIBE ... allowed" error.
-                    pin.forward(
-                        request,
-                        self.state.db,
-                        self.state.resp3,
-                        PinTag::Reply(Tag::Other),
-                    );
+                    pin.forward(request, &self.state, PinTag::Reply(Tag::Other));
                     return Step::Done;
                 }
                 if !settled && !pin.state.monitor() {
