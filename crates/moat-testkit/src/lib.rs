@@ -17,6 +17,9 @@
 #![forbid(unsafe_code)]
 
 mod resp;
+mod sentinel;
+
+pub use sentinel::{SentinelBuilder, SentinelServer};
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -167,6 +167,8 @@ pub(crate) enum PickError {
     Busy,
     /// Redis no longer accepts the client's user (deleted, or its password refused).
     UserGone,
+    /// The Sentinels named no verified primary (yet, or any more).
+    NoPrimary,
 }
 
 impl PickError {
@@ -182,6 +184,9 @@ impl PickError {
             PickError::UserGone => {
                 "ERR moat: Redis no longer accepts this connection's user".into()
             }
+            PickError::NoPrimary => "ERR moat: backend unavailable (no primary known: no \
+                                     Sentinel named a verified one)"
+                .into(),
         }
     }
 }
@@ -355,6 +360,15 @@ impl Backend {
             // Connections moving to a new primary (Sentinel failover) come back within
             // moments: the session waits for them (each wakes waiters as it reconnects).
             None if conns.iter().any(|c| c.moved()) => Err(PickError::Busy),
+            None if self
+                .settings
+                .connector
+                .primary()
+                .is_some_and(|p| p.current().addr.is_none()) =>
+            {
+                self.stats.requests_refused.incr();
+                Err(PickError::NoPrimary)
+            }
             None => {
                 self.stats.requests_refused.incr();
                 Err(PickError::Unavailable)

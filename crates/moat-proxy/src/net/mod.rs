@@ -179,7 +179,7 @@ impl Connector {
                     io::Error::new(
                         io::ErrorKind::NotConnected,
                         format!(
-                            "no primary known for '{}' (no Sentinel named a verified one yet)",
+                            "no primary known: no Sentinel named a verified one for '{}'",
                             primary.master_name
                         ),
                     )
