@@ -164,7 +164,10 @@ fn scenario(name: &str, trigger: impl FnOnce(&mut RedisServer, &SentinelServer))
     let total: usize = errors.values().sum();
     println!("## {name}");
     println!("- writes attempted after the trigger: {writes}");
-    println!("- moat on the new primary after: {:.0} ms", switched.as_secs_f64() * 1e3);
+    println!(
+        "- moat on the new primary after: {:.0} ms",
+        switched.as_secs_f64() * 1e3
+    );
     println!(
         "- longest window without a successful write: {:.0} ms",
         longest.as_secs_f64() * 1e3

@@ -295,8 +295,10 @@ impl Default for BreakerConfig {
 }
 
 /// `backend.address` when the file does not set it.
-const DEFAULT_BACKEND: SocketAddr =
-    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 6379));
+const DEFAULT_BACKEND: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    6379,
+));
 
 impl BackendConfig {
     /// Checks the Sentinel keys: all or none, and `address` left out when they are used.
@@ -876,6 +878,56 @@ mod tests {
             toml::to_string(&example).unwrap(),
             toml::to_string(&Config::default()).unwrap(),
             "moat.example.toml and Config::default() disagree"
+        );
+    }
+
+    #[test]
+    fn sentinel_keys_come_together_and_exclude_address() {
+        let ok = "[backend]\nsentinels = [\"127.0.0.1:26379\", \"127.0.0.1:26380\"]\n\
+                  master_name = \"mymaster\"\n";
+        let c = Config::from_toml(ok).expect("valid");
+        assert_eq!(c.backend.sentinels.len(), 2);
+        let s = "sentinels = [\"127.0.0.1:26379\"]\n";
+        for (text, key, says) in [
+            (format!("[backend]\n{s}"), "backend.master_name", "required"),
+            (
+                "[backend]\nmaster_name = \"m\"\n".to_string(),
+                "backend.master_name",
+                "needs backend.sentinels",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"m\"\naddress = \"10.0.0.1:6379\"\n"),
+                "backend.address",
+                "exclude each other",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"a b\"\n"),
+                "backend.master_name",
+                "without spaces",
+            ),
+            (
+                "[backend]\nsentinels = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\nmaster_name = \"m\"\n"
+                    .to_string(),
+                "backend.sentinels",
+                "twice",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"m\"\nsentinel_username = \"u\"\n"),
+                "backend.sentinel_username",
+                "sentinel_password",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"m\"\nsentinel_refresh = \"0s\"\n"),
+                "backend.sentinel_refresh",
+                "positive",
+            ),
+        ] {
+            let err = Config::from_toml(&text).expect_err(&text).to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+        assert!(
+            Config::from_toml("[backend]\nsentinels = [\"sentinel-1:26379\"]\n").is_err(),
+            "addresses, not host names"
         );
     }
 

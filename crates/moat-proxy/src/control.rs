@@ -717,6 +717,28 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_keys_need_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.backend.sentinels = vec!["127.0.0.1:26379".parse().expect("addr")];
+        new.backend.master_name = Some("m".into());
+        new.backend.sentinel_refresh = std::time::Duration::from_secs(5);
+        let report = plan(&old, &new).expect("comparable");
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(
+            report.needs_restart,
+            [
+                "backend.master_name",
+                "backend.sentinel_refresh",
+                "backend.sentinels"
+            ]
+        );
+        let kept = keep_running(&old, new);
+        assert!(kept.backend.sentinels.is_empty());
+        assert_eq!(kept.backend.master_name, None);
+    }
+
+    #[test]
     fn a_change_of_auth_mode_keeps_the_users() {
         let old = Config::default();
         let mut new = old.clone();

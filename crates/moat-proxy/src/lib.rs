@@ -216,7 +216,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let (drain_tx, drain_rx) = watch::channel(false);
     // Metrics first: the Sentinel follower counts into them.
     let metrics = Arc::new(Metrics::new(workers));
-    let follower = sentinel::start(&config, metrics.clone(), rx.clone()).map_err(StartError::Thread)?;
+    let follower =
+        sentinel::start(&config, metrics.clone(), rx.clone()).map_err(StartError::Thread)?;
     let primary = follower.as_ref().map(|f| f.primary.clone());
     let (live_tx, live_rx) = watch::channel(config.clone());
     let total = config.backend.shared_connections;

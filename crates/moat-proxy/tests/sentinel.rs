@@ -117,7 +117,7 @@ fn client(moat: &RunningProxy) -> Raw {
 
 /// SETs `key` through `c` until one lands on `target` as a primary (its value read there), checking
 /// every error on the way is one of the switch's clear errors; returns the errors met.
-fn write_until_on(c: &mut Raw, key: &str, target: &RedisServer) -> Vec<String> {
+fn write_until_on(c: &mut Raw, key: &str, target: &RedisServer) -> Summary {
     let mut errors = Vec::new();
     let deadline = Instant::now() + PATIENCE;
     for i in 0.. {
@@ -132,7 +132,7 @@ fn write_until_on(c: &mut Raw, key: &str, target: &RedisServer) -> Vec<String> {
             // On a primary (which replicates from no one), the value can only be moat's write.
             let there = target.command(&["GET", key]).unwrap_or_default();
             if role(target) == "master" && there.ends_with(format!("{value}\r\n").as_bytes()) {
-                return errors;
+                return Summary(errors);
             }
         } else {
             assert!(
@@ -144,7 +144,26 @@ fn write_until_on(c: &mut Raw, key: &str, target: &RedisServer) -> Vec<String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    errors
+    Summary(errors)
+}
+
+/// Errors met, shown as each distinct line with its count.
+struct Summary(Vec<String>);
+
+impl Summary {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for e in &self.0 {
+            *counts.entry(e).or_default() += 1;
+        }
+        f.debug_map().entries(counts).finish()
+    }
 }
 
 #[test]
@@ -165,13 +184,20 @@ fn follows_a_forced_failover_and_keeps_its_clients() {
 
     // Sentinel turns the old primary into a replica of the new one: moat keeps writing to
     // the new primary and holds no connection to the old one.
-    wait_until("the old primary to become a replica", || role(&d.primary) == "slave");
-    wait_until("moat to leave the old primary", || !moat_connected_to(&d.primary));
+    wait_until("the old primary to become a replica", || {
+        role(&d.primary) == "slave"
+    });
+    wait_until("moat to leave the old primary", || {
+        !moat_connected_to(&d.primary)
+    });
     for i in 0..20 {
         let v = format!("after{i}");
         assert_eq!(c.cmd(&[b"SET", b"k2", v.as_bytes()]), b"+OK\r\n");
     }
-    assert_eq!(d.replica.command(&["GET", "k2"]).unwrap(), b"$7\r\nafter19\r\n");
+    assert_eq!(
+        d.replica.command(&["GET", "k2"]).unwrap(),
+        b"$7\r\nafter19\r\n"
+    );
     assert!(!moat_connected_to(&d.primary));
     // The same client connection served throughout.
     assert_eq!(c.cmd(&[b"GET", b"k2"]), b"$7\r\nafter19\r\n");
@@ -192,12 +218,17 @@ fn follows_a_killed_primary_and_ignores_it_once_back() {
     // Back, first as the primary it was, then turned into a replica by the Sentinels:
     // moat never sends it a write.
     d.primary.restart().expect("old primary restarts");
-    wait_until("the old primary to become a replica", || role(&d.primary) == "slave");
+    wait_until("the old primary to become a replica", || {
+        role(&d.primary) == "slave"
+    });
     for i in 0..20 {
         let v = format!("back{i}");
         assert_eq!(c.cmd(&[b"SET", b"k3", v.as_bytes()]), b"+OK\r\n");
     }
-    assert_eq!(d.replica.command(&["GET", "k3"]).unwrap(), b"$6\r\nback19\r\n");
+    assert_eq!(
+        d.replica.command(&["GET", "k3"]).unwrap(),
+        b"$6\r\nback19\r\n"
+    );
     assert!(!moat_connected_to(&d.primary));
 }
 

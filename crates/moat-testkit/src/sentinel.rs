@@ -240,7 +240,9 @@ impl SentinelServer {
     fn spawn_and_wait(&mut self) -> Result<Result<(), String>, TestkitError> {
         let out_path = self.dir.path().join("sentinel.out");
         let out = fs::File::create(&out_path).map_err(io_err("creating sentinel.out"))?;
-        let err = out.try_clone().map_err(io_err("duplicating sentinel.out"))?;
+        let err = out
+            .try_clone()
+            .map_err(io_err("duplicating sentinel.out"))?;
         let child = Command::new(&self.binary)
             .arg(self.dir.path().join("sentinel.conf"))
             .arg("--sentinel")
@@ -249,7 +251,10 @@ impl SentinelServer {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(io_err(format!("spawning {} --sentinel", self.binary.display())))?;
+            .map_err(io_err(format!(
+                "spawning {} --sentinel",
+                self.binary.display()
+            )))?;
         self.pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;

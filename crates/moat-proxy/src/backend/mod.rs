@@ -516,7 +516,10 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                     // Not a failure: the Sentinels named a new primary. What the old one
                     // did not answer within the grace gets a clear error, and the slot
                     // reconnects at once (to the new primary, whose facts are read again).
-                    tracing::debug!(slot = conn.slot, "backend connection moving to the new primary");
+                    tracing::debug!(
+                        slot = conn.slot,
+                        "backend connection moving to the new primary"
+                    );
                     conn.fail_all(crate::sentinel::SWITCHED);
                     backend.facts_stale.set(true);
                     backoff.reset();

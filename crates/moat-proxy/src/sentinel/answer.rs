@@ -114,13 +114,11 @@ impl std::fmt::Display for Role {
 pub(crate) fn role(reply: &Value) -> Role {
     match reply {
         Value::Error(e) => Role::Unknown(e.clone()),
-        Value::Array(items) | Value::Push(items) => {
-            match items.first().and_then(Value::as_bytes) {
-                Some(b"master") => Role::Master,
-                Some(other) => Role::Other(String::from_utf8_lossy(other).into_owned()),
-                None => Role::Other(format!("{reply:?}")),
-            }
-        }
+        Value::Array(items) | Value::Push(items) => match items.first().and_then(Value::as_bytes) {
+            Some(b"master") => Role::Master,
+            Some(other) => Role::Other(String::from_utf8_lossy(other).into_owned()),
+            None => Role::Other(format!("{reply:?}")),
+        },
         other => Role::Other(format!("{other:?}")),
     }
 }
@@ -167,10 +165,7 @@ mod tests {
     #[test]
     fn a_sentinel_answer_names_an_address_or_says_why_not() {
         let ok = Value::Array(vec![bulk("127.0.0.1"), bulk("6379")]);
-        assert_eq!(
-            master_addr(&ok, "m"),
-            Ok("127.0.0.1:6379".parse().unwrap())
-        );
+        assert_eq!(master_addr(&ok, "m"), Ok("127.0.0.1:6379".parse().unwrap()));
         assert_eq!(
             master_addr(&Value::Null, "m"),
             Err(AnswerError::UnknownMaster("m".into()))
@@ -203,7 +198,10 @@ mod tests {
             candidates(&[v(a, 1), v(b, 2), v(a, 1)], Some(a)),
             vec![b, a]
         );
-        assert_eq!(candidates(&[v(a, 3), v(b, 3), v(b, 3)], Some(a)), vec![b, a]);
+        assert_eq!(
+            candidates(&[v(a, 3), v(b, 3), v(b, 3)], Some(a)),
+            vec![b, a]
+        );
         // Equals: the one in use stays first.
         assert_eq!(candidates(&[v(b, 3), v(a, 3)], Some(a)), vec![a, b]);
         assert_eq!(candidates(&[], Some(a)), Vec::<SocketAddr>::new());
@@ -219,11 +217,18 @@ mod tests {
 
     #[test]
     fn role_tells_a_primary_from_the_rest() {
-        let master = Value::Array(vec![bulk("master"), Value::Integer(0), Value::Array(vec![])]);
+        let master = Value::Array(vec![
+            bulk("master"),
+            Value::Integer(0),
+            Value::Array(vec![]),
+        ]);
         assert_eq!(role(&master), Role::Master);
         let replica = Value::Array(vec![bulk("slave"), bulk("127.0.0.1"), Value::Integer(1)]);
         assert_eq!(role(&replica), Role::Other("slave".into()));
-        assert!(matches!(role(&Value::Error("NOPERM".into())), Role::Unknown(_)));
+        assert!(matches!(
+            role(&Value::Error("NOPERM".into())),
+            Role::Unknown(_)
+        ));
         assert!(matches!(role(&Value::Null), Role::Other(_)));
     }
 

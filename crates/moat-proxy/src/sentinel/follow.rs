@@ -223,7 +223,10 @@ async fn look(setup: &Setup) -> Result<SocketAddr, String> {
         match answer {
             Ok(view) => views.push(view),
             Err(e) => {
-                setup.metrics.sentinel_errors.fetch_add(1, Ordering::Relaxed);
+                setup
+                    .metrics
+                    .sentinel_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 problems.push(format!("sentinel {sentinel}: {e}"));
             }
         }
@@ -237,13 +240,19 @@ async fn look(setup: &Setup) -> Result<SocketAddr, String> {
                 return Ok(addr);
             }
             Ok(role @ Role::Other(_)) => {
-                setup.metrics.sentinel_errors.fetch_add(1, Ordering::Relaxed);
+                setup
+                    .metrics
+                    .sentinel_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 problems.push(format!(
                     "{addr} was named primary but its ROLE says {role}: refused"
                 ));
             }
             Err(e) => {
-                setup.metrics.sentinel_errors.fetch_add(1, Ordering::Relaxed);
+                setup
+                    .metrics
+                    .sentinel_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 problems.push(format!("{addr} was named primary but is unreachable: {e}"));
             }
         }
@@ -318,7 +327,10 @@ async fn listen(setup: Setup, sentinel: SocketAddr, hints: mpsc::Sender<()>) {
     let mut failing = false;
     loop {
         let e = subscribed(&setup, sentinel, &hints, &mut backoff).await;
-        setup.metrics.sentinel_errors.fetch_add(1, Ordering::Relaxed);
+        setup
+            .metrics
+            .sentinel_errors
+            .fetch_add(1, Ordering::Relaxed);
         if !std::mem::replace(&mut failing, true) {
             tracing::warn!(%sentinel, error = %e, "sentinel: lost the subscription to +switch-master; reconnecting");
         }

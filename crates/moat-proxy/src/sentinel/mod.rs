@@ -20,8 +20,7 @@ pub(crate) use primary::Primary;
 
 /// The line a client gets for a request still owed by the old primary when moat moved to
 /// the new one (Sentinel failover): Redis may or may not have run it.
-pub(crate) const SWITCHED: &str =
-    "ERR moat: the primary changed (Sentinel failover) before the reply; the request may or may not have run";
+pub(crate) const SWITCHED: &str = "ERR moat: the primary changed (Sentinel failover) before the reply; the request may or may not have run";
 
 /// For a `ROLE` reply on a backend connection: what the server is when it is not the
 /// primary (none: it is, or it would not say).
