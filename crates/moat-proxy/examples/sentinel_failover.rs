@@ -31,7 +31,12 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 /// One SET and its reply's first line (a blocking RESP client).
 fn set(stream: &mut TcpStream, i: u64) -> std::io::Result<String> {
     let v = i.to_string();
-    let req = format!("*3\r\n$3\r\nSET\r\n$5\r\nbench\r\n${}\r\n{v}\r\n", v.len());
+    let key = format!("bench:{v}");
+    let req = format!(
+        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{v}\r\n",
+        key.len(),
+        v.len()
+    );
     stream.write_all(req.as_bytes())?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -47,6 +52,8 @@ fn set(stream: &mut TcpStream, i: u64) -> std::io::Result<String> {
 }
 
 struct Outcome {
+    /// The write's index (its key is `bench:<i>`).
+    i: u64,
     at: Instant,
     ok: bool,
     line: String,
@@ -70,6 +77,7 @@ fn writer(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Outcome> {
             Err(e) => {
                 // The connection itself failed: a reconnect is part of the gap.
                 out.push(Outcome {
+                    i,
                     at: Instant::now(),
                     ok: false,
                     line: format!("connection error: {e}"),
@@ -79,6 +87,7 @@ fn writer(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Outcome> {
             }
         };
         out.push(Outcome {
+            i,
             at: Instant::now(),
             ok: line == "+OK",
             line,
@@ -162,6 +171,20 @@ fn scenario(name: &str, trigger: impl FnOnce(&mut RedisServer, &SentinelServer))
         }
     }
     let total: usize = errors.values().sum();
+    // Acknowledged writes the new primary does not have: sent to the old primary after the
+    // replica's promotion (lost when the old one resyncs as a replica), or not replicated
+    // before a kill.
+    let keys = replica.command(&["KEYS", "bench:*"]).expect("KEYS");
+    let text = String::from_utf8_lossy(&keys);
+    let held: std::collections::HashSet<&str> = text
+        .split("\r\n")
+        .filter(|l| l.starts_with("bench:"))
+        .collect();
+    let acked = outcomes.iter().filter(|o| o.ok).count();
+    let lost = outcomes
+        .iter()
+        .filter(|o| o.ok && !held.contains(format!("bench:{}", o.i).as_str()))
+        .count();
     println!("## {name}");
     println!("- writes attempted after the trigger: {writes}");
     println!(
@@ -172,6 +195,7 @@ fn scenario(name: &str, trigger: impl FnOnce(&mut RedisServer, &SentinelServer))
         "- longest window without a successful write: {:.0} ms",
         longest.as_secs_f64() * 1e3
     );
+    println!("- acknowledged writes (whole run): {acked}, missing on the new primary: {lost}");
     println!("- errors: {total}");
     for (line, n) in &errors {
         println!("  - {n} x `{line}`");

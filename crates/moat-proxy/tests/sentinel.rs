@@ -65,7 +65,7 @@ impl Deployment {
                 .info()
                 .is_ok_and(|i| i.get("master_link_status").is_some_and(|s| s == "up"))
         });
-        let quorum = u32::try_from(sentinels / 2 + 1).unwrap();
+        let quorum = u32::try_from(sentinels / 2 + 1).expect("few sentinels");
         let sentinels: Vec<SentinelServer> = (0..sentinels)
             .map(|_| {
                 SentinelServer::builder()
@@ -111,7 +111,7 @@ fn client(moat: &RunningProxy) -> Raw {
     let raw = Raw::connect(moat.local_addr());
     raw.stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+        .expect("read timeout");
     raw
 }
 

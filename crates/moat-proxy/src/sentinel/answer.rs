@@ -137,6 +137,16 @@ pub(crate) fn switch_message(payload: &[u8], master_name: &str) -> Option<Socket
     Some(SocketAddr::new(ip, port))
 }
 
+/// Whether a Sentinel event about an instance (`master <name> <ip> <port>`) is about the
+/// master `master_name` itself.
+pub(crate) fn names_master(payload: &[u8], master_name: &str) -> bool {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return false;
+    };
+    let mut words = text.split_ascii_whitespace();
+    words.next() == Some("master") && words.next() == Some(master_name)
+}
+
 /// The payload of a pub/sub `message` on `channel`, if `reply` is one.
 pub(crate) fn pubsub_message<'a>(reply: &'a Value, channel: &str) -> Option<&'a [u8]> {
     let items = match reply {
@@ -242,6 +252,12 @@ mod tests {
         assert_eq!(switch_message(msg, "other"), None);
         assert_eq!(switch_message(b"mymaster 127.0.0.1 7001", "mymaster"), None);
         assert_eq!(switch_message(b"\xff", "mymaster"), None);
+        assert!(names_master(b"master mymaster 127.0.0.1 7001", "mymaster"));
+        assert!(!names_master(b"master other 127.0.0.1 7001", "mymaster"));
+        assert!(!names_master(
+            b"slave 127.0.0.1:7002 127.0.0.1 7002 @ mymaster",
+            "mymaster"
+        ));
         let push = Value::Array(vec![bulk("message"), bulk("+switch-master"), bulk("x")]);
         assert_eq!(pubsub_message(&push, "+switch-master"), Some(&b"x"[..]));
         assert_eq!(pubsub_message(&push, "other"), None);

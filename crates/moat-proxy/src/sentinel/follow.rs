@@ -36,6 +36,12 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The channel Sentinels announce failovers on.
 const SWITCH_CHANNEL: &str = "+switch-master";
 
+/// Published by the failover's leader once the promoted replica reports itself master,
+/// before `+switch-master` (which waits for the other replicas to be reconfigured): from
+/// then on the leader names the new primary, and every write still sent to the old one
+/// would be lost, so moat looks at once.
+const PROMOTED_CHANNEL: &str = "+failover-state-reconf-slaves";
+
 /// What the thread needs, fixed at start.
 #[derive(Debug, Clone)]
 struct Setup {
@@ -360,7 +366,14 @@ async fn subscribed(
         Err(_) => return format!("no answer within {:?}", setup.timeout),
     };
     let mut hs = Handshake::new(&stream, MAX_DEPTH);
-    match hs.call(&[b"SUBSCRIBE", SWITCH_CHANNEL.as_bytes()]).await {
+    match hs
+        .call(&[
+            b"SUBSCRIBE",
+            SWITCH_CHANNEL.as_bytes(),
+            PROMOTED_CHANNEL.as_bytes(),
+        ])
+        .await
+    {
         Ok(Value::Error(e)) => return format!("SUBSCRIBE refused: {e}"),
         Ok(_) => {}
         Err(e) => return e.to_string(),
@@ -373,11 +386,16 @@ async fn subscribed(
             Ok(r) => r,
             Err(e) => return e.to_string(),
         };
-        let Some(payload) = answer::pubsub_message(&reply, SWITCH_CHANNEL) else {
-            continue;
-        };
-        if let Some(new) = answer::switch_message(payload, &setup.master_name) {
+        if let Some(payload) = answer::pubsub_message(&reply, SWITCH_CHANNEL)
+            && let Some(new) = answer::switch_message(payload, &setup.master_name)
+        {
             tracing::info!(%sentinel, %new, "sentinel: +switch-master");
+            let _ = hints.try_send(());
+        }
+        if let Some(payload) = answer::pubsub_message(&reply, PROMOTED_CHANNEL)
+            && answer::names_master(payload, &setup.master_name)
+        {
+            tracing::info!(%sentinel, "sentinel: replica promoted");
             let _ = hints.try_send(());
         }
     }
