@@ -147,6 +147,19 @@ pub(crate) fn names_master(payload: &[u8], master_name: &str) -> bool {
     words.next() == Some("master") && words.next() == Some(master_name)
 }
 
+/// From a `+failover-state-wait-promotion` event (`slave <ip>:<port> <ip> <port> @ <master>
+/// <ip> <port>`), the replica being promoted, if the failover is of `master_name`.
+pub(crate) fn promoting(payload: &[u8], master_name: &str) -> Option<SocketAddr> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    match words.as_slice() {
+        ["slave", _, ip, port, "@", name, ..] if *name == master_name => {
+            Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// The payload of a pub/sub `message` on `channel`, if `reply` is one.
 pub(crate) fn pubsub_message<'a>(reply: &'a Value, channel: &str) -> Option<&'a [u8]> {
     let items = match reply {
@@ -253,6 +266,16 @@ mod tests {
         assert_eq!(switch_message(b"mymaster 127.0.0.1 7001", "mymaster"), None);
         assert_eq!(switch_message(b"\xff", "mymaster"), None);
         assert!(names_master(b"master mymaster 127.0.0.1 7001", "mymaster"));
+        let promoting_msg = b"slave 127.0.0.1:7002 127.0.0.1 7002 @ mymaster 127.0.0.1 7001";
+        assert_eq!(
+            promoting(promoting_msg, "mymaster"),
+            Some("127.0.0.1:7002".parse().unwrap())
+        );
+        assert_eq!(promoting(promoting_msg, "other"), None);
+        assert_eq!(
+            promoting(b"master mymaster 127.0.0.1 7001", "mymaster"),
+            None
+        );
         assert!(!names_master(b"master other 127.0.0.1 7001", "mymaster"));
         assert!(!names_master(
             b"slave 127.0.0.1:7002 127.0.0.1 7002 @ mymaster",

@@ -123,13 +123,66 @@ pub(crate) fn start(
     Ok(Some(Follower { primary, thread }))
 }
 
+/// What a subscription tells the loop.
+#[derive(Debug, Clone, Copy)]
+enum Hint {
+    /// Ask the Sentinels again.
+    Look,
+    /// A failover's leader is promoting this replica.
+    Promoting(SocketAddr),
+}
+
+/// The event a failover's leader publishes when it has told a replica to become primary.
+const PROMOTING_CHANNEL: &str = "+failover-state-wait-promotion";
+
+/// How often, and how long, a replica being promoted is asked for its role.
+const PROMOTION_POLL: Duration = Duration::from_millis(10);
+const PROMOTION_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a primary adopted from its promotion is kept while the Sentinels still name
+/// the old one (they name the new one once the leader has seen the promotion, about a
+/// second later; other Sentinels follow its newer configuration).
+const PROMOTION_HOLD: Duration = Duration::from_secs(30);
+
+/// Asks the replica being promoted for its role until it says master (within
+/// [`PROMOTION_WAIT`]): from that moment every write the old primary takes would be lost.
+async fn await_promotion(setup: &Setup, addr: SocketAddr) -> bool {
+    let deadline = tokio::time::Instant::now() + PROMOTION_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Role::Master) = role_of(setup, addr).await {
+            return true;
+        }
+        tokio::time::sleep(PROMOTION_POLL).await;
+    }
+    false
+}
+
+/// Moves to the replica being promoted as soon as it says it is master (once per
+/// promotion, however many Sentinels announce it).
+async fn follow_promotion(
+    setup: &Setup,
+    addr: SocketAddr,
+    promoted: &mut Option<(SocketAddr, tokio::time::Instant)>,
+) {
+    if promoted.is_some_and(|(p, _)| p == addr) || setup.primary.current().addr == Some(addr) {
+        return;
+    }
+    if await_promotion(setup, addr).await {
+        tracing::info!(primary = %addr, "sentinel: replica promoted; moving to it");
+        adopt(setup, Some(addr));
+        *promoted = Some((addr, tokio::time::Instant::now()));
+    }
+}
+
 /// The follower's loop, until shutdown.
 async fn follow(
     setup: Setup,
     first: std::sync::mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (hint_tx, mut hints) = mpsc::channel::<()>(16);
+    let (hint_tx, mut hints) = mpsc::channel::<Hint>(16);
+    // A primary adopted from its promotion, before the Sentinels name it.
+    let mut promoted: Option<(SocketAddr, tokio::time::Instant)> = None;
     for &sentinel in &setup.sentinels {
         tokio::task::spawn_local(listen(setup.clone(), sentinel, hint_tx.clone()));
     }
@@ -143,7 +196,21 @@ async fn follow(
                 if std::mem::replace(&mut failing, false) {
                     tracing::info!(primary = %addr, "sentinel: primary verified again");
                 }
-                adopt(&setup, Some(addr));
+                // The Sentinels may still name the old primary for a moment after a
+                // promotion moat has seen: going back to it would lose writes.
+                let hold = match promoted {
+                    Some((p, since)) if p != addr && since.elapsed() < PROMOTION_HOLD => {
+                        setup.primary.current().addr == Some(p)
+                            && matches!(role_of(&setup, p).await, Ok(Role::Master))
+                    }
+                    _ => false,
+                };
+                if hold {
+                    tracing::debug!(named = %addr, "sentinel: keeping the promoted primary until the Sentinels name it");
+                } else {
+                    promoted = None;
+                    adopt(&setup, Some(addr));
+                }
                 setup.refresh
             }
             Err(why) => {
@@ -173,7 +240,11 @@ async fn follow(
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            Some(()) = hints.recv() => {}
+            Some(hint) = hints.recv() => {
+                if let Hint::Promoting(addr) = hint {
+                    follow_promotion(&setup, addr, &mut promoted).await;
+                }
+            }
             () = setup.primary.doubted() => {}
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -182,7 +253,11 @@ async fn follow(
             }
         }
         tokio::time::sleep(MIN_PAUSE).await;
-        while hints.try_recv().is_ok() {}
+        while let Ok(hint) = hints.try_recv() {
+            if let Hint::Promoting(addr) = hint {
+                follow_promotion(&setup, addr, &mut promoted).await;
+            }
+        }
     }
 }
 
@@ -328,7 +403,7 @@ async fn role_of(setup: &Setup, addr: SocketAddr) -> Result<Role, String> {
 /// Listens for `+switch-master` on one Sentinel for the life of the thread, reconnecting
 /// with backoff; each message about our master (and each new subscription, which may
 /// have missed one) asks the loop to look again.
-async fn listen(setup: Setup, sentinel: SocketAddr, hints: mpsc::Sender<()>) {
+async fn listen(setup: Setup, sentinel: SocketAddr, hints: mpsc::Sender<Hint>) {
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut failing = false;
     loop {
@@ -352,7 +427,7 @@ async fn listen(setup: Setup, sentinel: SocketAddr, hints: mpsc::Sender<()>) {
 async fn subscribed(
     setup: &Setup,
     sentinel: SocketAddr,
-    hints: &mpsc::Sender<()>,
+    hints: &mpsc::Sender<Hint>,
     backoff: &mut Backoff,
 ) -> String {
     let stream = match tokio::time::timeout(
@@ -371,6 +446,7 @@ async fn subscribed(
             b"SUBSCRIBE",
             SWITCH_CHANNEL.as_bytes(),
             PROMOTED_CHANNEL.as_bytes(),
+            PROMOTING_CHANNEL.as_bytes(),
         ])
         .await
     {
@@ -380,7 +456,7 @@ async fn subscribed(
     }
     backoff.reset();
     tracing::debug!(%sentinel, "sentinel: subscribed to +switch-master");
-    let _ = hints.try_send(());
+    let _ = hints.try_send(Hint::Look);
     loop {
         let reply = match hs.next_reply().await {
             Ok(r) => r,
@@ -390,13 +466,19 @@ async fn subscribed(
             && let Some(new) = answer::switch_message(payload, &setup.master_name)
         {
             tracing::info!(%sentinel, %new, "sentinel: +switch-master");
-            let _ = hints.try_send(());
+            let _ = hints.try_send(Hint::Look);
+        }
+        if let Some(payload) = answer::pubsub_message(&reply, PROMOTING_CHANNEL)
+            && let Some(replica) = answer::promoting(payload, &setup.master_name)
+        {
+            tracing::info!(%sentinel, %replica, "sentinel: replica being promoted");
+            let _ = hints.try_send(Hint::Promoting(replica));
         }
         if let Some(payload) = answer::pubsub_message(&reply, PROMOTED_CHANNEL)
             && answer::names_master(payload, &setup.master_name)
         {
             tracing::info!(%sentinel, "sentinel: replica promoted");
-            let _ = hints.try_send(());
+            let _ = hints.try_send(Hint::Look);
         }
     }
 }
