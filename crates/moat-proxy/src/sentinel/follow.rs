@@ -2,7 +2,9 @@
 //! `ROLE`, and publishes the verified address to the workers; listens for `+switch-master`
 //! on every Sentinel and asks again at once when one comes, when a worker doubts the
 //! primary, and every `backend.sentinel_refresh` in case a message was lost. While no
-//! Sentinel answers, the last verified primary stays in use and attempts back off.
+//! Sentinel answers, the last verified primary stays in use and attempts back off. When a
+//! failover's leader announces the replica it promotes, that replica is asked for its role
+//! every few milliseconds and used as soon as it says master.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

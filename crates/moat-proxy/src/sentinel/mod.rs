@@ -6,7 +6,9 @@
 //!   switches (connections opened under an older one move to the new primary).
 //! - `answer`: reading the Sentinels' and the servers' replies (pure).
 //! - `follow`: the thread that asks, verifies, listens for `+switch-master` and re-asks
-//!   periodically, with backoff while the Sentinels are unreachable.
+//!   periodically, with backoff while the Sentinels are unreachable. During a failover it
+//!   moves to the replica being promoted as soon as that server's own `ROLE` says master,
+//!   before the Sentinels name it, so fewer writes go to the old primary and are lost.
 //!
 //! A Sentinel is trusted only as far as the server it names agrees: an address whose `ROLE`
 //! is not `master` is refused, so a stale or lying Sentinel cannot send clients to a replica.
