@@ -79,7 +79,7 @@ const BAN_SHARE_REJECTED: [&str; 7] = [
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 15] = [
+const COUNTERS: [(&str, &str, &str); 17] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -154,6 +154,16 @@ const COUNTERS: [(&str, &str, &str); 15] = [
         "moat_ban_share_errors",
         "ban_share_errors",
         "Lost or failed connections of the ban-share thread to Redis.",
+    ),
+    (
+        "moat_sentinel_switches",
+        "sentinel_switches",
+        "Primary switches followed (backend.sentinels).",
+    ),
+    (
+        "moat_sentinel_errors",
+        "sentinel_errors",
+        "Sentinels unreachable, refusing, naming a server that is no primary, or dropping the +switch-master subscription.",
     ),
 ];
 
@@ -392,7 +402,19 @@ impl Collector for SnapshotCollector {
             "reason",
             &BAN_SHARE_REJECTED,
             &s.ban_share_rejected,
-        )
+        )?;
+        let mut m = enc.encode_descriptor(
+            "moat_sentinel_primary",
+            "1 with the address of the primary in use, verified (backend.sentinels); 0 with an \
+             empty address while none is known or Sentinels are not used.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let (address, up) = match &s.sentinel_primary {
+            Some(a) => (a.as_str(), 1i64),
+            None => ("", 0),
+        };
+        ConstGauge::new(up).encode(m.encode_family(&[("address", address)])?)
     }
 }
 

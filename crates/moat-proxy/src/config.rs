@@ -205,8 +205,21 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
-    /// Address of the Redis server.
+    /// Address of the Redis server. Not used with `sentinels`, which name the primary.
     pub address: SocketAddr,
+    /// Sentinels to ask for the primary of `master_name` (empty: connect to `address`).
+    /// With them, moat follows failovers; see `crate::sentinel`.
+    pub sentinels: Vec<SocketAddr>,
+    /// The name the Sentinels monitor the primary under (required with `sentinels`).
+    pub master_name: Option<String>,
+    /// ACL user for the Sentinels themselves (none: `AUTH password` only).
+    pub sentinel_username: Option<String>,
+    /// Password for the Sentinels (none: no AUTH sent to them).
+    pub sentinel_password: Option<String>,
+    /// How often moat asks the Sentinels again and checks the primary's role, in case a
+    /// `+switch-master` message was lost.
+    #[serde(with = "humantime_serde")]
+    pub sentinel_refresh: Duration,
     /// ACL user moat authenticates as on its backend connections (none: `AUTH password` only).
     pub username: Option<String>,
     /// Password for moat's backend connections (none: no AUTH sent).
@@ -281,10 +294,78 @@ impl Default for BreakerConfig {
     }
 }
 
+/// `backend.address` when the file does not set it.
+const DEFAULT_BACKEND: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    6379,
+));
+
+impl BackendConfig {
+    /// Checks the Sentinel keys: all or none, and `address` left out when they are used.
+    fn validate_sentinels(&self) -> Result<(), ConfigError> {
+        if self.sentinels.is_empty() {
+            if self.master_name.is_some() {
+                return Err(invalid(
+                    "backend.master_name",
+                    "needs backend.sentinels (the Sentinels that know this name)",
+                ));
+            }
+            return Ok(());
+        }
+        if self.address != DEFAULT_BACKEND {
+            return Err(invalid(
+                "backend.address",
+                "backend.address and backend.sentinels exclude each other: with Sentinels \
+                 the primary's address comes from them; remove backend.address",
+            ));
+        }
+        match &self.master_name {
+            None => {
+                return Err(invalid(
+                    "backend.master_name",
+                    "required with backend.sentinels (the name in `sentinel monitor <name> ...`)",
+                ));
+            }
+            Some(name) if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == 0x7f) => {
+                return Err(invalid(
+                    "backend.master_name",
+                    "must be non-empty, without spaces",
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.sentinels.len() > 32 {
+            return Err(invalid("backend.sentinels", "at most 32 Sentinels"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.sentinels.iter().find(|a| !seen.insert(**a)) {
+            return Err(invalid(
+                "backend.sentinels",
+                format!("{dup} is listed twice"),
+            ));
+        }
+        if self.sentinel_username.is_some() && self.sentinel_password.is_none() {
+            return Err(invalid(
+                "backend.sentinel_username",
+                "needs backend.sentinel_password as well",
+            ));
+        }
+        if self.sentinel_refresh.is_zero() {
+            return Err(invalid("backend.sentinel_refresh", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for BackendConfig {
     fn default() -> Self {
         Self {
-            address: SocketAddr::from(([127, 0, 0, 1], 6379)),
+            address: DEFAULT_BACKEND,
+            sentinels: Vec::new(),
+            master_name: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            sentinel_refresh: Duration::from_secs(1),
             username: None,
             password: None,
             shared_connections: 2,
@@ -495,6 +576,7 @@ impl Config {
                 "needs backend.password as well",
             ));
         }
+        b.validate_sentinels()?;
         if b.databases == Some(0) {
             return Err(invalid("backend.databases", "must be at least 1"));
         }
@@ -505,6 +587,7 @@ impl Config {
             ("backend.request_timeout", b.request_timeout),
             ("backend.max_lifetime", b.max_lifetime),
             ("backend.health_check_interval", b.health_check_interval),
+            ("backend.sentinel_refresh", b.sentinel_refresh),
             ("backend.breaker.window", b.breaker.window),
             ("backend.breaker.open_for", b.breaker.open_for),
             ("pinned.wait", self.pinned.wait),
@@ -795,6 +878,56 @@ mod tests {
             toml::to_string(&example).unwrap(),
             toml::to_string(&Config::default()).unwrap(),
             "moat.example.toml and Config::default() disagree"
+        );
+    }
+
+    #[test]
+    fn sentinel_keys_come_together_and_exclude_address() {
+        let ok = "[backend]\nsentinels = [\"127.0.0.1:26379\", \"127.0.0.1:26380\"]\n\
+                  master_name = \"mymaster\"\n";
+        let c = Config::from_toml(ok).expect("valid");
+        assert_eq!(c.backend.sentinels.len(), 2);
+        let s = "sentinels = [\"127.0.0.1:26379\"]\n";
+        for (text, key, says) in [
+            (format!("[backend]\n{s}"), "backend.master_name", "required"),
+            (
+                "[backend]\nmaster_name = \"m\"\n".to_string(),
+                "backend.master_name",
+                "needs backend.sentinels",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"m\"\naddress = \"10.0.0.1:6379\"\n"),
+                "backend.address",
+                "exclude each other",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"a b\"\n"),
+                "backend.master_name",
+                "without spaces",
+            ),
+            (
+                "[backend]\nsentinels = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\nmaster_name = \"m\"\n"
+                    .to_string(),
+                "backend.sentinels",
+                "twice",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"m\"\nsentinel_username = \"u\"\n"),
+                "backend.sentinel_username",
+                "sentinel_password",
+            ),
+            (
+                format!("[backend]\n{s}master_name = \"m\"\nsentinel_refresh = \"0s\"\n"),
+                "backend.sentinel_refresh",
+                "positive",
+            ),
+        ] {
+            let err = Config::from_toml(&text).expect_err(&text).to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+        assert!(
+            Config::from_toml("[backend]\nsentinels = [\"sentinel-1:26379\"]\n").is_err(),
+            "addresses, not host names"
         );
     }
 

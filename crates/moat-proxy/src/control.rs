@@ -64,6 +64,11 @@ const NEEDS_RESTART: &[&str] = &[
     "proxy.workers",
     "proxy.backlog",
     "backend.address",
+    "backend.sentinels",
+    "backend.master_name",
+    "backend.sentinel_username",
+    "backend.sentinel_password",
+    "backend.sentinel_refresh",
     "backend.username",
     "backend.password",
     "backend.connect_timeout",
@@ -301,7 +306,17 @@ impl Control {
                     "ban_share_errors",
                     m.ban_share_errors.load(Ordering::Relaxed),
                 ),
+                (
+                    "sentinel_switches",
+                    m.sentinel_switches.load(Ordering::Relaxed),
+                ),
+                ("sentinel_errors", m.sentinel_errors.load(Ordering::Relaxed)),
             ],
+            sentinel_primary: m
+                .sentinel_primary
+                .read()
+                .ok()
+                .and_then(|p| p.map(|a| a.to_string())),
             ban_share_rejected: crate::ban_share::Rejected::ALL
                 .iter()
                 .map(|r| {
@@ -572,6 +587,11 @@ fn keep_running(old: &Config, mut new: Config) -> Config {
     new.proxy.backlog = old.proxy.backlog;
     let (b, o) = (&mut new.backend, &old.backend);
     b.address = o.address;
+    b.sentinels.clone_from(&o.sentinels);
+    b.master_name.clone_from(&o.master_name);
+    b.sentinel_username.clone_from(&o.sentinel_username);
+    b.sentinel_password.clone_from(&o.sentinel_password);
+    b.sentinel_refresh = o.sentinel_refresh;
     b.username.clone_from(&o.username);
     b.password.clone_from(&o.password);
     b.connect_timeout = o.connect_timeout;
@@ -695,6 +715,28 @@ mod tests {
         assert_eq!(kept.backend.breaker.probes, old.backend.breaker.probes);
         assert_eq!(kept.guard.max_per_ip, 3);
         assert!(plan(&old, &old).expect("same").applied.is_empty());
+    }
+
+    #[test]
+    fn sentinel_keys_need_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.backend.sentinels = vec!["127.0.0.1:26379".parse().expect("addr")];
+        new.backend.master_name = Some("m".into());
+        new.backend.sentinel_refresh = std::time::Duration::from_secs(5);
+        let report = plan(&old, &new).expect("comparable");
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(
+            report.needs_restart,
+            [
+                "backend.master_name",
+                "backend.sentinel_refresh",
+                "backend.sentinels"
+            ]
+        );
+        let kept = keep_running(&old, new);
+        assert!(kept.backend.sentinels.is_empty());
+        assert_eq!(kept.backend.master_name, None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod metrics;
 mod net;
 mod nft_sync;
 mod pinned;
+mod sentinel;
 mod session;
 mod shed;
 pub mod stats;
@@ -75,6 +76,8 @@ pub struct RunningProxy {
     nft: Option<nft_sync::NftSync>,
     /// Bans shared with other moats through Redis (`[ban_share]`).
     ban_share: Option<ban_share::BanShare>,
+    /// The thread following the Sentinels' primary (`backend.sentinels`).
+    sentinel: Option<JoinHandle<()>>,
 }
 
 impl RunningProxy {
@@ -143,6 +146,9 @@ impl RunningProxy {
         if let Some(filter) = self.filter.take() {
             let _ = filter.join();
         }
+        if let Some(sentinel) = self.sentinel.take() {
+            let _ = sentinel.join();
+        }
     }
 }
 
@@ -209,13 +215,18 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let authority = Arc::new(auth::Authority::from_config(&config));
     let (tx, rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
+    // Metrics first: the Sentinel follower counts into them.
+    let metrics = Arc::new(Metrics::new(workers));
+    let follower =
+        sentinel::start(&config, metrics.clone(), rx.clone()).map_err(StartError::Thread)?;
+    let primary = follower.as_ref().map(|f| f.primary.clone());
     let (live_tx, live_rx) = watch::channel(config.clone());
     let total = config.backend.shared_connections;
     let pinned_total = config.pinned.max_connections;
     let leases = pinned::LeaseLimits::new(config.pinned.max_per_ip, config.pinned.max_per_user);
     let guard = moat_guard::Guard::new(config.guard.clone());
-    // One block of counters per worker, written only by it; `Control` sums them.
-    let metrics = Arc::new(Metrics::new(workers));
+    // One block of counters per worker, written only by it; `Control` sums them (made
+    // above).
     let (clients, queries) = clients::Shared::new(workers);
     let mut queries = queries.into_iter();
     // The same sockets, for the socket filter's thread (a duplicate is the same socket).
@@ -234,6 +245,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         let guard = guard.clone();
         let metrics = metrics.clone();
         let clients = clients.clone();
+        let primary = primary.clone();
         // Each worker answers its own queue of questions about its sessions (by index).
         let queries = queries.next();
         let handle = std::thread::Builder::new()
@@ -254,6 +266,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     shutdown: rx,
                     drain,
                     live,
+                    primary,
                 };
                 if let Err(e) = worker::run(setup) {
                     tracing::error!(worker = index, error = %e, "worker failed");
@@ -263,7 +276,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         handles.push(handle);
     }
     let nft = nft_sync::NftSync::start(&config, addr.port(), guard.clone(), metrics.clone());
-    let ban_share = ban_share::BanShare::start(&config, guard.clone(), metrics.clone());
+    let ban_share =
+        ban_share::BanShare::start(&config, guard.clone(), metrics.clone(), primary.clone());
     let filter = kernel_filter::spawn(kernel_filter::Parts {
         listeners: filtered,
         guard: guard.clone(),
@@ -292,5 +306,6 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         control,
         nft,
         ban_share,
+        sentinel: follower.map(|f| f.thread),
     })
 }

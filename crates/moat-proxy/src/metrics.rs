@@ -34,6 +34,13 @@ pub struct Metrics {
     pub(crate) ban_share_rejected: [AtomicU64; 7],
     /// Lost or failed connections of the ban-share thread to Redis.
     pub(crate) ban_share_errors: AtomicU64,
+    /// The primary in use (`backend.sentinels`), as last verified.
+    pub(crate) sentinel_primary: std::sync::RwLock<Option<std::net::SocketAddr>>,
+    /// Primary switches followed.
+    pub(crate) sentinel_switches: AtomicU64,
+    /// Sentinels that failed to answer, named a server that is no primary, or dropped
+    /// the `+switch-master` subscription.
+    pub(crate) sentinel_errors: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -59,6 +66,9 @@ impl Metrics {
             ban_share_applied: AtomicU64::new(0),
             ban_share_rejected: Default::default(),
             ban_share_errors: AtomicU64::new(0),
+            sentinel_primary: std::sync::RwLock::new(None),
+            sentinel_switches: AtomicU64::new(0),
+            sentinel_errors: AtomicU64::new(0),
         }
     }
 

@@ -329,6 +329,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) drain: watch::Receiver<bool>,
     /// The configuration in force; a reload sends the new one.
     pub(crate) live: watch::Receiver<Arc<Config>>,
+    /// The primary the Sentinels name (`backend.sentinels`); none: `backend.address`.
+    pub(crate) primary: Option<Arc<crate::sentinel::Primary>>,
 }
 
 /// Connections accepted per turn of the accept task before it yields to the sessions.
@@ -554,6 +556,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         mut shutdown,
         mut drain,
         mut live,
+        primary,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -569,7 +572,10 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let mut listener = Some(AsyncFd::new(listener)?);
-        let connector = Connector::Tcp(config.backend.address);
+        let connector = match primary {
+            Some(primary) => Connector::Sentinel(primary),
+            None => Connector::Tcp(config.backend.address),
+        };
         let shares = Shares {
             backend_cap,
             pinned_cap,

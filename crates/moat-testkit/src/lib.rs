@@ -18,6 +18,9 @@
 
 pub mod cluster;
 mod resp;
+mod sentinel;
+
+pub use sentinel::{SentinelBuilder, SentinelServer};
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -132,7 +132,18 @@ pub(crate) struct BackendConn {
     removed: Cell<bool>,
     /// Sessions waiting for a connection to become free, woken when this one owes nothing.
     idle_waiters: Rc<RefCell<Vec<Weak<ClientLink>>>>,
+    /// The primary moved (Sentinel failover): takes no new work, gets what it owes within
+    /// [`SWITCH_GRACE`], then reconnects to the new primary.
+    moved: Cell<bool>,
+    /// Signalled when Redis answered a client with `READONLY`: the server may have been
+    /// demoted, which the Sentinel follower is asked to check.
+    readonly: Notify,
 }
+
+/// How long a connection to a replaced primary waits for the replies it owes before those
+/// still missing are answered with [`crate::sentinel::SWITCHED`]: a primary demoted by a
+/// failover still answers what it received before; a dead one never will.
+const SWITCH_GRACE: Duration = Duration::from_secs(1);
 
 impl BackendConn {
     pub(crate) fn new(
@@ -160,6 +171,8 @@ impl BackendConn {
             checked: Cell::new(0),
             ping_sent: Cell::new(None),
             retiring: Cell::new(false),
+            moved: Cell::new(false),
+            readonly: Notify::new(),
         }
     }
 
@@ -171,7 +184,13 @@ impl BackendConn {
         self.state.set(state);
         if state == ConnState::Connecting {
             self.retiring.set(false);
+            self.moved.set(false);
         }
+    }
+
+    /// Whether the connection goes to a replaced primary and takes no new work.
+    pub(crate) fn moved(&self) -> bool {
+        self.moved.get()
     }
 
     /// Whether the connection is past its lifetime, waiting to be replaced.
@@ -336,6 +355,7 @@ impl BackendConn {
     /// Serves the connection until it fails; returns why. `stats` counts requests
     /// answered with the timeout error and times replies; `liveness` is the worker's evidence that Redis
     /// answers (see [`Liveness`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
         &self,
         stream: Stream,
@@ -343,8 +363,11 @@ impl BackendConn {
         breaker: &RefCell<Breaker>,
         liveness: &Liveness,
         stats: &WorkerStats,
+        connector: &crate::net::Connector,
+        generation: u64,
     ) -> BackendError {
         tokio::select! {
+            e = self.follow(connector, generation) => e,
             e = self.rebound() => e,
             e = self.write_loop(&stream) => e,
             e = self.read_loop(&stream, upkeep.max_depth, breaker, liveness, stats) => e,
@@ -367,6 +390,27 @@ impl BackendConn {
                 self.rebind.notified().await;
             }
         }
+    }
+
+    /// With a primary found through Sentinels: once it is replaced, takes no new work, waits
+    /// up to [`SWITCH_GRACE`] for the replies owed, and ends so the slot reconnects to the
+    /// new primary. A `READONLY` reply meanwhile asks the follower to check the primary.
+    async fn follow(&self, connector: &crate::net::Connector, generation: u64) -> BackendError {
+        let Some(primary) = connector.primary() else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                () = primary.moved_from(generation) => break,
+                () = self.readonly.notified() => primary.doubt(),
+            }
+        }
+        self.moved.set(true);
+        let deadline = tokio::time::Instant::now() + SWITCH_GRACE;
+        while !self.pending.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        BackendError::Moved
     }
 
     /// After `lifetime`, stops taking new work (when others can) and ends at the first
@@ -622,6 +666,9 @@ impl BackendConn {
         }
         match next {
             Some(Pending::Client(link, bytes, queued)) => {
+                if kind == FrameKind::Error && reply.starts_with(b"-READONLY") {
+                    self.readonly.notify_one();
+                }
                 stats
                     .backend_latency
                     .observe(now.saturating_duration_since(queued));

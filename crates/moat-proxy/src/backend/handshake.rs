@@ -83,7 +83,8 @@ impl<'a> Handshake<'a> {
         }
     }
 
-    async fn next_reply(&mut self) -> Result<Value, BackendError> {
+    /// Reads the next reply (a pub/sub message on a subscribed connection).
+    pub(crate) async fn next_reply(&mut self) -> Result<Value, BackendError> {
         loop {
             if let Some((value, used)) = Value::decode(&self.buf, self.max_depth)? {
                 let _ = self.buf.split_to(used);
@@ -109,6 +110,8 @@ pub(crate) struct Opened {
     /// For a connection that sent no AUTH: whether Redis wants one (its default user needs
     /// a password). Such a connection still serves: its clients get Redis's own `NOAUTH`.
     pub(crate) needs_auth: Option<bool>,
+    /// The followed primary's generation when the connection was opened (0: fixed address).
+    pub(crate) generation: u64,
 }
 
 /// Opens a connection logged in as `login` and completes its handshake within the connect
@@ -121,6 +124,8 @@ pub(crate) async fn open(
     // Whether the TCP connection was made: a timeout after it is Redis not answering (see
     // `BackendError::Unanswered`), one before it is the network or the host.
     let connected = std::cell::Cell::new(false);
+    // Read before connecting: a switch during the connect then shows as a newer generation.
+    let generation = settings.connector.generation();
     let work = async {
         let stream = settings.connector.connect().await?;
         connected.set(true);
@@ -144,6 +149,17 @@ pub(crate) async fn open(
                 tracing::debug!(error = %e, "backend refused CLIENT SETNAME");
             }
         }
+        if needs_auth != Some(true)
+            && let Some(primary) = settings.connector.primary()
+        {
+            // A primary found through Sentinels must still be one: a demoted server would
+            // answer every write with READONLY. A user that may not run ROLE cannot tell.
+            let role = crate::sentinel::role_of_reply(&hs.call(&[b"ROLE"]).await?);
+            if let Some(role) = role {
+                primary.doubt();
+                return Err(BackendError::NotPrimary(role));
+            }
+        }
         let facts = if fetch_facts && needs_auth != Some(true) {
             learn_facts(&mut hs, settings).await?
         } else {
@@ -153,6 +169,7 @@ pub(crate) async fn open(
             stream,
             facts,
             needs_auth,
+            generation,
         })
     };
     match tokio::time::timeout(settings.connect_timeout, work).await {

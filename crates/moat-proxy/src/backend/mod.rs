@@ -65,6 +65,12 @@ pub(crate) enum BackendError {
     Busy(String),
     #[error("retired after its lifetime")]
     Retired,
+    /// A server found through Sentinels whose `ROLE` says it is no primary (holds the role).
+    #[error("the server named primary says it is {0}, not master")]
+    NotPrimary(String),
+    /// The primary changed (Sentinel failover): the connection moves to the new one.
+    #[error("the primary changed")]
+    Moved,
 }
 
 impl From<moat_protocol::FrameError> for BackendError {
@@ -164,6 +170,8 @@ pub(crate) enum PickError {
     Busy,
     /// Redis no longer accepts the client's user (deleted, or its password refused).
     UserGone,
+    /// The Sentinels named no verified primary (yet, or any more).
+    NoPrimary,
 }
 
 impl PickError {
@@ -179,6 +187,9 @@ impl PickError {
             PickError::UserGone => {
                 "ERR moat: Redis no longer accepts this connection's user".into()
             }
+            PickError::NoPrimary => "ERR moat: backend unavailable (no primary known: no \
+                                     Sentinel named a verified one)"
+                .into(),
         }
     }
 }
@@ -299,7 +310,7 @@ impl Backend {
         let up = || {
             conns
                 .iter()
-                .filter(|c| c.state() != ConnState::Down && !c.removed())
+                .filter(|c| c.state() != ConnState::Down && !c.removed() && !c.moved())
         };
         let mine = || up().filter(|c| !c.retiring() && !c.draining() && c.serves(who));
         // A connection stuck behind a slow command is passed over while another can take
@@ -350,6 +361,18 @@ impl Backend {
             Some(c) => {
                 c.drain();
                 Err(PickError::Busy)
+            }
+            // Connections moving to a new primary (Sentinel failover) come back within
+            // moments: the session waits for them (each wakes waiters as it reconnects).
+            None if conns.iter().any(|c| c.moved()) => Err(PickError::Busy),
+            None if self
+                .settings
+                .connector
+                .primary()
+                .is_some_and(|p| p.current().addr.is_none()) =>
+            {
+                self.stats.requests_refused.incr();
+                Err(PickError::NoPrimary)
             }
             None => {
                 self.stats.requests_refused.incr();
@@ -447,6 +470,7 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
         let login = credential.map_or(Login::Moat, Login::As);
         let fetch = backend.facts_stale.get();
         let attempt_started = Instant::now();
+        let generation = backend.settings.connector.generation();
         let lost = match handshake::open(&backend.settings, login, fetch).await {
             Ok(_) if conn.rebinding() => continue,
             Ok(opened) => {
@@ -489,8 +513,23 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                         &backend.breaker,
                         &backend.liveness,
                         &backend.stats,
+                        &backend.settings.connector,
+                        opened.generation,
                     )
                     .await;
+                if matches!(e, BackendError::Moved) {
+                    // Not a failure: the Sentinels named a new primary. What the old one
+                    // did not answer within the grace gets a clear error, and the slot
+                    // reconnects at once (to the new primary, whose facts are read again).
+                    tracing::debug!(
+                        slot = conn.slot,
+                        "backend connection moving to the new primary"
+                    );
+                    conn.fail_all(crate::sentinel::SWITCHED);
+                    backend.facts_stale.set(true);
+                    backoff.reset();
+                    continue;
+                }
                 if matches!(e, BackendError::Retired) {
                     tracing::debug!(slot = conn.slot, "backend connection retired");
                     conn.set_state(ConnState::Down);
@@ -546,13 +585,17 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
                 // the moment it wakes). Silence here while others were answered counts.
                 let silent_everywhere = matches!(e, BackendError::Unanswered(_))
                     && backend.liveness.get() <= attempt_started;
-                if !silent_everywhere {
+                // No primary known yet, or the one named is none: moat waits for the
+                // Sentinels, the backend is not failing.
+                let no_primary = matches!(&e, BackendError::NotPrimary(_))
+                    || matches!(&e, BackendError::Io(io) if io.kind() == std::io::ErrorKind::NotConnected);
+                if !silent_everywhere && !no_primary {
                     backend.failure();
                 }
                 backend.stats.backend_connect_failures.incr();
                 lost_before = true;
                 tracing::warn!(slot = conn.slot, error = %e, backend = %backend.settings.connector, "cannot connect to backend");
-                if matches!(e, BackendError::Auth(_)) {
+                if matches!(e, BackendError::Auth(_)) || no_primary {
                     // Moat's own credential stopped working (a password changed under it):
                     // say so, and keep retrying with backoff until it works again.
                     Cow::Owned(format!("ERR moat: backend unavailable ({e})"))
@@ -565,6 +608,10 @@ async fn drive(conn: Rc<BackendConn>, backend: Rc<Backend>) {
         backend.facts_stale.set(true);
         conn.fail_all(&lost);
         let delay = backoff.next_delay(&mut rand::rng());
-        tokio::time::sleep(delay).await;
+        // A new primary (Sentinel failover) is worth trying at once.
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = backend.settings.connector.moved_from(generation) => backoff.reset(),
+        }
     }
 }

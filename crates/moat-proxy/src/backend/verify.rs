@@ -29,7 +29,8 @@ pub(crate) struct Verifier {
     settings: Settings,
     /// Questions go one at a time: each is one request and one reply.
     conn: Mutex<()>,
-    stream: RefCell<Option<Stream>>,
+    /// The idle connection, with the followed primary's generation when it was opened.
+    stream: RefCell<Option<(Stream, u64)>>,
     /// When a client's credential was last checked: an unused connection is closed, so
     /// Redis holds it only while clients sign in.
     last_check: Cell<Instant>,
@@ -134,9 +135,11 @@ impl Verifier {
         let timeout = self.settings.connect_timeout;
         let work = async {
             let idle = self.stream.borrow_mut().take();
+            let generation = self.settings.connector.generation();
             let stream = match idle {
-                Some(stream) => stream,
-                None => self.connect().await?,
+                // One opened before the primary changed is dropped.
+                Some((stream, opened)) if opened == generation => stream,
+                _ => self.connect().await?,
             };
             let mut hs = Handshake::new(&stream, self.settings.max_reply_depth);
             let mut replies = Vec::with_capacity(questions.len());
@@ -144,7 +147,7 @@ impl Verifier {
                 replies.push(hs.call(args).await?);
             }
             // Only a connection that answered goes back for the next question.
-            *self.stream.borrow_mut() = Some(stream);
+            *self.stream.borrow_mut() = Some((stream, generation));
             Ok(replies)
         };
         match tokio::time::timeout(timeout, work).await {

@@ -40,6 +40,7 @@ impl BanShare {
         config: &Arc<Config>,
         guard: Arc<moat_guard::Guard>,
         metrics: Arc<Metrics>,
+        primary: Option<Arc<crate::sentinel::Primary>>,
     ) -> Option<BanShare> {
         let share = &config.ban_share;
         if !share.enabled {
@@ -63,6 +64,7 @@ impl BanShare {
             instance,
             guard,
             metrics,
+            primary,
         };
         let (tx, rx) = mpsc::channel();
         match std::thread::Builder::new()

@@ -42,6 +42,8 @@ pub(crate) struct Setup {
     pub(crate) instance: String,
     pub(crate) guard: Arc<Guard>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The primary the Sentinels name, followed at each reconnection (`backend.sentinels`).
+    pub(crate) primary: Option<Arc<crate::sentinel::Primary>>,
 }
 
 /// What the thread remembers across reconnections.
@@ -121,9 +123,21 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn connect(config: &Config) -> redis::RedisResult<Connection> {
+fn connect(
+    config: &Config,
+    primary: Option<&crate::sentinel::Primary>,
+) -> redis::RedisResult<Connection> {
     let b = &config.backend;
-    let info = redis::ConnectionAddr::Tcp(b.address.ip().to_string(), b.address.port())
+    let address = match primary {
+        Some(p) => p.current().addr.ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no primary known yet from the Sentinels",
+            ))
+        })?,
+        None => b.address,
+    };
+    let info = redis::ConnectionAddr::Tcp(address.ip().to_string(), address.port())
         .into_connection_info()?;
     let mut settings = info.redis_settings().clone();
     if let Some(user) = &b.username {
@@ -148,8 +162,9 @@ fn session(
 ) -> redis::RedisResult<()> {
     let config = st.setup.config.clone();
     let share = &config.ban_share;
-    let mut sub = connect(&config)?;
-    let mut cmd = connect(&config)?;
+    let primary = st.setup.primary.clone();
+    let mut sub = connect(&config, primary.as_deref())?;
+    let mut cmd = connect(&config, primary.as_deref())?;
     cmd.set_read_timeout(Some(
         config.backend.connect_timeout.max(Duration::from_secs(1)),
     ))?;

@@ -173,6 +173,8 @@ impl Stream {
 pub(crate) enum Connector {
     /// A Redis server at this address.
     Tcp(SocketAddr),
+    /// The primary the Sentinels name, wherever it is now (`backend.sentinels`).
+    Sentinel(std::sync::Arc<crate::sentinel::Primary>),
     /// A server inside the process: each call hands it one end of a new pipe.
     #[cfg(feature = "harness")]
     Memory(std::rc::Rc<dyn Fn() -> memory::Pipe>),
@@ -187,8 +189,47 @@ impl Connector {
                 stream.set_nodelay(true)?;
                 Ok(Stream::Tcp(stream))
             }
+            Connector::Sentinel(primary) => {
+                let addr = primary.current().addr.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!(
+                            "no primary known: no Sentinel named a verified one for '{}'",
+                            primary.master_name
+                        ),
+                    )
+                })?;
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Tcp(stream))
+            }
             #[cfg(feature = "harness")]
             Connector::Memory(open) => Ok(Stream::Memory(open())),
+        }
+    }
+}
+
+impl Connector {
+    /// The followed primary, when the backend is found through Sentinels.
+    pub(crate) fn primary(&self) -> Option<&std::sync::Arc<crate::sentinel::Primary>> {
+        match self {
+            Connector::Sentinel(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The primary's generation now (0 for a fixed address): a connection opened under an
+    /// older one goes to a primary that was since replaced.
+    pub(crate) fn generation(&self) -> u64 {
+        self.primary().map_or(0, |p| p.current().generation)
+    }
+
+    /// Resolves once the primary is no longer the one of `generation` (never for a fixed
+    /// address).
+    pub(crate) async fn moved_from(&self, generation: u64) {
+        match self.primary() {
+            Some(p) => p.moved_from(generation).await,
+            None => std::future::pending().await,
         }
     }
 }
@@ -197,6 +238,10 @@ impl std::fmt::Display for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Connector::Tcp(addr) => write!(f, "{addr}"),
+            Connector::Sentinel(p) => match p.current().addr {
+                Some(addr) => write!(f, "{addr} (primary of '{}')", p.master_name),
+                None => write!(f, "primary of '{}' (unknown)", p.master_name),
+            },
             #[cfg(feature = "harness")]
             Connector::Memory(_) => f.write_str("in-memory backend"),
         }

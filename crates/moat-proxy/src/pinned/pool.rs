@@ -68,6 +68,9 @@ pub(crate) struct PinnedConn {
     principal: Option<Arc<Principal>>,
     /// The connection's client id on Redis (CLIENT UNBLOCK aims at it); it survives RESET.
     pub(crate) redis_id: Option<u64>,
+    /// The followed primary's generation when opened: one of an older generation goes to a
+    /// replaced primary and is not leased again.
+    generation: u64,
     _slot: Slot,
 }
 
@@ -268,6 +271,7 @@ impl PinnedPool {
         let opened = handshake::open(&self.settings, login(who), false)
             .await
             .map_err(|e| LeaseError::Backend(e.to_string()))?;
+        let generation = opened.generation;
         let stream = opened.stream;
         // A reply that came after the wait would be taken for the client's: on any failure
         // the connection is not used.
@@ -285,6 +289,7 @@ impl PinnedPool {
                 readonly: false,
                 principal: who.cloned(),
                 redis_id,
+                generation,
                 _slot: slot,
             },
             ticket,
@@ -293,7 +298,12 @@ impl PinnedPool {
 
     /// Idle connections the server closed (timeout, restart) are dropped before a lease.
     fn drop_dead_idle(&self) {
+        let current = self.settings.connector.generation();
         self.idle.borrow_mut().retain(|conn| {
+            // One opened before the primary changed goes to the old one.
+            if conn.generation != current {
+                return false;
+            }
             let mut probe = [0u8; 1];
             matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         });
@@ -320,7 +330,9 @@ impl PinnedPool {
     /// RESET (and re-authenticated) first, in the background; a connection that fails that
     /// is closed.
     pub(crate) fn give_back(self: &Rc<Self>, mut conn: PinnedConn, reset: bool) {
-        if self.open.get() > self.cap.get() {
+        if self.open.get() > self.cap.get()
+            || conn.generation != self.settings.connector.generation()
+        {
             // The pool was made smaller: this connection is the excess.
             drop(conn);
             return;

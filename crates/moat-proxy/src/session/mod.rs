@@ -1234,6 +1234,9 @@ impl Core {
 
     fn forward(&mut self, request: &moat_protocol::Request<'_>) -> Step {
         let conn = match &self.sticky {
+            // Its requests in flight stay on their connection; one moving to a new primary
+            // takes none after them: the session waits for their replies (or errors).
+            Some(conn) if self.link.inflight() > 0 && conn.moved() => return Step::Blocked,
             Some(conn) if self.link.inflight() > 0 => conn.clone(),
             _ => match self.worker.backend.pick(
                 self.state.backend_login(),

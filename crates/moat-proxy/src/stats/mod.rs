@@ -53,7 +53,7 @@ pub struct Snapshot {
     /// `backend_connect_failures`, `backend_connections_lost`, `backend_timeouts`,
     /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
     /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`, `ban_share_published`,
-    /// `ban_share_applied`, `ban_share_errors`.
+    /// `ban_share_applied`, `ban_share_errors`, `sentinel_switches`, `sentinel_errors`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
     /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `clients_dormant`,
@@ -91,6 +91,9 @@ pub struct Snapshot {
     /// Ban messages from peers dropped, by reason: oversized, malformed, signature, stale,
     /// rate_limited, full, refused (`moat_ban_share_rejected_total{reason}`).
     pub ban_share_rejected: Vec<(&'static str, u64)>,
+    /// The primary in use when the Sentinels name it (`backend.sentinels`), as last
+    /// verified (`moat_sentinel_primary{address}`).
+    pub sentinel_primary: Option<String>,
 }
 
 impl Snapshot {
