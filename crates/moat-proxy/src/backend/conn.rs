@@ -137,7 +137,7 @@ pub(crate) struct BackendConn {
     moved: Cell<bool>,
     /// Signalled when Redis answered a client with `READONLY`: the server may have been
     /// demoted, which the Sentinel follower is asked to check.
-    readonly: Notify,
+    demoted: Notify,
 }
 
 /// How long a connection to a replaced primary waits for the replies it owes before those
@@ -172,7 +172,7 @@ impl BackendConn {
             ping_sent: Cell::new(None),
             retiring: Cell::new(false),
             moved: Cell::new(false),
-            readonly: Notify::new(),
+            demoted: Notify::new(),
         }
     }
 
@@ -402,7 +402,7 @@ impl BackendConn {
         loop {
             tokio::select! {
                 () = primary.moved_from(generation) => break,
-                () = self.readonly.notified() => primary.doubt(),
+                () = self.demoted.notified() => primary.doubt(),
             }
         }
         self.moved.set(true);
@@ -667,7 +667,7 @@ impl BackendConn {
         match next {
             Some(Pending::Client(link, bytes, queued)) => {
                 if kind == FrameKind::Error && reply.starts_with(b"-READONLY") {
-                    self.readonly.notify_one();
+                    self.demoted.notify_one();
                 }
                 stats
                     .backend_latency
