@@ -79,7 +79,7 @@ const BAN_SHARE_REJECTED: [&str; 7] = [
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 15] = [
+const COUNTERS: [(&str, &str, &str); 16] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -155,7 +155,15 @@ const COUNTERS: [(&str, &str, &str); 15] = [
         "ban_share_errors",
         "Lost or failed connections of the ban-share thread to Redis.",
     ),
+    (
+        "moat_backend_tls_failures",
+        "backend_tls_failures",
+        "Failed TLS handshakes with the backend (certificate refused, not TLS...).",
+    ),
 ];
+
+/// How a client's TLS handshake ended (`proxy.tls_listen`).
+const TLS_OUTCOMES: [&str; 4] = ["ok", "failed", "timeout", "busy"];
 
 /// Plain gauges: name, snapshot key, help.
 const GAUGES: [(&str, &str, &str); 9] = [
@@ -387,6 +395,15 @@ impl Collector for SnapshotCollector {
             "reason",
             &BAN_SHARE_REJECTED,
             &s.ban_share_rejected,
+        )?;
+        family(
+            &mut enc,
+            Kind::Counter,
+            "moat_tls_handshakes",
+            "Client TLS handshakes, by outcome.",
+            "outcome",
+            &TLS_OUTCOMES,
+            &s.tls_handshakes,
         )
     }
 }

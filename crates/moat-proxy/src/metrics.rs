@@ -34,6 +34,11 @@ pub struct Metrics {
     pub(crate) ban_share_rejected: [AtomicU64; 7],
     /// Lost or failed connections of the ban-share thread to Redis.
     pub(crate) ban_share_errors: AtomicU64,
+    /// Client TLS handshakes by `crate::tls::accept::Outcome` (its index). Shared atomics:
+    /// a handshake costs far more than one.
+    pub(crate) tls_handshakes: [AtomicU64; 4],
+    /// Backend TLS handshakes that failed (certificate refused, not TLS...).
+    pub(crate) backend_tls_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -59,6 +64,8 @@ impl Metrics {
             ban_share_applied: AtomicU64::new(0),
             ban_share_rejected: Default::default(),
             ban_share_errors: AtomicU64::new(0),
+            tls_handshakes: Default::default(),
+            backend_tls_failures: AtomicU64::new(0),
         }
     }
 

@@ -324,6 +324,11 @@ pub(crate) struct WorkerSetup {
     pub(crate) drain: watch::Receiver<bool>,
     /// The configuration in force; a reload sends the new one.
     pub(crate) live: watch::Receiver<Arc<Config>>,
+    /// This worker's TLS listening socket (`proxy.tls_listen`) and the certificates for it.
+    pub(crate) tls_listener: Option<std::net::TcpListener>,
+    pub(crate) server_tls: Option<Arc<crate::tls::accept::ServerTls>>,
+    /// TLS to Redis (`[backend.tls]`).
+    pub(crate) backend_tls: Option<Arc<crate::tls::connect::BackendTls>>,
 }
 
 /// Connections accepted per turn of the accept task before it yields to the sessions.
@@ -395,6 +400,7 @@ fn admit(
     refusals: &mut RefusalLog,
     stream: std::net::TcpStream,
     peer: SocketAddr,
+    tls: Option<&Rc<crate::tls::accept::Acceptor>>,
 ) {
     let now = std::time::Instant::now();
     // Refused only for capacity: a hoarder's connection makes room (see `shed`).
@@ -433,6 +439,11 @@ fn admit(
         hoard.admitted(ticket.ip(), &link);
     }
     drop(hoard);
+    // The guard has judged the address: only now does a TLS client cost a handshake.
+    if let Some(tls) = tls {
+        tls.start(ctx, stream, peer, ticket, link);
+        return;
+    }
     tokio::task::spawn_local(crate::session::serve(
         stream.into(),
         peer,
@@ -484,6 +495,7 @@ async fn accept_loop(
     ctx: Rc<WorkerCtx>,
     guard: Arc<Guard>,
     listener: AsyncFd<std::net::TcpListener>,
+    tls: Option<Rc<crate::tls::accept::Acceptor>>,
 ) -> std::io::Result<()> {
     let mut refusals = RefusalLog::new(index);
     let mut failures = AcceptFailures::default();
@@ -502,7 +514,7 @@ async fn accept_loop(
                 for _ in 0..ACCEPT_BATCH {
                     match ready.get_inner().accept() {
                         Ok((stream, peer)) => {
-                            admit(&ctx, &guard, &mut refusals, stream, peer);
+                            admit(&ctx, &guard, &mut refusals, stream, peer, tls.as_ref());
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             ready.clear_ready();
@@ -549,6 +561,9 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         mut shutdown,
         mut drain,
         mut live,
+        tls_listener,
+        server_tls,
+        backend_tls,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -564,7 +579,15 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let mut listener = Some(AsyncFd::new(listener)?);
-        let connector = Connector::Tcp(config.backend.address);
+        #[allow(deprecated)]
+        let tls_listener = match tls_listener {
+            Some(l) => Some(AsyncFd::new(l)?),
+            None => None,
+        };
+        let connector = match backend_tls {
+            Some(tls) => Connector::Tls(tls),
+            None => Connector::Tcp(config.backend.address),
+        };
         let shares = Shares {
             backend_cap,
             pinned_cap,
@@ -591,8 +614,24 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // polls this future before each round of session tasks, and a still-ready listener
         // would be re-polled here until tokio's coop budget ran out (up to 128 batches),
         // starving admitted clients under an accept storm.
-        let mut acceptor = listener
-            .map(|l| tokio::task::spawn_local(accept_loop(index, ctx.clone(), guard.clone(), l)));
+        let mut acceptor = listener.map(|l| {
+            tokio::task::spawn_local(accept_loop(index, ctx.clone(), guard.clone(), l, None))
+        });
+        // The TLS listener's loop, beside it: a failure there is logged and leaves the
+        // plain listener serving.
+        let mut tls_acceptor = match (tls_listener, server_tls) {
+            (Some(l), Some(tls)) if acceptor.is_some() => {
+                let tls = crate::tls::accept::Acceptor::new(tls);
+                let (ctx, guard) = (ctx.clone(), guard.clone());
+                tracing::info!(worker = index, listen = ?l.get_ref().local_addr().ok(), "accepting TLS clients");
+                Some(tokio::task::spawn_local(async move {
+                    if let Err(e) = accept_loop(index, ctx, guard, l, Some(tls)).await {
+                        tracing::error!(worker = index, error = %e, "TLS accept loop ended");
+                    }
+                }))
+            }
+            _ => None,
+        };
         loop {
             let accepting = async {
                 match &mut acceptor {
@@ -618,6 +657,9 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
                         // kernel refuse new connections, which a load balancer sees: the
                         // aborted task drops it.
                         task.abort();
+                        if let Some(tls) = tls_acceptor.take() {
+                            tls.abort();
+                        }
                         ctx.start_drain(index, live.borrow().proxy.drain_timeout);
                     }
                 }

@@ -53,7 +53,7 @@ pub struct Snapshot {
     /// `backend_connect_failures`, `backend_connections_lost`, `backend_timeouts`,
     /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
     /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`, `ban_share_published`,
-    /// `ban_share_applied`, `ban_share_errors`.
+    /// `ban_share_applied`, `ban_share_errors`, `backend_tls_failures`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
     /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `memory_budget_bytes`,
@@ -90,6 +90,9 @@ pub struct Snapshot {
     /// Ban messages from peers dropped, by reason: oversized, malformed, signature, stale,
     /// rate_limited, full, refused (`moat_ban_share_rejected_total{reason}`).
     pub ban_share_rejected: Vec<(&'static str, u64)>,
+    /// Client TLS handshakes by outcome: ok, failed, timeout, busy
+    /// (`moat_tls_handshakes_total{outcome}`).
+    pub tls_handshakes: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
