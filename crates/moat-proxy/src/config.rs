@@ -563,10 +563,7 @@ impl Config {
                 ));
             }
             if addr == p.listen && addr.port() != 0 {
-                return Err(invalid(
-                    "proxy.tls_listen",
-                    "must differ from proxy.listen",
-                ));
+                return Err(invalid("proxy.tls_listen", "must differ from proxy.listen"));
             }
         }
         self.guard.validate().map_err(|e| ConfigError::Invalid {

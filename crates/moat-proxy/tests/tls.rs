@@ -49,8 +49,7 @@ impl Ca {
     /// A leaf certificate for 127.0.0.1 and localhost (server and client use), valid
     /// unless `expired`; returns the PEM certificate and key.
     fn leaf(&self, name: &str, expired: bool) -> (String, String) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         params
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));
@@ -90,7 +89,10 @@ impl Pki {
     /// Writes `name.crt` and `name.key` for a leaf of `ca`; returns their paths.
     fn write_leaf(&self, ca: &Ca, name: &str, expired: bool) -> (PathBuf, PathBuf) {
         let (cert, key) = ca.leaf(name, expired);
-        let (c, k) = (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key")));
+        let (c, k) = (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        );
         std::fs::write(&c, cert).expect("write cert");
         std::fs::write(&k, key).expect("write key");
         (c, k)
@@ -169,8 +171,8 @@ fn client_config(ca: &Path, cert: Option<(&Path, &Path)>) -> Arc<rustls::ClientC
 }
 
 fn tcp_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket
         .bind(&SocketAddr::from((src, 0)).into())
         .expect("bind source");
@@ -270,7 +272,12 @@ fn setup(tweak: impl FnOnce(&mut Config)) -> Setup {
     let app_cert = pki.write_leaf(&pki.ca, "app", false);
     let (redis, tls_port) = tls_redis(&redis_cert.0, &redis_cert.1, &ca);
     let moat = start_moat(tls_port, |c| {
-        tls_config(&pki, c, (&moat_cert.0, &moat_cert.1), (&moat_cert.0, &moat_cert.1));
+        tls_config(
+            &pki,
+            c,
+            (&moat_cert.0, &moat_cert.1),
+            (&moat_cert.0, &moat_cert.1),
+        );
         tweak(c);
     });
     let client = client_config(&ca, Some((&app_cert.0, &app_cert.1)));
@@ -309,13 +316,20 @@ fn set_get_and_a_pipeline_through_tls_on_both_sides() {
     }
     c.send(&batch).expect("pipeline");
     let got = c.read(expected.len()).expect("replies");
-    assert!(got == expected, "pipeline replies differ ({} bytes)", got.len());
+    assert!(
+        got == expected,
+        "pipeline replies differ ({} bytes)",
+        got.len()
+    );
 
     // The plain listener still serves, on the same data.
     let mut plain = common::Raw::connect(s.moat.local_addr());
     assert_eq!(plain.cmd(&[b"GET", b"k"]), b"$1\r\nv\r\n");
     assert_eq!(tls_handshakes(&s.moat, "ok"), 1);
-    assert_eq!(s.moat.control().snapshot().counter("backend_tls_failures"), 0);
+    assert_eq!(
+        s.moat.control().snapshot().counter("backend_tls_failures"),
+        0
+    );
 }
 
 #[test]
@@ -351,7 +365,10 @@ fn plain_text_to_the_tls_port_is_closed_cleanly_and_struck() {
         // Whatever comes back (a TLS alert at most) ends with the close.
         let mut buf = Vec::new();
         let _ = tcp.read_to_end(&mut buf);
-        assert!(!buf.windows(4).any(|w| w == b"PONG"), "plain text was served");
+        assert!(
+            !buf.windows(4).any(|w| w == b"PONG"),
+            "plain text was served"
+        );
     }
     eventually("two failed handshakes counted", || {
         tls_handshakes(&s.moat, "failed") == 2
@@ -359,7 +376,9 @@ fn plain_text_to_the_tls_port_is_closed_cleanly_and_struck() {
     // Two strikes ban the source, on both listeners.
     let banned = s.moat.guard().bans(Instant::now());
     assert!(
-        banned.iter().any(|(net, _)| net.contains(&std::net::IpAddr::from(UNTRUSTED))),
+        banned
+            .iter()
+            .any(|(net, _)| net.contains(&std::net::IpAddr::from(UNTRUSTED))),
         "{banned:?}"
     );
     // Moat keeps serving others.
@@ -381,11 +400,16 @@ fn a_silent_client_is_cut_at_the_handshake_deadline() {
         Ok(0) => {}
         Ok(n) => panic!("moat sent {n} bytes to a silent client"),
         Err(e) => assert!(
-            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
             "not closed: {e}"
         ),
     }
-    eventually("the timeout counted", || tls_handshakes(&s.moat, "timeout") == 1);
+    eventually("the timeout counted", || {
+        tls_handshakes(&s.moat, "timeout") == 1
+    });
     let _ = tcp.shutdown(Shutdown::Both);
 }
 
@@ -404,7 +428,9 @@ fn a_handshake_beyond_the_cap_is_closed_at_once() {
     });
     let mut c = TlsClient::connect(s.tls_addr(), s.client.clone());
     assert!(c.call(&[b"PING"], 7).map_or(true, |b| b.is_empty()));
-    eventually("the refusal counted", || tls_handshakes(&s.moat, "busy") == 1);
+    eventually("the refusal counted", || {
+        tls_handshakes(&s.moat, "busy") == 1
+    });
 }
 
 #[test]
@@ -420,7 +446,12 @@ fn a_backend_with_an_expired_or_foreign_certificate_gives_clear_errors() {
     ] {
         let (redis, tls_port) = tls_redis(&bad.0, &bad.1, &ca);
         let moat = start_moat(tls_port, |c| {
-            tls_config(&pki, c, (&moat_cert.0, &moat_cert.1), (&moat_cert.0, &moat_cert.1));
+            tls_config(
+                &pki,
+                c,
+                (&moat_cert.0, &moat_cert.1),
+                (&moat_cert.0, &moat_cert.1),
+            );
             c.backend.connect_timeout = Duration::from_millis(500);
         });
         let mut c = TlsClient::connect(
@@ -429,7 +460,11 @@ fn a_backend_with_an_expired_or_foreign_certificate_gives_clear_errors() {
         );
         c.send(&command(&[b"GET", b"k"])).expect("send");
         let reply = c.read(5).expect("reply");
-        assert!(reply.starts_with(b"-ERR moat: "), "{name}: {}", String::from_utf8_lossy(&reply));
+        assert!(
+            reply.starts_with(b"-ERR moat: "),
+            "{name}: {}",
+            String::from_utf8_lossy(&reply)
+        );
         assert!(
             moat.control().snapshot().counter("backend_tls_failures") >= 1,
             "{name}: not counted"
@@ -452,7 +487,12 @@ fn insecure_skip_verify_accepts_the_certificate_it_would_refuse() {
     let expired = pki.write_leaf(&pki.ca, "expired", true);
     let (_redis, tls_port) = tls_redis(&expired.0, &expired.1, &ca);
     let moat = start_moat(tls_port, |c| {
-        tls_config(&pki, c, (&moat_cert.0, &moat_cert.1), (&moat_cert.0, &moat_cert.1));
+        tls_config(
+            &pki,
+            c,
+            (&moat_cert.0, &moat_cert.1),
+            (&moat_cert.0, &moat_cert.1),
+        );
         if let Some(t) = &mut c.backend.tls {
             t.ca_file = None;
             t.insecure_skip_verify = true;
@@ -479,9 +519,7 @@ fn reload_swaps_the_server_certificate_for_new_connections() {
     let second = pem_der(&cert);
     assert_ne!(first, second);
     let control = s.moat.control();
-    control
-        .reload((*control.config()).clone())
-        .expect("reload");
+    control.reload((*control.config()).clone()).expect("reload");
     let mut new = TlsClient::connect(s.tls_addr(), s.client.clone());
     assert_eq!(new.call(&[b"PING"], 7).expect("PING"), b"+PONG\r\n");
     assert_eq!(new.server_cert(), second);

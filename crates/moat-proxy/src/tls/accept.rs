@@ -42,7 +42,12 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order of `Metrics::tls_handshakes`.
-    pub(crate) const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::Failed, Outcome::Timeout, Outcome::Busy];
+    pub(crate) const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Failed,
+        Outcome::Timeout,
+        Outcome::Busy,
+    ];
 
     /// The metric label.
     pub(crate) fn label(self) -> &'static str {
@@ -114,7 +119,9 @@ struct InProgress(Rc<Acceptor>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.in_progress.set(self.0.in_progress.get().saturating_sub(1));
+        self.0
+            .in_progress
+            .set(self.0.in_progress.get().saturating_sub(1));
     }
 }
 
@@ -194,8 +201,6 @@ impl Acceptor {
 fn forget(ctx: &WorkerCtx, ticket: &Ticket, link: &ClientLink) {
     link.close();
     if !ticket.trusted() {
-        ctx.hoard
-            .borrow_mut()
-            .ended(ticket.ip(), link, link.kind());
+        ctx.hoard.borrow_mut().ended(ticket.ip(), link, link.kind());
     }
 }

@@ -54,7 +54,7 @@ impl Default for ClientTlsConfig {
 
 /// `[backend.tls]`: TLS to Redis, for the shared pool, the pinned pool and the connections
 /// that check credentials. Present: on. Changes need a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendTlsConfig {
     /// CA bundle (PEM) Redis's certificate is verified against (required unless
@@ -75,18 +75,6 @@ pub struct BackendTlsConfig {
     /// Accept any certificate Redis shows. Only for tests: anyone on the path can then read
     /// and change the traffic. Logged as a warning at start.
     pub insecure_skip_verify: bool,
-}
-
-impl Default for BackendTlsConfig {
-    fn default() -> Self {
-        Self {
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            server_name: None,
-            insecure_skip_verify: false,
-        }
-    }
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -118,8 +106,12 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
 }
 
 fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| invalid(key, format!("cannot read a private key from {}: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        invalid(
+            key,
+            format!("cannot read a private key from {}: {e}", path.display()),
+        )
+    })
 }
 
 fn read_roots(key: &str, path: &Path) -> Result<rustls::RootCertStore, ConfigError> {
@@ -146,8 +138,7 @@ impl ClientTlsConfig {
                 "cert_file and key_file are both required",
             ));
         }
-        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(300)
-        {
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(300) {
             return Err(invalid(
                 "proxy.tls.handshake_timeout",
                 "must be between 1ms and 5 minutes",
@@ -208,10 +199,7 @@ impl BackendTlsConfig {
             ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(invalid(
-                "backend.tls",
-                "cert_file and key_file go together",
-            ));
+            return Err(invalid("backend.tls", "cert_file and key_file go together"));
         }
         if let Some(name) = &self.server_name
             && ServerName::try_from(name.as_str()).is_err()
@@ -237,9 +225,7 @@ impl BackendTlsConfig {
         let builder = if self.insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(super::verify::AnyCertificate(
-                    provider,
-                )))
+                .with_custom_certificate_verifier(Arc::new(super::verify::AnyCertificate(provider)))
         } else {
             let path = self.ca_file.as_deref().unwrap_or(Path::new(""));
             builder.with_root_certificates(read_roots("backend.tls.ca_file", path)?)

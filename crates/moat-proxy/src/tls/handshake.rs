@@ -24,7 +24,10 @@ pub(crate) enum HandshakeError {
 
 /// Runs `conn`'s handshake over `tcp`. On a TLS error rustls's alert is sent (best effort)
 /// so the peer learns why.
-pub(crate) async fn run(tcp: &TcpStream, conn: &mut rustls::Connection) -> Result<(), HandshakeError> {
+pub(crate) async fn run(
+    tcp: &TcpStream,
+    conn: &mut rustls::Connection,
+) -> Result<(), HandshakeError> {
     loop {
         while conn.wants_write() {
             match conn.write_tls(&mut Socket(tcp)) {
