@@ -252,3 +252,100 @@ impl BackendTlsConfig {
         Ok((Arc::new(config), name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// The commented `key = value` and `[section]` lines of the example from the line
+    /// starting with `from` to the next uncommented line, uncommented.
+    fn uncommented(from: &str) -> String {
+        include_str!("../../../../moat.example.toml")
+            .lines()
+            .skip_while(|l| !l.starts_with(from))
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_examples_tls_blocks_are_valid_once_uncommented() {
+        let text = format!(
+            "[proxy]\n{}{}",
+            uncommented("# tls_listen"),
+            uncommented("# [backend.tls]")
+        );
+        let c = Config::from_toml(&text).expect("uncommented TLS blocks are valid");
+        let tls = c.proxy.tls.expect("[proxy.tls]");
+        assert_eq!(c.proxy.tls_listen.map(|a| a.port()), Some(6381));
+        let d = super::ClientTlsConfig::default();
+        assert_eq!(tls.handshake_timeout, d.handshake_timeout);
+        assert_eq!(tls.max_handshakes, d.max_handshakes);
+        assert_eq!(tls.require_client_cert, d.require_client_cert);
+        let b = c.backend.tls.expect("[backend.tls]");
+        assert!(!b.insecure_skip_verify);
+        assert_eq!(b.server_name.as_deref(), Some("redis.internal"));
+    }
+
+    #[test]
+    fn bad_tls_settings_are_refused_naming_the_key() {
+        for (text, key) in [
+            (
+                "[proxy]\ntls_listen = \"127.0.0.1:6381\"\n",
+                "proxy.tls_listen",
+            ),
+            ("[proxy.tls]\ncert_file = \"a\"\n", "proxy.tls"),
+            (
+                "[proxy.tls]\ncert_file = \"a\"\nkey_file = \"b\"\nmax_handshakes = 0\n",
+                "proxy.tls.max_handshakes",
+            ),
+            (
+                "[proxy.tls]\ncert_file = \"a\"\nkey_file = \"b\"\nhandshake_timeout = \"0s\"\n",
+                "proxy.tls.handshake_timeout",
+            ),
+            ("[backend.tls]\n", "backend.tls.ca_file"),
+            (
+                "[backend.tls]\nca_file = \"a\"\ncert_file = \"b\"\n",
+                "backend.tls",
+            ),
+            (
+                "[backend.tls]\nca_file = \"a\"\nserver_name = \"not a name!\"\n",
+                "backend.tls.server_name",
+            ),
+        ] {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_that_do_not_load_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not PEM at all\n").expect("write");
+        let tls = super::ClientTlsConfig {
+            cert_file: dir.path().join("missing.crt"),
+            key_file: empty.clone(),
+            ..Default::default()
+        };
+        let err = tls.load().expect_err("missing file").to_string();
+        assert!(
+            err.contains("proxy.tls.cert_file") && err.contains("missing.crt"),
+            "{err}"
+        );
+        let backend = super::BackendTlsConfig {
+            ca_file: Some(empty),
+            ..Default::default()
+        };
+        let err = backend
+            .load(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)))
+            .expect_err("no CA")
+            .to_string();
+        assert!(
+            err.contains("backend.tls.ca_file") && err.contains("empty.pem"),
+            "{err}"
+        );
+    }
+}
