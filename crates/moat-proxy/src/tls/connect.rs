@@ -25,7 +25,7 @@ pub(crate) struct BackendTls {
 
 impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BackendTls({}, {:?})", self.address, self.name)
+        write!(f, "BackendTls({}, {})", self.address, self.name.to_str())
     }
 }
 
@@ -67,8 +67,9 @@ impl BackendTls {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "TLS handshake with backend {} (as {:?}) failed: {e}",
-                    self.address, self.name
+                    "TLS handshake with backend {} (as {}) failed: {e}",
+                    self.address,
+                    self.name.to_str()
                 ),
             )
         };
