@@ -579,6 +579,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let mut listener = Some(AsyncFd::new(listener)?);
+        // The same reasoning for the TLS listener (`proxy.tls_listen`).
         #[allow(deprecated)]
         let tls_listener = match tls_listener {
             Some(l) => Some(AsyncFd::new(l)?),

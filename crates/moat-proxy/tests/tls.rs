@@ -322,6 +322,14 @@ fn set_get_and_a_pipeline_through_tls_on_both_sides() {
         got.len()
     );
 
+    // A transaction runs on a dedicated (pinned) connection, over TLS too.
+    let mut tx = command(&[b"MULTI"]);
+    tx.extend(command(&[b"INCR", b"n"]));
+    tx.extend(command(&[b"EXEC"]));
+    c.send(&tx).expect("MULTI");
+    let want = b"+OK\r\n+QUEUED\r\n*1\r\n:1\r\n";
+    assert_eq!(c.read(want.len()).expect("EXEC"), want);
+
     // The plain listener still serves, on the same data.
     let mut plain = common::Raw::connect(s.moat.local_addr());
     assert_eq!(plain.cmd(&[b"GET", b"k"]), b"$1\r\nv\r\n");
