@@ -79,7 +79,7 @@ const BAN_SHARE_REJECTED: [&str; 7] = [
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 17] = [
+const COUNTERS: [(&str, &str, &str); 18] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -165,7 +165,15 @@ const COUNTERS: [(&str, &str, &str); 17] = [
         "sentinel_errors",
         "Sentinels unreachable, refusing, naming a server that is no primary, or dropping the +switch-master subscription.",
     ),
+    (
+        "moat_backend_tls_failures",
+        "backend_tls_failures",
+        "Failed TLS handshakes with the backend (certificate refused, not TLS...).",
+    ),
 ];
+
+/// How a client's TLS handshake ended (`proxy.tls_listen`).
+const TLS_OUTCOMES: [&str; 4] = ["ok", "failed", "timeout", "busy"];
 
 /// Plain gauges: name, snapshot key, help.
 const GAUGES: [(&str, &str, &str); 10] = [
@@ -414,7 +422,16 @@ impl Collector for SnapshotCollector {
             Some(a) => (a.as_str(), 1i64),
             None => ("", 0),
         };
-        ConstGauge::new(up).encode(m.encode_family(&[("address", address)])?)
+        ConstGauge::new(up).encode(m.encode_family(&[("address", address)])?)?;
+        family(
+            &mut enc,
+            Kind::Counter,
+            "moat_tls_handshakes",
+            "Client TLS handshakes, by outcome.",
+            "outcome",
+            &TLS_OUTCOMES,
+            &s.tls_handshakes,
+        )
     }
 }
 

@@ -188,6 +188,13 @@ pub struct ProxyConfig {
     /// before closing those still open.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Second listener, for TLS clients (Redis's `tls-port` beside `port`); needs
+    /// `[proxy.tls]`. Unset: no TLS listener. Changes need a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificates and handshake bounds for `tls_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ClientTlsConfig>,
 }
 
 impl Default for ProxyConfig {
@@ -197,6 +204,8 @@ impl Default for ProxyConfig {
             workers: 1,
             backlog: 4096,
             drain_timeout: Duration::from_secs(30),
+            tls_listen: None,
+            tls: None,
         }
     }
 }
@@ -256,6 +265,9 @@ pub struct BackendConfig {
     pub health_check_interval: Duration,
     /// When to stop sending work to a failing backend.
     pub breaker: BreakerConfig,
+    /// TLS to Redis; present: on, with certificate verification unless explicitly off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::BackendTlsConfig>,
 }
 
 /// The circuit breaker: after repeated backend failures, requests fail at once with
@@ -319,6 +331,14 @@ impl BackendConfig {
                  the primary's address comes from them; remove backend.address",
             ));
         }
+        if self.tls.is_some() {
+            return Err(invalid(
+                "backend.tls",
+                "TLS to a Sentinel-managed primary is not supported yet: moat would speak \
+                 plain TCP to the Sentinels and the primary they name; remove [backend.tls] \
+                 or backend.sentinels",
+            ));
+        }
         match &self.master_name {
             None => {
                 return Err(invalid(
@@ -377,6 +397,7 @@ impl Default for BackendConfig {
             max_lifetime: Duration::from_secs(3600),
             health_check_interval: Duration::from_secs(30),
             breaker: BreakerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -618,6 +639,23 @@ impl Config {
         }
         if b.max_queue == 0 {
             return Err(invalid("backend.max_queue", "must be positive"));
+        }
+        if let Some(tls) = &b.tls {
+            tls.validate()?;
+        }
+        if let Some(tls) = &p.tls {
+            tls.validate()?;
+        }
+        if let Some(addr) = p.tls_listen {
+            if p.tls.is_none() {
+                return Err(invalid(
+                    "proxy.tls_listen",
+                    "needs [proxy.tls] with cert_file and key_file",
+                ));
+            }
+            if addr == p.listen && addr.port() != 0 {
+                return Err(invalid("proxy.tls_listen", "must differ from proxy.listen"));
+            }
         }
         self.guard.validate().map_err(|e| ConfigError::Invalid {
             key: format!("guard.{}", e.key),

@@ -42,6 +42,8 @@ struct Inner {
     reloads_rejected: AtomicU64,
     /// Unix time of the last applied reload (the start before any).
     last_reload_unix: AtomicU64,
+    /// The TLS listener's certificates, read again on every reload.
+    tls: Option<Arc<crate::tls::accept::ServerTls>>,
 }
 
 /// What [`Control`] is made of (see `crate::start`).
@@ -55,6 +57,7 @@ pub(crate) struct Parts {
     pub(crate) clients: Arc<crate::clients::Shared>,
     pub(crate) live: watch::Sender<Arc<Config>>,
     pub(crate) drain: watch::Sender<bool>,
+    pub(crate) tls: Option<Arc<crate::tls::accept::ServerTls>>,
 }
 
 /// Settings a running proxy cannot change: a reload reports them and keeps the running
@@ -63,6 +66,7 @@ const NEEDS_RESTART: &[&str] = &[
     "proxy.listen",
     "proxy.workers",
     "proxy.backlog",
+    "proxy.tls_listen",
     "backend.address",
     "backend.sentinels",
     "backend.master_name",
@@ -78,6 +82,7 @@ const NEEDS_RESTART: &[&str] = &[
     "backend.max_lifetime",
     "backend.health_check_interval",
     "backend.breaker",
+    "backend.tls",
     "auth.mode",
     "guard.table_capacity",
     "guard.ban_capacity",
@@ -214,6 +219,7 @@ impl Control {
                 reloads_applied: AtomicU64::new(0),
                 reloads_rejected: AtomicU64::new(0),
                 last_reload_unix: AtomicU64::new(unix_secs(started_at)),
+                tls: parts.tls,
             }),
         }
     }
@@ -311,12 +317,25 @@ impl Control {
                     m.sentinel_switches.load(Ordering::Relaxed),
                 ),
                 ("sentinel_errors", m.sentinel_errors.load(Ordering::Relaxed)),
+                (
+                    "backend_tls_failures",
+                    m.backend_tls_failures.load(Ordering::Relaxed),
+                ),
             ],
             sentinel_primary: m
                 .sentinel_primary
                 .read()
                 .ok()
                 .and_then(|p| p.map(|a| a.to_string())),
+            tls_handshakes: crate::tls::accept::Outcome::ALL
+                .iter()
+                .map(|o| {
+                    (
+                        o.label(),
+                        m.tls_handshakes[*o as usize].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
             ban_share_rejected: crate::ban_share::Rejected::ALL
                 .iter()
                 .map(|r| {
@@ -476,6 +495,13 @@ impl Control {
         let effective = keep_running(&old, config);
         // Checked again with the running values kept (proxy.workers bounds the pools).
         effective.validate()?;
+        // Certificate files are read on every reload, changed config or not: rotating a
+        // certificate in place is the usual case. A file that does not load refuses the
+        // whole reload.
+        if let (Some(tls), Some(section)) = (&self.inner.tls, &effective.proxy.tls) {
+            tls.replace(crate::tls::accept::ServerSide::load(section)?);
+            tracing::info!("TLS certificates reloaded");
+        }
         if report.applied.is_empty() {
             return Ok(report);
         }
@@ -601,6 +627,8 @@ fn keep_running(old: &Config, mut new: Config) -> Config {
     b.max_lifetime = o.max_lifetime;
     b.health_check_interval = o.health_check_interval;
     b.breaker = o.breaker.clone();
+    b.tls.clone_from(&o.tls);
+    new.proxy.tls_listen = old.proxy.tls_listen;
     new.guard.table_capacity = old.guard.table_capacity;
     new.guard.ban_capacity = old.guard.ban_capacity;
     new.limits.max_reply_depth = old.limits.max_reply_depth;

@@ -28,6 +28,7 @@ mod sentinel;
 mod session;
 mod shed;
 pub mod stats;
+mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub use config::{Config, ConfigError};
 pub use control::Control;
 pub use metrics::Metrics;
 pub use nft_sync::nftables_spec;
+pub use tls::{BackendTlsConfig, ClientTlsConfig};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct RunningProxy {
     addr: SocketAddr,
+    /// The TLS listener's address (`proxy.tls_listen`).
+    tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     /// The thread keeping the kernel's socket filter in step with the bans.
@@ -100,6 +104,11 @@ impl RunningProxy {
     /// The address clients connect to (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address TLS clients connect to (`proxy.tls_listen`, with the real port), if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Stops accepting, drops every session and waits for the workers to exit.
@@ -212,6 +221,25 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         .first()
         .and_then(|l| l.local_addr().ok())
         .unwrap_or(config.proxy.listen);
+    // TLS files are read before anything starts, so a bad certificate fails the start
+    // with the key and file named.
+    let server_tls = match &config.proxy.tls {
+        Some(tls) if config.proxy.tls_listen.is_some() => Some(Arc::new(
+            tls::accept::ServerTls::new(tls::accept::ServerSide::load(tls)?),
+        )),
+        _ => None,
+    };
+    let mut tls_listeners: Vec<Option<std::net::TcpListener>> = match config.proxy.tls_listen {
+        Some(at) => listener::bind(at, workers, config.proxy.backlog)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..workers).map(|_| None).collect(),
+    };
+    let tls_addr = tls_listeners
+        .first()
+        .and_then(|l| l.as_ref())
+        .and_then(|l| l.local_addr().ok());
     let authority = Arc::new(auth::Authority::from_config(&config));
     let (tx, rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -227,11 +255,13 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let guard = moat_guard::Guard::new(config.guard.clone());
     // One block of counters per worker, written only by it; `Control` sums them (made
     // above).
+    let backend_tls = tls::connect::BackendTls::load(&config, metrics.clone())?;
     let (clients, queries) = clients::Shared::new(workers);
     let mut queries = queries.into_iter();
     // The same sockets, for the socket filter's thread (a duplicate is the same socket).
     let filtered: Vec<_> = listeners
         .iter()
+        .chain(tls_listeners.iter().flatten())
         .filter_map(|l| l.try_clone().ok())
         .collect();
     let mut handles = Vec::with_capacity(workers);
@@ -248,6 +278,8 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         let primary = primary.clone();
         // Each worker answers its own queue of questions about its sessions (by index).
         let queries = queries.next();
+        let tls_listener = tls_listeners.get_mut(index).and_then(Option::take);
+        let (server_tls, backend_tls) = (server_tls.clone(), backend_tls.clone());
         let handle = std::thread::Builder::new()
             .name(format!("moat-worker-{index}"))
             .spawn(move || {
@@ -267,6 +299,9 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
                     drain,
                     live,
                     primary,
+                    tls_listener,
+                    server_tls,
+                    backend_tls,
                 };
                 if let Err(e) = worker::run(setup) {
                     tracing::error!(worker = index, error = %e, "worker failed");
@@ -295,9 +330,11 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         clients,
         live: live_tx,
         drain: drain_tx,
+        tls: server_tls,
     });
     Ok(RunningProxy {
         addr,
+        tls_addr,
         shutdown: tx,
         workers: handles,
         filter,

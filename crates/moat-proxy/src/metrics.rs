@@ -41,6 +41,11 @@ pub struct Metrics {
     /// Sentinels that failed to answer, named a server that is no primary, or dropped
     /// the `+switch-master` subscription.
     pub(crate) sentinel_errors: AtomicU64,
+    /// Client TLS handshakes by `crate::tls::accept::Outcome` (its index). Shared atomics:
+    /// a handshake costs far more than one.
+    pub(crate) tls_handshakes: [AtomicU64; 4],
+    /// Backend TLS handshakes that failed (certificate refused, not TLS...).
+    pub(crate) backend_tls_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -69,6 +74,8 @@ impl Metrics {
             sentinel_primary: std::sync::RwLock::new(None),
             sentinel_switches: AtomicU64::new(0),
             sentinel_errors: AtomicU64::new(0),
+            tls_handshakes: Default::default(),
+            backend_tls_failures: AtomicU64::new(0),
         }
     }
 

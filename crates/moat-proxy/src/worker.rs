@@ -331,6 +331,11 @@ pub(crate) struct WorkerSetup {
     pub(crate) live: watch::Receiver<Arc<Config>>,
     /// The primary the Sentinels name (`backend.sentinels`); none: `backend.address`.
     pub(crate) primary: Option<Arc<crate::sentinel::Primary>>,
+    /// This worker's TLS listening socket (`proxy.tls_listen`) and the certificates for it.
+    pub(crate) tls_listener: Option<std::net::TcpListener>,
+    pub(crate) server_tls: Option<Arc<crate::tls::accept::ServerTls>>,
+    /// TLS to Redis (`[backend.tls]`).
+    pub(crate) backend_tls: Option<Arc<crate::tls::connect::BackendTls>>,
 }
 
 /// Connections accepted per turn of the accept task before it yields to the sessions.
@@ -402,6 +407,7 @@ fn admit(
     refusals: &mut RefusalLog,
     stream: std::net::TcpStream,
     peer: SocketAddr,
+    tls: Option<&Rc<crate::tls::accept::Acceptor>>,
 ) {
     let now = std::time::Instant::now();
     // Refused only for capacity: a hoarder's connection makes room (see `shed`).
@@ -440,6 +446,11 @@ fn admit(
         hoard.admitted(ticket.ip(), &link);
     }
     drop(hoard);
+    // The guard has judged the address: only now does a TLS client cost a handshake.
+    if let Some(tls) = tls {
+        tls.start(ctx, stream, peer, ticket, link);
+        return;
+    }
     tokio::task::spawn_local(crate::session::serve(
         stream.into(),
         peer,
@@ -491,6 +502,7 @@ async fn accept_loop(
     ctx: Rc<WorkerCtx>,
     guard: Arc<Guard>,
     listener: AsyncFd<std::net::TcpListener>,
+    tls: Option<Rc<crate::tls::accept::Acceptor>>,
 ) -> std::io::Result<()> {
     let mut refusals = RefusalLog::new(index);
     let mut failures = AcceptFailures::default();
@@ -509,7 +521,7 @@ async fn accept_loop(
                 for _ in 0..ACCEPT_BATCH {
                     match ready.get_inner().accept() {
                         Ok((stream, peer)) => {
-                            admit(&ctx, &guard, &mut refusals, stream, peer);
+                            admit(&ctx, &guard, &mut refusals, stream, peer, tls.as_ref());
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             ready.clear_ready();
@@ -557,6 +569,9 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         mut drain,
         mut live,
         primary,
+        tls_listener,
+        server_tls,
+        backend_tls,
     } = setup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -572,9 +587,17 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // alternative (`register`) is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let mut listener = Some(AsyncFd::new(listener)?);
-        let connector = match primary {
-            Some(primary) => Connector::Sentinel(primary),
-            None => Connector::Tcp(config.backend.address),
+        // The same reasoning for the TLS listener (`proxy.tls_listen`).
+        #[allow(deprecated)]
+        let tls_listener = match tls_listener {
+            Some(l) => Some(AsyncFd::new(l)?),
+            None => None,
+        };
+        // `backend.sentinels` with `[backend.tls]` is refused when the config is loaded.
+        let connector = match (primary, backend_tls) {
+            (Some(primary), _) => Connector::Sentinel(primary),
+            (None, Some(tls)) => Connector::Tls(tls),
+            (None, None) => Connector::Tcp(config.backend.address),
         };
         let shares = Shares {
             backend_cap,
@@ -602,8 +625,24 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
         // polls this future before each round of session tasks, and a still-ready listener
         // would be re-polled here until tokio's coop budget ran out (up to 128 batches),
         // starving admitted clients under an accept storm.
-        let mut acceptor = listener
-            .map(|l| tokio::task::spawn_local(accept_loop(index, ctx.clone(), guard.clone(), l)));
+        let mut acceptor = listener.map(|l| {
+            tokio::task::spawn_local(accept_loop(index, ctx.clone(), guard.clone(), l, None))
+        });
+        // The TLS listener's loop, beside it: a failure there is logged and leaves the
+        // plain listener serving.
+        let mut tls_acceptor = match (tls_listener, server_tls) {
+            (Some(l), Some(tls)) if acceptor.is_some() => {
+                let tls = crate::tls::accept::Acceptor::new(tls);
+                let (ctx, guard) = (ctx.clone(), guard.clone());
+                tracing::info!(worker = index, listen = ?l.get_ref().local_addr().ok(), "accepting TLS clients");
+                Some(tokio::task::spawn_local(async move {
+                    if let Err(e) = accept_loop(index, ctx, guard, l, Some(tls)).await {
+                        tracing::error!(worker = index, error = %e, "TLS accept loop ended");
+                    }
+                }))
+            }
+            _ => None,
+        };
         loop {
             let accepting = async {
                 match &mut acceptor {
@@ -629,6 +668,9 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
                         // kernel refuse new connections, which a load balancer sees: the
                         // aborted task drops it.
                         task.abort();
+                        if let Some(tls) = tls_acceptor.take() {
+                            tls.abort();
+                        }
                         ctx.start_drain(index, live.borrow().proxy.drain_timeout);
                     }
                 }

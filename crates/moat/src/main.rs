@@ -177,7 +177,9 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let (g, c) = (&config.guard, &config);
     tracing::info!(
         listen = %running.local_addr(),
+        tls_listen = ?running.tls_addr(),
         backend = %c.backend.address,
+        backend_tls = c.backend.tls.is_some(),
         workers = c.proxy.workers,
         shared_connections = c.backend.shared_connections,
         pinned_connections = c.pinned.max_connections,

@@ -1,4 +1,5 @@
-//! The byte streams moat serves and opens: TCP sockets, and with the `harness` feature
+//! The byte streams moat serves and opens: TCP sockets, TLS over TCP (`crate::tls`), and
+//! with the `harness` feature
 //! in-memory pipes, so a whole session can be driven without the kernel (fuzzing).
 //!
 //! An enum rather than a generic parameter: sessions, backend connections and the pinned
@@ -21,6 +22,9 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    /// Boxed: rustls's state is a few KB, and every plain session would carry the
+    /// variant's size inline.
+    Tls(Box<crate::tls::stream::TlsStream>),
     #[cfg(feature = "harness")]
     Memory(memory::Pipe),
 }
@@ -36,6 +40,7 @@ impl Stream {
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.poll_read_ready(cx),
             #[cfg(feature = "harness")]
             Stream::Memory(p) => p.poll_read_ready(cx),
         }
@@ -45,6 +50,7 @@ impl Stream {
     pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Tcp(s) => s.poll_write_ready(cx),
+            Stream::Tls(s) => s.poll_write_ready(cx),
             #[cfg(feature = "harness")]
             Stream::Memory(p) => p.poll_write_ready(cx),
         }
@@ -64,6 +70,7 @@ impl Stream {
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read(buf),
+            Stream::Tls(s) => s.try_read(buf),
             #[cfg(feature = "harness")]
             Stream::Memory(p) => p.try_read(buf),
         }
@@ -73,6 +80,7 @@ impl Stream {
     pub(crate) fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Tls(s) => s.try_read_buf(buf),
             #[cfg(feature = "harness")]
             Stream::Memory(p) => p.try_read_buf(buf),
         }
@@ -82,6 +90,7 @@ impl Stream {
     pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(data),
+            Stream::Tls(s) => s.try_write(data),
             #[cfg(feature = "harness")]
             Stream::Memory(p) => p.try_write(data),
         }
@@ -117,6 +126,7 @@ impl Stream {
     pub(crate) fn fd(&self) -> i32 {
         match self {
             Stream::Tcp(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+            Stream::Tls(s) => std::os::fd::AsRawFd::as_raw_fd(s.tcp()),
             #[cfg(feature = "harness")]
             Stream::Memory(_) => -1,
         }
@@ -132,6 +142,8 @@ impl Stream {
     pub(crate) fn into_std(self) -> io::Result<std::net::TcpStream> {
         match self {
             Stream::Tcp(s) => s.into_std(),
+            // A TLS session's state lives in rustls: it stays in its task.
+            Stream::Tls(_) => Err(io::Error::other("a TLS stream does not go dormant")),
             #[cfg(feature = "harness")]
             Stream::Memory(_) => Err(io::Error::other("an in-memory stream is not a socket")),
         }
@@ -141,6 +153,7 @@ impl Stream {
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Tls(s) => s.tcp().local_addr().ok(),
             #[cfg(feature = "harness")]
             Stream::Memory(_) => None,
         }
@@ -175,6 +188,8 @@ pub(crate) enum Connector {
     Tcp(SocketAddr),
     /// The primary the Sentinels name, wherever it is now (`backend.sentinels`).
     Sentinel(std::sync::Arc<crate::sentinel::Primary>),
+    /// A Redis server over TLS (`[backend.tls]`).
+    Tls(std::sync::Arc<crate::tls::connect::BackendTls>),
     /// A server inside the process: each call hands it one end of a new pipe.
     #[cfg(feature = "harness")]
     Memory(std::rc::Rc<dyn Fn() -> memory::Pipe>),
@@ -203,6 +218,7 @@ impl Connector {
                 stream.set_nodelay(true)?;
                 Ok(Stream::Tcp(stream))
             }
+            Connector::Tls(tls) => tls.connect().await,
             #[cfg(feature = "harness")]
             Connector::Memory(open) => Ok(Stream::Memory(open())),
         }
@@ -242,6 +258,7 @@ impl std::fmt::Display for Connector {
                 Some(addr) => write!(f, "{addr} (primary of '{}')", p.master_name),
                 None => write!(f, "primary of '{}' (unknown)", p.master_name),
             },
+            Connector::Tls(tls) => write!(f, "{} (TLS)", tls.address),
             #[cfg(feature = "harness")]
             Connector::Memory(_) => f.write_str("in-memory backend"),
         }

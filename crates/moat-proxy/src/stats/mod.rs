@@ -53,7 +53,8 @@ pub struct Snapshot {
     /// `backend_connect_failures`, `backend_connections_lost`, `backend_timeouts`,
     /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
     /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`, `ban_share_published`,
-    /// `ban_share_applied`, `ban_share_errors`, `sentinel_switches`, `sentinel_errors`.
+    /// `ban_share_applied`, `ban_share_errors`, `sentinel_switches`, `sentinel_errors`,
+    /// `backend_tls_failures`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
     /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `clients_dormant`,
@@ -94,6 +95,9 @@ pub struct Snapshot {
     /// The primary in use when the Sentinels name it (`backend.sentinels`), as last
     /// verified (`moat_sentinel_primary{address}`).
     pub sentinel_primary: Option<String>,
+    /// Client TLS handshakes by outcome: ok, failed, timeout, busy
+    /// (`moat_tls_handshakes_total{outcome}`).
+    pub tls_handshakes: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
