@@ -301,7 +301,14 @@ impl Control {
                     "ban_share_errors",
                     m.ban_share_errors.load(Ordering::Relaxed),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                crate::crowdsec::Counter::ALL
+                    .iter()
+                    .map(|c| (c.name(), m.crowdsec[*c as usize].load(Ordering::Relaxed))),
+            )
+            .collect(),
             ban_share_rejected: crate::ban_share::Rejected::ALL
                 .iter()
                 .map(|r| {

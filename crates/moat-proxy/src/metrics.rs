@@ -34,6 +34,8 @@ pub struct Metrics {
     pub(crate) ban_share_rejected: [AtomicU64; 7],
     /// Lost or failed connections of the ban-share thread to Redis.
     pub(crate) ban_share_errors: AtomicU64,
+    /// `[crowdsec]` counters, by [`crate::crowdsec::Counter`] (its index).
+    pub(crate) crowdsec: [AtomicU64; crate::crowdsec::Counter::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
             ban_share_applied: AtomicU64::new(0),
             ban_share_rejected: Default::default(),
             ban_share_errors: AtomicU64::new(0),
+            crowdsec: Default::default(),
         }
     }
 
