@@ -16,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod crowdsec;
 mod resp;
 
 use std::collections::HashMap;
