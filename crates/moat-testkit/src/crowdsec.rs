@@ -133,11 +133,25 @@ impl CrowdSecLapi {
         Ok(stdout)
     }
 
+    /// The LAPI's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("lapi.log")).unwrap_or_default()
+    }
+
     /// Registers a machine (a watcher) with a password.
     pub fn add_machine(&self, id: &str, password: &str) -> Result<(), CrowdSecError> {
         let file = self.path(&format!("machine-{id}.yaml"));
-        self.cscli(&["machines", "add", id, "--password", password, "-f", &file, "--force"])
-            .map(drop)
+        self.cscli(&[
+            "machines",
+            "add",
+            id,
+            "--password",
+            password,
+            "-f",
+            &file,
+            "--force",
+        ])
+        .map(drop)
     }
 
     /// Registers a bouncer with its API key.
@@ -205,8 +219,7 @@ fn healthy(addr: SocketAddr) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s
-        .write_all(b"GET /health HTTP/1.0\r\nHost: lapi\r\n\r\n")
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: lapi\r\n\r\n")
         .is_err()
     {
         return false;

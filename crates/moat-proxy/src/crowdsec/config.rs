@@ -35,6 +35,11 @@ pub struct CrowdSecConfig {
     /// How often decisions are pulled.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often the whole decision list is read again (`startup=true`) and compared with
+    /// what is held: the LAPI's incremental stream can miss a decision created while a
+    /// pull is under way (it keeps one `last_pull` time per bouncer).
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
     /// Timeout of each request to the LAPI.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -62,6 +67,7 @@ impl Default for CrowdSecConfig {
             bouncer_key: None,
             bouncer_key_file: None,
             poll_interval: Duration::from_secs(10),
+            resync_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(5),
             max_ban: Duration::from_secs(7 * 24 * 3600),
             max_held: 50_000,
@@ -184,6 +190,14 @@ impl CrowdSecConfig {
             || self.poll_interval > Duration::from_secs(3600)
         {
             return Err(invalid("poll_interval", "must be between 100ms and 1h"));
+        }
+        if self.resync_interval < self.poll_interval
+            || self.resync_interval > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid(
+                "resync_interval",
+                "must be between poll_interval and 24h",
+            ));
         }
         if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(120) {
             return Err(invalid("timeout", "must be between 100ms and 2m"));

@@ -206,7 +206,9 @@ pub(crate) fn alert(net: IpNet, length: Duration, scenario: &str, unix_secs: u64
         "source": {"scope": scope, "value": value},
         "decisions": [{
             "duration": format!("{secs}s"),
-            "origin": "moat",
+            // A local agent's origin: bouncers and cscli that keep to local decisions
+            // (`origins=crowdsec,cscli`, cscli's default listing) see moat's bans too.
+            "origin": "crowdsec",
             "scenario": scenario,
             "scope": scope,
             "type": "ban",

@@ -43,7 +43,9 @@ impl Lapi {
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
-            .user_agent("moat-crowdsec")
+            // The LAPI refuses a machine's login with a user agent not of the form
+            // `name/version` ("bad user agent"), whatever the password.
+            .user_agent(concat!("moat/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
         Self {

@@ -80,6 +80,8 @@ struct State {
     held: HashMap<IpNet, Held>,
     /// Whether the stream was read from the start since the last failure.
     synced: bool,
+    /// When the whole list was last read.
+    last_full: Option<Instant>,
     pull: Retry,
     refused_since_log: u64,
     last_refusal: &'static str,
@@ -106,6 +108,7 @@ pub(crate) fn run(setup: Setup, stop: &mpsc::Receiver<()>) {
         push: Retry::new(now),
         held: HashMap::new(),
         synced: false,
+        last_full: None,
         pull: Retry::new(now),
         refused_since_log: 0,
         last_refusal: "",
@@ -237,10 +240,17 @@ fn push_new(st: &mut State, now: Instant) -> Result<(), LapiError> {
 /// Reads the decision stream once and applies it.
 fn pull(st: &mut State, now: Instant) -> Result<(), LapiError> {
     let key = st.setup.bouncer_key.clone().unwrap_or_default();
-    let startup = !st.synced;
+    let resync = st.setup.config.crowdsec.resync_interval;
+    let startup = !st.synced
+        || st
+            .last_full
+            .is_none_or(|t| now.saturating_duration_since(t) >= resync);
     let body = st.lapi.stream(&key, startup)?;
     let (new, deleted) = decision::parse_stream(&body).map_err(LapiError::Bad)?;
     st.synced = true;
+    if startup {
+        st.last_full = Some(now);
+    }
     st.held.retain(|_, h| h.until > now);
     let bans: HashMap<IpNet, (Instant, bool)> = st
         .setup
