@@ -46,6 +46,16 @@ fn moat(redis: &RedisServer, lapi: &CrowdSecLapi, name: &str) -> RunningProxy {
 }
 
 fn moat_with(redis: &RedisServer, lapi: &CrowdSecLapi, name: &str, key: &str) -> RunningProxy {
+    moat_tweaked(redis, lapi, name, key, |_| {})
+}
+
+fn moat_tweaked(
+    redis: &RedisServer,
+    lapi: &CrowdSecLapi,
+    name: &str,
+    key: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> RunningProxy {
     let (url, name, key) = (lapi.url(), name.to_owned(), key.to_owned());
     common::start_moat(redis.addr(), move |c: &mut Config| {
         c.crowdsec.enabled = true;
@@ -63,6 +73,7 @@ fn moat_with(redis: &RedisServer, lapi: &CrowdSecLapi, name: &str, key: &str) ->
         c.guard.ip_burst = 1000;
         c.guard.subnet_rate = 1000.0;
         c.guard.subnet_burst = 1000;
+        tweak(c);
     })
 }
 
@@ -258,4 +269,54 @@ fn the_lapi_down_then_up() {
     until("a decision after the restart applied", || {
         refuses([127, 0, 3, 3], m.local_addr())
     });
+}
+
+#[test]
+fn long_and_excess_decisions_are_capped_or_refused() {
+    let Some(lapi) = lapi() else { return };
+    let redis = RedisServer::start().unwrap();
+    let key = "bouncer-key-moat-a-0123456789";
+    lapi.add_machine("moat-a", PASSWORD).unwrap();
+    lapi.add_bouncer("moat-a", key).unwrap();
+    let m = moat_tweaked(&redis, &lapi, "moat-a", key, |c| {
+        c.crowdsec.max_held = 2;
+        c.crowdsec.max_ban = Duration::from_secs(3600);
+    });
+    // Ten years: applied, cut to max_ban.
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "127.0.3.1",
+        "--duration",
+        "87600h",
+    ])
+    .unwrap();
+    until("a ten-year ban applied", || {
+        refuses([127, 0, 3, 1], m.local_addr())
+    });
+    assert_eq!(counter(&m, "crowdsec_capped"), 1);
+    let ban = m
+        .guard()
+        .bans(Instant::now())
+        .into_iter()
+        .find(|(net, _)| net.to_string() == "127.0.3.1/32")
+        .unwrap()
+        .1;
+    assert!(ban.until <= Instant::now() + Duration::from_secs(3600));
+    for ip in ["127.0.3.2", "127.0.3.3"] {
+        lapi.cscli(&["decisions", "add", "--ip", ip, "--duration", "5m"])
+            .unwrap();
+    }
+    until("the third decision refused (max_held)", || {
+        counter(&m, "crowdsec_refused") >= 1
+    });
+    assert_eq!(counter(&m, "crowdsec_applied"), 2);
+    // A decision of another type is not moat's to apply.
+    lapi.cscli(&["decisions", "add", "--ip", "127.0.3.4", "--type", "captcha"])
+        .unwrap();
+    until("a captcha decision ignored", || {
+        counter(&m, "crowdsec_ignored") >= 1
+    });
+    assert!(!refuses([127, 0, 3, 4], m.local_addr()));
 }

@@ -320,8 +320,8 @@ fn pull(st: &mut State, now: Instant) -> Result<(), LapiError> {
         }
         let until = now + ban.length;
         if let Some(h) = st.held.get_mut(&ban.net) {
-            h.ids.insert(ban.id);
-            if h.until >= until {
+            // Known already (a full read again), or banned at least as long: nothing new.
+            if !h.ids.insert(ban.id) || h.until >= until {
                 continue;
             }
         } else if st.held.len() >= max_held {
