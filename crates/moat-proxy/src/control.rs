@@ -80,6 +80,7 @@ const NEEDS_RESTART: &[&str] = &[
     "admin",
     "kernel.nftables",
     "kernel.nftables_table",
+    "crowdsec",
 ];
 
 fn unix_secs(at: SystemTime) -> u64 {
