@@ -79,7 +79,7 @@ const BAN_SHARE_REJECTED: [&str; 7] = [
 
 /// Plain counters: name without `_total` (prometheus-client appends it), the snapshot key,
 /// help.
-const COUNTERS: [(&str, &str, &str); 18] = [
+const COUNTERS: [(&str, &str, &str); 26] = [
     (
         "moat_backend_reconnects",
         "backend_reconnects",
@@ -169,6 +169,46 @@ const COUNTERS: [(&str, &str, &str); 18] = [
         "moat_backend_tls_failures",
         "backend_tls_failures",
         "Failed TLS handshakes with the backend (certificate refused, not TLS...).",
+    ),
+    (
+        "moat_crowdsec_pushed",
+        "crowdsec_pushed",
+        "Bans this moat pushed to the CrowdSec LAPI.",
+    ),
+    (
+        "moat_crowdsec_applied",
+        "crowdsec_applied",
+        "Ban decisions from the CrowdSec LAPI applied.",
+    ),
+    (
+        "moat_crowdsec_lifted",
+        "crowdsec_lifted",
+        "Bans lifted because their CrowdSec decision was deleted.",
+    ),
+    (
+        "moat_crowdsec_refused",
+        "crowdsec_refused",
+        "CrowdSec decisions refused: malformed, bad address, too wide, refused by the guard, max_held.",
+    ),
+    (
+        "moat_crowdsec_ignored",
+        "crowdsec_ignored",
+        "CrowdSec decisions of another type or scope, not applied.",
+    ),
+    (
+        "moat_crowdsec_capped",
+        "crowdsec_capped",
+        "CrowdSec decisions whose duration was cut to crowdsec.max_ban.",
+    ),
+    (
+        "moat_crowdsec_errors",
+        "crowdsec_errors",
+        "Failed requests to the CrowdSec LAPI (retried with backoff).",
+    ),
+    (
+        "moat_crowdsec_auth_errors",
+        "crowdsec_auth_errors",
+        "Requests the CrowdSec LAPI refused for their credentials.",
     ),
 ];
 

@@ -30,6 +30,8 @@ pub struct Config {
     pub kernel: moat_kernel::KernelConfig,
     /// Bans shared with other moats through the backend Redis (off by default).
     pub ban_share: crate::BanShareConfig,
+    /// Bans shared with a CrowdSec Local API (off by default).
+    pub crowdsec: crate::CrowdSecConfig,
     /// Users who authenticate at moat (`AUTH`/`HELLO AUTH`), in table mode only.
     pub users: Vec<UserConfig>,
 }
@@ -712,6 +714,7 @@ impl Config {
         }
         self.admin.validate()?;
         self.ban_share.validate()?;
+        self.crowdsec.validate()?;
         moat_kernel::nft::validate_table_name(&self.kernel.nftables_table)
             .map_err(|e| invalid("kernel.nftables_table", e.to_string()))?;
         if self.auth.mode == Some(AuthMode::Passthrough) {

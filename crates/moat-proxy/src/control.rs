@@ -90,6 +90,8 @@ const NEEDS_RESTART: &[&str] = &[
     "admin",
     "kernel.nftables",
     "kernel.nftables_table",
+    "crowdsec",
+    "ban_share",
 ];
 
 fn unix_secs(at: SystemTime) -> u64 {
@@ -321,7 +323,14 @@ impl Control {
                     "backend_tls_failures",
                     m.backend_tls_failures.load(Ordering::Relaxed),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                crate::crowdsec::Counter::ALL
+                    .iter()
+                    .map(|c| (c.name(), m.crowdsec[*c as usize].load(Ordering::Relaxed))),
+            )
+            .collect(),
             sentinel_primary: m
                 .sentinel_primary
                 .read()

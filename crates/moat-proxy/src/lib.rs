@@ -14,6 +14,7 @@ mod clients;
 mod command;
 pub mod config;
 pub mod control;
+mod crowdsec;
 mod dormant;
 #[cfg(feature = "harness")]
 pub mod harness;
@@ -40,6 +41,7 @@ use tokio::sync::watch;
 pub use ban_share::BanShareConfig;
 pub use config::{Config, ConfigError};
 pub use control::Control;
+pub use crowdsec::CrowdSecConfig;
 pub use metrics::Metrics;
 pub use nft_sync::nftables_spec;
 pub use tls::{BackendTlsConfig, ClientTlsConfig};
@@ -82,6 +84,8 @@ pub struct RunningProxy {
     ban_share: Option<ban_share::BanShare>,
     /// The thread following the Sentinels' primary (`backend.sentinels`).
     sentinel: Option<JoinHandle<()>>,
+    /// Bans shared with a CrowdSec LAPI (`[crowdsec]`).
+    crowdsec: Option<crowdsec::CrowdSec>,
 }
 
 impl RunningProxy {
@@ -147,6 +151,9 @@ impl RunningProxy {
         }
         if let Some(mut share) = self.ban_share.take() {
             share.stop();
+        }
+        if let Some(mut cs) = self.crowdsec.take() {
+            cs.stop();
         }
         // Moat's nftables table goes with it.
         if let Some(mut nft) = self.nft.take() {
@@ -313,6 +320,7 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
     let nft = nft_sync::NftSync::start(&config, addr.port(), guard.clone(), metrics.clone());
     let ban_share =
         ban_share::BanShare::start(&config, guard.clone(), metrics.clone(), primary.clone());
+    let crowdsec = crowdsec::CrowdSec::start(&config, guard.clone(), metrics.clone());
     let filter = kernel_filter::spawn(kernel_filter::Parts {
         listeners: filtered,
         guard: guard.clone(),
@@ -344,5 +352,6 @@ pub fn start(config: Config) -> Result<RunningProxy, StartError> {
         nft,
         ban_share,
         sentinel: follower.map(|f| f.thread),
+        crowdsec,
     })
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub(crate) tls_handshakes: [AtomicU64; 4],
     /// Backend TLS handshakes that failed (certificate refused, not TLS...).
     pub(crate) backend_tls_failures: AtomicU64,
+    /// `[crowdsec]` counters, by [`crate::crowdsec::Counter`] (its index).
+    pub(crate) crowdsec: [AtomicU64; crate::crowdsec::Counter::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             sentinel_errors: AtomicU64::new(0),
             tls_handshakes: Default::default(),
             backend_tls_failures: AtomicU64::new(0),
+            crowdsec: Default::default(),
         }
     }
 

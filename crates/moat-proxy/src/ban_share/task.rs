@@ -341,7 +341,11 @@ fn publish_new(st: &mut State, cmd: &mut Connection, now: Instant) -> redis::Red
     let now_ms = unix_ms();
     for (net, ban) in &bans {
         let reason = match &ban.reason {
-            BanReason::Admin(note) if note.starts_with(PEER_NOTE) => continue,
+            BanReason::Admin(note)
+                if note.starts_with(PEER_NOTE) || note.starts_with(crate::crowdsec::NOTE) =>
+            {
+                continue;
+            }
             BanReason::Admin(_) => Reason::Admin,
             BanReason::Strikes => Reason::Strikes,
         };

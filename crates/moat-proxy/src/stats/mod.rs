@@ -54,7 +54,9 @@ pub struct Snapshot {
     /// `backend_takeovers`, `requests_refused`, `pool_waits`, `pinned_lease_waits`,
     /// `pinned_lease_refusals`, `auth_refused`, `kernel_filter_rebuilds`, `ban_share_published`,
     /// `ban_share_applied`, `ban_share_errors`, `sentinel_switches`, `sentinel_errors`,
-    /// `backend_tls_failures`.
+    /// `backend_tls_failures`, `crowdsec_pushed`, `crowdsec_applied`, `crowdsec_lifted`,
+    /// `crowdsec_refused`, `crowdsec_ignored`, `crowdsec_capped`, `crowdsec_errors`,
+    /// `crowdsec_auth_errors`.
     pub counters: Vec<(&'static str, u64)>,
     /// Plain gauges by metric name (without `moat_`): `clients_max`, `pinned_leases`,
     /// `monitors`, `client_output_bytes`, `request_buffer_bytes`, `clients_dormant`,
