@@ -3,6 +3,23 @@
 //!
 //! Start it with [`start`]; the returned [`RunningProxy`] reports the bound address and stops
 //! the workers when asked or dropped.
+//!
+//! Modules, from the outside in:
+//! - `listener`, `worker`: listening sockets (one per worker, `SO_REUSEPORT`) and the worker
+//!   threads, each a single-threaded runtime with its accept loop and share of the pools;
+//!   `tls`: TLS for clients (`proxy.tls_listen`) and to Redis (`[backend.tls]`).
+//! - `session`: one client connection (parse, answer locally or forward, reply in order);
+//!   `link`: what a session shares with the backend connections serving it; `dormant`: idle
+//!   clients held without a task; `clients`: the directory behind CLIENT LIST/KILL/PAUSE.
+//! - `command`: what moat knows of each Redis command; `auth`: who a client is.
+//! - `backend`: the shared pool (multiplexed connections, breaker, backoff); `pinned`: the
+//!   dedicated connections of stateful clients; `sentinel`: following a Sentinel-managed
+//!   primary; `net`: the streams and connectors they use.
+//! - `budget`, `shed`: memory bounds and shedding under pressure.
+//! - `kernel_filter`, `nft_sync`: the guard's bans pushed into the kernel; `ban_share`,
+//!   `crowdsec`: bans shared with other moats, `relayed` telling those apart.
+//! - `config`, `control`, `metrics`, `stats`: configuration and reload, the operator's
+//!   handle, counters and their snapshot; `harness` (feature): a whole worker in-process.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +42,7 @@ mod metrics;
 mod net;
 mod nft_sync;
 mod pinned;
+mod relayed;
 mod sentinel;
 mod session;
 mod shed;

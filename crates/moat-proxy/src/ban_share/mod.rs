@@ -23,7 +23,6 @@ use std::thread::JoinHandle;
 pub use config::BanShareConfig;
 pub(crate) use message::Rejected;
 pub(crate) use rate::PerSecond;
-pub(crate) use task::PEER_NOTE;
 
 use crate::Metrics;
 use crate::config::Config;

@@ -31,9 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Dropped messages are logged at most once per this long (with the count since).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Note prefix of bans applied from peers: marks their origin so they are not published
-/// again, and tells an operator listing bans where they came from.
-pub(crate) const PEER_NOTE: &str = "ban-share from ";
+use crate::relayed::PEER_NOTE;
 
 /// What the thread needs, fixed at start.
 pub(crate) struct Setup {
@@ -341,9 +339,7 @@ fn publish_new(st: &mut State, cmd: &mut Connection, now: Instant) -> redis::Red
     let now_ms = unix_ms();
     for (net, ban) in &bans {
         let reason = match &ban.reason {
-            BanReason::Admin(note)
-                if note.starts_with(PEER_NOTE) || note.starts_with(crate::crowdsec::NOTE) =>
-            {
+            BanReason::Admin(note) if crate::relayed::is_relayed(note) => {
                 continue;
             }
             BanReason::Admin(_) => Reason::Admin,

@@ -26,9 +26,8 @@ pub use config::CrowdSecConfig;
 use crate::Metrics;
 use crate::config::Config;
 
-/// Note prefix of bans applied from CrowdSec decisions: marks their origin so they are not
-/// pushed back (nor shared through `[ban_share]`), and tells an operator where they came from.
-pub(crate) const NOTE: &str = "crowdsec: ";
+/// Note prefix of bans applied from CrowdSec decisions (see [`crate::relayed`]).
+pub(crate) use crate::relayed::CROWDSEC_NOTE as NOTE;
 
 /// The `[crowdsec]` counters (`moat_crowdsec_<name>_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

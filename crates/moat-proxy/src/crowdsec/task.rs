@@ -18,7 +18,7 @@ use super::decision::{self, Verdict};
 use super::lapi::{Lapi, LapiError};
 use super::{Counter, NOTE};
 use crate::Metrics;
-use crate::ban_share::{PEER_NOTE, PerSecond};
+use crate::ban_share::PerSecond;
 use crate::config::Config;
 
 /// How often the guard's bans are checked for new local ones.
@@ -206,7 +206,7 @@ fn push_new(st: &mut State, now: Instant) -> Result<(), LapiError> {
     for (net, ban) in &bans {
         let reason = match &ban.reason {
             // Not this moat's: CrowdSec or a peer already has it.
-            BanReason::Admin(note) if note.starts_with(NOTE) || note.starts_with(PEER_NOTE) => {
+            BanReason::Admin(note) if crate::relayed::is_relayed(note) => {
                 continue;
             }
             BanReason::Admin(_) => "admin",
