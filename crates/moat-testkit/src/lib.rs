@@ -16,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod child;
 pub mod cluster;
 pub mod crowdsec;
 mod resp;
@@ -474,60 +475,7 @@ impl RedisServer {
             .map_err(io_err(format!("spawning {}", self.binary.display())))?;
         self.pid = child.id();
         self.child = Some(child);
-
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_reap() {
-                let output = fs::read_to_string(self.output_path()).unwrap_or_default();
-                if output.contains("FATAL CONFIG FILE ERROR") {
-                    return Err(TestkitError::Config { output });
-                }
-                return Ok(Err(format!(
-                    "redis-server on port {} exited early with {status}",
-                    self.port
-                )));
-            }
-            if self.answers_as_own_child() {
-                return Ok(Ok(()));
-            }
-            if Instant::now() >= deadline {
-                self.kill9();
-                return Ok(Err(format!(
-                    "redis-server on port {} did not answer within {READY_TIMEOUT:?}",
-                    self.port
-                )));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Whether the port answers and belongs to our child: a parallel test's
-    /// server may have grabbed the port, and its PONG must not count.
-    fn answers_as_own_child(&self) -> bool {
-        let Ok(mut conn) = self.connect(PROBE_TIMEOUT) else {
-            return false;
-        };
-        let Ok(reply) = conn.request(&["INFO", "server"]) else {
-            return false;
-        };
-        let Ok(text) = resp::bulk_string(&reply, "INFO") else {
-            return false;
-        };
-        parse_info(&text)
-            .get("process_id")
-            .is_some_and(|pid| *pid == self.pid.to_string())
-    }
-
-    /// Returns the exit status if the child has exited, reaping it.
-    fn try_reap(&mut self) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                self.child = None;
-                Some(status)
-            }
-            _ => None,
-        }
+        child::wait_ready(self)
     }
 
     fn connect(&self, timeout: Duration) -> Result<Connection, TestkitError> {
@@ -673,6 +621,50 @@ impl Connection {
             buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+impl child::Started for RedisServer {
+    fn what(&self) -> &'static str {
+        "redis-server"
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn output_path(&self) -> PathBuf {
+        RedisServer::output_path(self)
+    }
+
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    fn answers_as_own_child(&self) -> bool {
+        self.connect(PROBE_TIMEOUT)
+            .is_ok_and(|mut conn| own_child(&mut conn, self.pid).is_some())
+    }
+
+    fn kill_now(&mut self) {
+        self.kill9();
+    }
+}
+
+/// INFO server of the server on `conn`, if it is the process `pid` (our own child).
+pub(crate) fn own_child(conn: &mut Connection, pid: u32) -> Option<HashMap<String, String>> {
+    let reply = conn.request(&["INFO", "server"]).ok()?;
+    let text = resp::bulk_string(&reply, "INFO").ok()?;
+    let info = parse_info(&text);
+    info.get("process_id")
+        .is_some_and(|p| *p == pid.to_string())
+        .then_some(info)
 }
 
 #[cfg(test)]

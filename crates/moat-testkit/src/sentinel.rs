@@ -21,9 +21,8 @@ use std::{fs, thread};
 use tempfile::TempDir;
 
 use super::{
-    Connection, IO_TIMEOUT, PROBE_TIMEOUT, READY_TIMEOUT, START_ATTEMPTS, STOP_TIMEOUT,
-    TestkitError, conf_quote, free_port, io_err, parse_info, redis_server_binary, resp,
-    send_signal,
+    Connection, IO_TIMEOUT, PROBE_TIMEOUT, START_ATTEMPTS, STOP_TIMEOUT, TestkitError, conf_quote,
+    free_port, io_err, redis_server_binary, send_signal,
 };
 
 /// Configures a [`SentinelServer`]; see [`SentinelServer::builder`].
@@ -257,49 +256,7 @@ impl SentinelServer {
             )))?;
         self.pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                let output = fs::read_to_string(&out_path).unwrap_or_default();
-                if output.contains("FATAL CONFIG FILE ERROR") {
-                    return Err(TestkitError::Config { output });
-                }
-                return Ok(Err(format!(
-                    "sentinel on port {} exited early with {status}",
-                    self.port
-                )));
-            }
-            if self.answers_as_own_child() {
-                return Ok(Ok(()));
-            }
-            if Instant::now() >= deadline {
-                self.kill9();
-                return Ok(Err(format!(
-                    "sentinel on port {} did not answer within {READY_TIMEOUT:?}",
-                    self.port
-                )));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn answers_as_own_child(&self) -> bool {
-        let Ok(mut conn) = self.connect(PROBE_TIMEOUT) else {
-            return false;
-        };
-        let Ok(reply) = conn.request(&["INFO", "server"]) else {
-            return false;
-        };
-        let Ok(text) = resp::bulk_string(&reply, "INFO") else {
-            return false;
-        };
-        let info = parse_info(&text);
-        info.get("process_id")
-            .is_some_and(|pid| *pid == self.pid.to_string())
-            && info.get("redis_mode").is_some_and(|m| m == "sentinel")
+        crate::child::wait_ready(self)
     }
 
     fn connect(&self, timeout: Duration) -> Result<Connection, TestkitError> {
@@ -310,6 +267,37 @@ impl SentinelServer {
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .map_err(io_err("configuring the sentinel connection"))?;
         Ok(Connection { stream })
+    }
+}
+
+impl crate::child::Started for SentinelServer {
+    fn what(&self) -> &'static str {
+        "sentinel"
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn output_path(&self) -> PathBuf {
+        self.dir.path().join("sentinel.out")
+    }
+
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    fn answers_as_own_child(&self) -> bool {
+        self.connect(PROBE_TIMEOUT).is_ok_and(|mut conn| {
+            crate::own_child(&mut conn, self.pid)
+                .is_some_and(|info| info.get("redis_mode").is_some_and(|m| m == "sentinel"))
+        })
+    }
+
+    fn kill_now(&mut self) {
+        self.kill9();
     }
 }
 
