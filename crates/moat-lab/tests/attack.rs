@@ -157,7 +157,12 @@ async fn hoard_holds_k_connections_then_lets_go() {
         info(&redis, "connected_clients") > u64::from(k)
     })
     .await;
-    assert_eq!(running.counters.snapshot().held, u64::from(k));
+    // Redis counts a connection when it accepts it; the holder once its connect returns
+    // and its task runs again, which on a loaded machine can come later.
+    eventually("the attack counts the hoard", || {
+        running.counters.snapshot().held == u64::from(k)
+    })
+    .await;
     let summary = running.stop().await;
     assert!(summary.partial, "stopped before its 60 s: {summary}");
     assert_eq!(summary.counters.peak_held, u64::from(k));
